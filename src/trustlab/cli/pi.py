@@ -1,0 +1,78 @@
+"""``trustlab pi``: ReLU accounting and ReLU-reduced models for private inference."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from trustlab.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise ConfigError(f"--input must be CxHxW with positive integers (e.g. 3x32x32), not '{text}'")
+    return dims  # type: ignore[return-value]
+
+
+@app.command("count")
+def count_cmd(model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
+              input: str = typer.Option("3x32x32", "--input", help="Input shape CxHxW."),
+              classes: int = typer.Option(10, help="Number of classes."),
+              width: float = typer.Option(1.0, help="Width multiplier (0.25 gives ResNet18 width 16)."),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Per-layer ReLUs, MACs and parameters of a model, and totals."""
+    from trustlab.pi.accounting import count
+    from trustlab.pi.models import build_model, check_input
+
+    shape = parse_shape(input)
+    m = build_model(model, classes, shape[0], width)
+    check_input(m, shape)
+    acc = count(m, shape)
+    if as_json:
+        print(json.dumps({"model": model, "input": list(shape), "classes": classes, "width": width, **acc.to_dict()}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{model} (width {width}) on {input}, {classes} classes")
+    for col in ("layer", "kind", "output", "ReLUs", "MACs", "params"):
+        t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for r in acc.layers:
+        t.add_row(r.name, r.kind, "x".join(map(str, r.output)), f"{r.relus:,}", f"{r.macs:,}", f"{r.params:,}")
+    t.add_row("total", "", "", f"{acc.relus:,}", f"{acc.macs:,} ({acc.macs / 1e9:.3f} G)", f"{acc.params:,}", style="bold")
+    Console(width=140).print(t)
+
+
+@app.command("train")
+def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write."),
+              dataset: str = typer.Option("fashion-mnist", help="Any classification dataset of `trustlab data list`."),
+              data_dir: Optional[str] = typer.Option(None, help="Folder with CIFAR batches (cifar10/cifar100)."),
+              model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
+              width: float = typer.Option(0.25, help="Width multiplier (0.25: ResNet18 width 16)."),
+              epochs: int = typer.Option(3), batch_size: int = typer.Option(128), lr: float = typer.Option(0.05),
+              limit: Optional[int] = typer.Option(None, help="Train on the first N images only."),
+              test_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N test images only."),
+              seed: int = typer.Option(0), device: str = typer.Option("auto", help="auto | cpu | cuda"),
+              checkpoint_every: int = typer.Option(200, help="Write a checkpoint every N steps (and at each epoch end)."),
+              resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
+              quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
+    """Train the all-ReLU baseline (the teacher of SENet, SNL, layer-drop and shallow)."""
+    from trustlab.pi.training import ClassifierConfig, DataConfig, TrainConfig, train_classifier
+    from trustlab.report import render_report
+
+    cfg = ClassifierConfig(model=model, width=width,
+                           data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, test_limit=test_limit),
+                           train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=True, device=device,
+                                             checkpoint_every=checkpoint_every))
+    run = train_classifier(cfg, out, resume=resume, quiet=quiet)
+    s = run.summary()
+    print(f"test accuracy {s['test_acc']:.4f}, {s['relus']:,} ReLUs, {s['macs'] / 1e6:.1f} M MACs")
+    print(render_report(run.path))

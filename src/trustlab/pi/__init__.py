@@ -1,0 +1,1 @@
+"""Private inference: ReLU accounting, ReLU reduction (SENet, SNL, layer-drop), shallow models, secure inference."""

@@ -1,0 +1,103 @@
+"""HTML report of a run folder: summary, metrics, tables and plots in one self-contained file.
+
+Areas put what they want shown into the run folder (``summary.json``, ``tables/*.json``,
+``plots/*.png``); the report renders whatever is there, plus the curves of every numeric
+field of ``metrics.jsonl``, so no area needs report code of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from trustlab.runs import RunDir, atomic_write_text
+
+
+def plot_metric_curves(run: RunDir) -> Path | None:
+    """One panel per numeric metric against step; None when there is nothing to plot."""
+    records = run.metrics()
+    keys = sorted({k for r in records for k, v in r.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if not records or not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = run.plot_path("metrics")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        return html.escape(json.dumps(v)[:200])
+    return html.escape(str(v))
+
+
+def _table(rows: list[dict], limit: int = 400) -> str:
+    if not rows:
+        return "<p><em>empty</em></p>"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows[:limit])
+    more = f"<p><em>{len(rows) - limit} more rows not shown</em></p>" if len(rows) > limit else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}
+"""
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` into the run folder and return its path."""
+    run = RunDir.open(run_dir)
+    plot_metric_curves(run)
+    parts = [f"<h1>trustlab run: {html.escape(run.path.name)}</h1>", f"<p>kind: <b>{html.escape(run.kind)}</b> — folder <code>{html.escape(str(run.path.resolve()))}</code></p>"]
+    summary = run.summary()
+    if summary:
+        flat = [{"figure": k, "value": v} for k, v in summary.items() if not isinstance(v, (dict, list))]
+        parts += ["<h2>Summary</h2>", _table(flat)]
+        for k, v in summary.items():
+            if isinstance(v, dict):
+                parts += [f"<h3>{html.escape(k)}</h3>", _table([{"figure": a, "value": b} for a, b in v.items()])]
+    for path in sorted((run.path / "tables").glob("*.json")):
+        doc = json.loads(path.read_text())
+        parts += [f"<h2>{html.escape(doc.get('title', path.stem))}</h2>", _table(doc.get("rows", []))]
+    plots = sorted((run.path / "plots").glob("*.png"))
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for p in plots:
+            data = base64.b64encode(p.read_bytes()).decode()
+            parts.append(f"<h3>{html.escape(p.stem)}</h3><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>")
+    metrics = run.metrics()
+    if metrics:
+        parts += ["<h2>Metrics</h2>", _table(metrics)]
+    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape((run.path / 'config.yaml').read_text())}</pre>"]
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.path.name)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    out = run.path / "report.html"
+    atomic_write_text(out, page)
+    return out

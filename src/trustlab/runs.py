@@ -1,0 +1,224 @@
+"""Run folders: everything a run produced, enough to understand, report and resume it.
+
+A run folder ``runs/<name>/`` holds
+
+* ``config.yaml``   the resolved configuration (a frozen dataclass, written as YAML);
+* ``metrics.jsonl`` one JSON object per logged event, each with a ``step``;
+* ``checkpoints/<tag>.safetensors`` + ``<tag>.json`` tensors and their JSON sidecar;
+* ``plots/*.png``, ``tables/*.json`` figures and tables the report embeds;
+* ``summary.json``  final figures of the run.
+
+Every write goes to a temporary file in the same folder and is renamed into place, so a run
+killed at any instant leaves either the old or the new file, never half of one.  The sidecar
+JSON is also stored inside the safetensors header, which is the copy that loading trusts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trustlab.errors import RunError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class RunDir:
+    """One run folder. Create with :meth:`create`, reopen with :meth:`open`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- creation -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, config: Any, kind: str, overwrite: bool = False) -> "RunDir":
+        """Make a new run folder holding ``config`` (a dataclass) and its ``kind``.
+
+        An existing run folder is refused unless ``overwrite``: a finished run is never lost
+        by a repeated command; ``--resume`` is the way to continue one.
+        """
+        path = Path(path)
+        if (path / "config.yaml").exists() and not overwrite:
+            raise RunError(f"run folder {path} already exists: pass --resume to continue it or choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+        doc = {"kind": kind, "config": json.loads(json.dumps(cfg, default=_json_default))}
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
+        (path / "metrics.jsonl").unlink(missing_ok=True)
+        return run
+
+    @classmethod
+    def open(cls, path: Path, kind: str | tuple[str, ...] | None = None) -> "RunDir":
+        path = Path(path)
+        if not (path / "config.yaml").exists():
+            raise RunError(f"{path} is not a trustlab run folder (no config.yaml): give the folder a trustlab command wrote")
+        run = cls(path)
+        if kind is not None:
+            kinds = (kind,) if isinstance(kind, str) else kind
+            if run.kind not in kinds:
+                raise RunError(f"{path} is a '{run.kind}' run, expected {' or '.join(kinds)}")
+        return run
+
+    # -- config ---------------------------------------------------------------------------
+    def _doc(self) -> dict:
+        try:
+            doc = yaml.safe_load((self.path / "config.yaml").read_text())
+        except yaml.YAMLError as e:
+            raise RunError(f"{self.path / 'config.yaml'} is not valid YAML ({e.__class__.__name__})") from None
+        if not isinstance(doc, dict) or "config" not in doc:
+            raise RunError(f"{self.path / 'config.yaml'} has no 'config' section: was it written by trustlab?")
+        return doc
+
+    @property
+    def kind(self) -> str:
+        return str(self._doc().get("kind", "unknown"))
+
+    @property
+    def config(self) -> dict:
+        return dict(self._doc()["config"])
+
+    # -- metrics --------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def log(self, step: int, **values: Any) -> None:
+        """Append one metrics record (flushed, so a killed run keeps what it logged)."""
+        rec = {"step": int(step), **values}
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, default=_json_default) + "\n")
+            f.flush()
+
+    def metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: the step it belonged to is redone on resume
+        return out
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop records logged after ``after_step`` (work a resumed run will redo)."""
+        kept = [m for m in self.metrics() if m.get("step", 0) <= after_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoint_path(self, tag: str = "last") -> Path:
+        return self.path / "checkpoints" / f"{tag}.safetensors"
+
+    def save_checkpoint(self, tensors: dict, meta: dict, tag: str = "last") -> Path:
+        """Write ``tensors`` (name -> torch.Tensor) with ``meta`` (JSON) atomically."""
+        from safetensors.torch import save
+
+        path = self.checkpoint_path(tag)
+        meta_json = json.dumps(meta, default=_json_default, sort_keys=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        atomic_write_bytes(path, save(tensors, metadata={"trustlab": meta_json}))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(json.loads(meta_json), indent=2) + "\n")
+        return path
+
+    def has_checkpoint(self, tag: str = "last") -> bool:
+        return self.checkpoint_path(tag).exists()
+
+    def load_checkpoint(self, tag: str = "last") -> tuple[dict, dict]:
+        return load_checkpoint_file(self.checkpoint_path(tag))
+
+    # -- outputs --------------------------------------------------------------------------
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.path / "summary.json", summary)
+
+    def summary(self) -> dict:
+        p = self.path / "summary.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def write_table(self, name: str, rows: list[dict], title: str | None = None) -> None:
+        """A table the HTML report renders (list of dicts with the same keys)."""
+        atomic_write_json(self.path / "tables" / f"{name}.json", {"title": title or name, "rows": rows})
+
+    def plot_path(self, name: str) -> Path:
+        p = self.path / "plots" / f"{name}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def load_checkpoint_file(path: Path) -> tuple[dict, dict]:
+    """Tensors and metadata of a trustlab checkpoint; a clear error for anything else."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"checkpoint {path} does not exist: train the run first, or give its folder")
+    data = path.read_bytes()
+    try:
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        meta = json.loads(header.get("__metadata__", {}).get("trustlab", "{}"))
+    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+        raise RunError(f"checkpoint {path} is truncated or corrupt ({e.__class__.__name__}): rerun with --resume from an earlier one or retrain") from None
+    return tensors, meta
+
+
+def config_from_dict(cls: type, values: dict) -> Any:
+    """Rebuild a (possibly nested) frozen config dataclass from its resolved YAML form."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        if dataclasses.is_dataclass(hints.get(f.name)) and isinstance(v, dict):
+            v = config_from_dict(hints[f.name], v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)

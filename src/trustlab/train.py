@@ -1,0 +1,258 @@
+"""The one supervised training loop every area shares.
+
+Read top to bottom it is the whole run: batches, loss, optimizer step, learning-rate schedule,
+evaluation, checkpoints and resume. Design choices that make resume and distributed training
+exact rather than approximate:
+
+* All randomness is a function of ``(seed, epoch)`` (the data order) or ``(seed, step)`` (the
+  augmentation), so a run resumed from a checkpoint draws exactly what the uninterrupted run
+  would have drawn, with no RNG state to save.
+* The learning rate is a pure function of the step (no scheduler object to restore).
+* Under ``torchrun --nproc_per_node N`` (DistributedDataParallel; gloo on CPU, nccl on GPU),
+  each process takes its ``1/N`` slice of the same global batch; DDP averages gradients, which
+  equals the gradient of the global batch's mean loss. Only rank 0 writes to the run folder.
+  BatchNorm statistics stay per process, as usual with DDP.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trustlab.errors import ConfigError, RunError
+from trustlab.runs import RunDir
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0
+    augment: bool = False  # random shift by up to 2 pixels (zero padding)
+    seed: int = 0
+    checkpoint_every: int = 200  # steps; a checkpoint is also written at each epoch end
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs, batch size and learning rate must be positive")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"unknown optimizer '{self.optimizer}': use sgd or adamw")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"unknown schedule '{self.schedule}': use cosine or constant")
+
+
+# -- distributed helpers ------------------------------------------------------------------
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _init_distributed(device: torch.device) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but no CUDA device is available: use --device cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+# -- pieces of a step ---------------------------------------------------------------------
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def random_shift(x: torch.Tensor, seed: int, step: int, pad: int = 2) -> torch.Tensor:
+    """Random translation by up to ``pad`` pixels (the usual pad-and-crop), seeded by step."""
+    g = torch.Generator().manual_seed(seed * 7_919 + step)
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+             device: torch.device | None = None) -> dict[str, float]:
+    """Mean cross-entropy and top-1 accuracy (x float in [0,1], y int64)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        logits = model(xb)
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return {"loss": loss_sum / max(1, len(x)), "acc": correct / max(1, len(x))}
+
+
+# -- checkpoint (de)serialisation ---------------------------------------------------------
+def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
+    """Flatten model and optimizer state into safetensors-ready tensors plus JSON metadata."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta: dict = {}
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        scalars: dict = {}
+        for pid, st in sd["state"].items():
+            for name, val in st.items():
+                if torch.is_tensor(val):
+                    tensors[f"optim.{pid}.{name}"] = val
+                else:
+                    scalars[f"{pid}.{name}"] = val
+        meta["optim_groups"] = sd["param_groups"]
+        meta["optim_scalars"] = scalars
+    return tensors, meta
+
+
+def load_state_tensors(model: nn.Module, tensors: dict, optimizer: torch.optim.Optimizer | None = None,
+                       meta: dict | None = None, strict: bool = True) -> None:
+    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_sd, strict=strict)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise RunError(f"checkpoint does not fit this model ({first[:200]}): was it trained with another architecture?") from None
+    if optimizer is not None and meta is not None and "optim_groups" in meta:
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        for k, v in meta.get("optim_scalars", {}).items():
+            pid, name = k.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+
+
+# -- the loop -----------------------------------------------------------------------------
+def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, run: RunDir | None = None,
+        *, x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None, loss_fn: LossFn = cross_entropy,
+        resume: bool = False, quiet: bool = False, params=None, tag: str = "last",
+        max_steps: int | None = None) -> dict:
+    """Train ``model`` on ``(x_train, y_train)`` (float images in [0,1], int64 labels).
+
+    Checkpoints go to ``run`` every ``cfg.checkpoint_every`` steps and at each epoch end;
+    with ``resume`` the loop continues from the last one. ``params`` restricts the optimised
+    parameters (default: all). ``max_steps`` stops early (used to test kill-and-resume).
+    Returns the final evaluation (``test_acc``, ``test_loss``) and ``steps``.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    _init_distributed(device)
+    rank, world_size = world()
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} does not split over {world_size} processes: use a multiple")
+    torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params)
+    steps_per_epoch = len(x_train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} training examples")
+    total = cfg.epochs * steps_per_epoch
+    step, loss_sum, loss_count = 0, 0.0, 0
+    if resume and run is not None and run.has_checkpoint(tag):
+        tensors, meta = run.load_checkpoint(tag)
+        load_state_tensors(model, tensors, optimizer, meta)
+        step, loss_sum, loss_count = meta["step"], meta.get("loss_sum", 0.0), meta.get("loss_count", 0)
+        if rank == 0:
+            run.truncate_metrics(step)
+    wrapped = model
+    if world_size > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint(done: bool) -> None:
+        if run is not None and rank == 0:
+            tensors, meta = state_tensors(model, optimizer)
+            meta.update(step=step, loss_sum=loss_sum, loss_count=loss_count, done=done, config=cfg.__dict__)
+            run.save_checkpoint(tensors, meta, tag)
+
+    local = cfg.batch_size // world_size
+    end = total if max_steps is None else min(total, max_steps)
+    from trustlab.progress import progress_bar
+
+    with progress_bar(quiet or rank != 0) as bar:
+        task = bar.add_task("train", total=total, completed=step)
+        while step < end:
+            epoch, i = divmod(step, steps_per_epoch)
+            order = epoch_order(len(x_train), cfg.seed, epoch)
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if cfg.augment:  # drawn for the global batch, so any world size sees the same images
+                xb = random_shift(xb, cfg.seed, step)
+            xb, yb = xb[rank * local : (rank + 1) * local], yb[rank * local : (rank + 1) * local]
+            lr = lr_at(cfg, step, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = loss_fn(wrapped, xb.to(device), yb.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_value = float(loss.detach())
+            loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+            bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_value:.3f}")
+            epoch_done = step % steps_per_epoch == 0
+            if epoch_done and rank == 0:
+                record = {"epoch": step // steps_per_epoch, "lr": lr, "train_loss": loss_sum / loss_count}
+                if x_test is not None:
+                    ev = evaluate(model, x_test, y_test, cfg.eval_batch_size, device)
+                    record.update(test_loss=ev["loss"], test_acc=ev["acc"])
+                if run is not None:
+                    run.log(step, **record)
+                loss_sum, loss_count = 0.0, 0
+            if epoch_done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                checkpoint(done=step == total)
+    result = {"steps": step}
+    if x_test is not None and rank == 0:
+        ev = evaluate(model, x_test, y_test, cfg.eval_batch_size, device)
+        result.update(test_loss=ev["loss"], test_acc=ev["acc"])
+    return result

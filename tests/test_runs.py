@@ -1,0 +1,68 @@
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from trustlab.errors import RunError
+from trustlab.runs import RunDir, config_from_dict, load_checkpoint_file
+
+
+@dataclass(frozen=True)
+class Inner:
+    a: int = 1
+    xs: tuple = (1, 2)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    maybe: float | None = None
+
+
+def test_config_roundtrip_through_yaml(tmp_path):
+    cfg = Outer("run", Inner(3, (4, 5)), 0.5)
+    run = RunDir.create(tmp_path / "r", cfg, kind="test")
+    assert config_from_dict(Outer, RunDir.open(tmp_path / "r", kind="test").config) == cfg
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    RunDir.create(tmp_path / "r", Outer(), kind="test")
+    with pytest.raises(RunError, match="--resume"):
+        RunDir.create(tmp_path / "r", Outer(), kind="test")
+
+
+def test_wrong_kind_is_refused(tmp_path):
+    RunDir.create(tmp_path / "r", Outer(), kind="a")
+    with pytest.raises(RunError, match="'a' run"):
+        RunDir.open(tmp_path / "r", kind="b")
+
+
+def test_checkpoint_roundtrip_keeps_dtypes_and_meta(tmp_path):
+    run = RunDir.create(tmp_path / "r", Outer(), kind="test")
+    tensors = {"w": torch.randn(3, 4), "mask": torch.rand(2, 5) > 0.5, "n": torch.tensor(7)}
+    run.save_checkpoint(tensors, {"step": 12, "note": "hi"})
+    back, meta = run.load_checkpoint()
+    assert meta == {"step": 12, "note": "hi"}
+    assert back["mask"].dtype == torch.bool and torch.equal(back["mask"], tensors["mask"])
+    assert torch.equal(back["w"], tensors["w"])
+    assert not list((tmp_path / "r" / "checkpoints").glob(".*tmp"))  # no temporary file left behind
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    run = RunDir.create(tmp_path / "r", Outer(), kind="test")
+    p = run.save_checkpoint({"w": torch.randn(100)}, {"step": 1})
+    p.write_bytes(p.read_bytes()[:60])
+    with pytest.raises(RunError, match="truncated or corrupt"):
+        load_checkpoint_file(p)
+
+
+def test_metrics_truncation_and_cut_lines(tmp_path):
+    run = RunDir.create(tmp_path / "r", Outer(), kind="test")
+    for s in range(5):
+        run.log(s, loss=float(s))
+    with open(run.metrics_path, "a") as f:
+        f.write('{"step": 5, "lo')  # a line cut by a kill
+    assert [m["step"] for m in run.metrics()] == [0, 1, 2, 3, 4]
+    run.truncate_metrics(2)
+    assert [m["step"] for m in run.metrics()] == [0, 1, 2]
