@@ -31,6 +31,7 @@ $(SARIF_SCHEMA):
 
 demo: data
 	rm -rf $(RUNS)
+	$(TRUSTLAB) tinyml assess stm32f746-discovery --format html --out $(RUNS)/tinyml-stm32f746.html
 	$(TRUSTLAB) pi train --out $(RUNS)/pi-train --epochs 1 --limit 12000 --test-limit 2000 --quiet
 	@echo "report: $(RUNS)/pi-train/report.html"
 
