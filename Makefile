@@ -33,7 +33,9 @@ demo: data
 	rm -rf $(RUNS)
 	$(TRUSTLAB) tinyml assess stm32f746-discovery --format html --out $(RUNS)/tinyml-stm32f746.html
 	$(TRUSTLAB) pi train --out $(RUNS)/pi-train --epochs 1 --limit 12000 --test-limit 2000 --quiet
-	@echo "report: $(RUNS)/pi-train/report.html"
+	$(TRUSTLAB) pi count --model resnet18 --input 3x32x32 --classes 100 --json | $(PY) -c "import json,sys; d=json.load(sys.stdin); print(f'ResNet18 on 3x32x32: {d[\"relus\"]:,} ReLUs, {d[\"macs\"]/1e9:.3f} GMACs')"
+	$(TRUSTLAB) pi senet --teacher $(RUNS)/pi-train --budget 54272 --out $(RUNS)/pi-senet-half --search-epochs 1 --finetune-epochs 1 --quiet
+	@echo "report: $(RUNS)/pi-senet-half/report.html"
 
 test: data $(SARIF_SCHEMA)
 	$(PY) -m pytest

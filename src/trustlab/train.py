@@ -231,7 +231,7 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             xb, yb = xb[rank * local : (rank + 1) * local], yb[rank * local : (rank + 1) * local]
             lr = lr_at(cfg, step, total)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss = loss_fn(wrapped, xb.to(device), yb.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -76,3 +76,36 @@ def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write
     s = run.summary()
     print(f"test accuracy {s['test_acc']:.4f}, {s['relus']:,} ReLUs, {s['macs'] / 1e6:.1f} M MACs")
     print(render_report(run.path))
+
+
+def _reduction_command(method: str, doc: str) -> None:
+    def command(teacher: str = typer.Option(..., help="Run folder of `trustlab pi train` (the all-ReLU teacher)."),
+                budget: int = typer.Option(..., help="ReLUs to keep in the whole network."),
+                out: Optional[str] = typer.Option(None, help=f"Run folder to write (default runs/pi-{method}-BUDGET)."),
+                granularity: str = typer.Option("pixel", help="pixel | channel (senet only)."),
+                search_epochs: int = typer.Option(1, help="Epochs to decide where ReLUs stay."),
+                finetune_epochs: int = typer.Option(2, help="Epochs of distillation with the mask fixed."),
+                batch_size: int = typer.Option(128), lr: float = typer.Option(0.01, help="Fine-tuning learning rate."),
+                beta: float = typer.Option(1.0, help="Weight of the post-ReLU activation alignment (senet)."),
+                seed: int = typer.Option(0), device: str = typer.Option("auto"),
+                resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
+                quiet: bool = typer.Option(False)) -> None:
+        from trustlab.pi.reduce import ReductionConfig, run_reduction
+        from trustlab.report import render_report
+
+        cfg = ReductionConfig(method=method, teacher=teacher, budget=budget, granularity=granularity,
+                              search_epochs=search_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
+                              lr=lr, beta=beta, seed=seed, device=device)
+        run = run_reduction(cfg, out or f"runs/pi-{method}-{budget}", resume=resume, quiet=quiet)
+        s = run.summary()
+        print(f"{method}: {s['relus']:,} ReLUs ({s['relu_reduction']:.2f}x fewer), test accuracy {s['test_acc']:.4f} "
+              f"(teacher {s['teacher_acc']:.4f})")
+        print(render_report(run.path))
+
+    command.__doc__ = doc
+    app.command(method)(command)
+
+
+_reduction_command("senet", "SENet: sensitivity-based per-layer budgets, learned ReLU locations, distillation.")
+_reduction_command("snl", "SNL baseline: α-mask with L1 penalty, global top-budget binarisation, KD fine-tuning.")
+_reduction_command("layerdrop", "Layer-drop baseline (DeepReDuce-style): linearise whole ReLU layers, least critical first.")

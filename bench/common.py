@@ -1,0 +1,34 @@
+"""What every benchmark writes: ``bench/results/<name>.json`` with headline, settings, machine, date."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+from trustlab.runs import atomic_write_json
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "python": platform.python_version()}
+
+
+def write_result(name: str, headline: dict, settings: dict, **detail) -> Path:
+    path = RESULTS / f"{name}.json"
+    atomic_write_json(path, {"headline": headline, "settings": settings, "machine": machine(),
+                             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **detail})
+    return path

@@ -1,0 +1,104 @@
+"""SENet vs SNL vs layer-drop at 1/2, 1/4, 1/8, 1/16 of the all-ReLU count (ResNet18 width 16, Fashion-MNIST).
+
+One all-ReLU teacher is trained, then every method reduces it at every budget with the same
+epochs (``--search-epochs`` + ``--finetune-epochs``). Run folders go to ``--runs`` and are
+reused when complete, so a killed benchmark continues where it stopped. Writes
+``bench/results/pi_relu_budget.json`` and ``.png``.
+
+    python bench/pi_relu_budget.py                 # the full protocol (about an hour on 2 CPU cores)
+    python bench/pi_relu_budget.py --limit 3000    # a smoke run on a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from common import RESULTS, write_result
+
+from trustlab.pi.reduce import METHODS, ReductionConfig, run_reduction
+from trustlab.pi.training import ClassifierConfig, DataConfig, train_classifier
+from trustlab.runs import RunDir
+from trustlab.train import TrainConfig
+
+FRACTIONS = (2, 4, 8, 16)
+
+
+def done(path: Path) -> bool:
+    return (path / "summary.json").exists()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs/bench-pi-relu-budget")
+    ap.add_argument("--teacher-epochs", type=int, default=4)
+    ap.add_argument("--search-epochs", type=int, default=1)
+    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=None, help="training images (default: all 60,000)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    runs = Path(args.runs)
+    t0 = time.time()
+    teacher_dir = runs / "teacher"
+    data = DataConfig(dataset="fashion-mnist", limit=args.limit)
+    if not done(teacher_dir):
+        tcfg = ClassifierConfig(model="resnet18", width=0.25, data=data,
+                                train=TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.05, augment=True, seed=args.seed))
+        train_classifier(tcfg, teacher_dir, resume=(teacher_dir / "config.yaml").exists())
+    teacher = RunDir(teacher_dir).summary()
+    total = teacher["relus"]
+    rows = []
+    for frac in FRACTIONS:
+        budget = total // frac
+        for method in METHODS:
+            out = runs / f"{method}-{frac}"
+            if not done(out):
+                cfg = ReductionConfig(method=method, teacher=str(teacher_dir), budget=budget, search_epochs=args.search_epochs,
+                                      finetune_epochs=args.finetune_epochs, seed=args.seed)
+                run_reduction(cfg, out, resume=(out / "config.yaml").exists())
+            s = RunDir(out).summary()
+            rows.append({"method": method, "fraction": f"1/{frac}", "budget": budget, "relus": s["relus"],
+                         "test_acc": s["test_acc"], "acc_drop_points": s["acc_drop_points"]})
+            print(rows[-1], flush=True)
+    acc = {(r["method"], r["fraction"]): r["test_acc"] for r in rows}
+    headline = {
+        "senet_half_acc_drop": round(100 * (teacher["test_acc"] - acc[("senet", "1/2")]), 3),
+        "senet_minus_snl_min": round(min(100 * (acc[("senet", f"1/{f}")] - acc[("snl", f"1/{f}")]) for f in FRACTIONS), 3),
+        "teacher_acc": teacher["test_acc"],
+        "teacher_relus": total,
+    }
+    settings = {"data": "fashion-mnist train/test" + (f" (first {args.limit} train images)" if args.limit else " (60,000/10,000)"),
+                "model": "ResNet18 width multiplier 0.25 (stage widths 16/32/64/128), 1x28x28 input",
+                "teacher_epochs": args.teacher_epochs, "search_epochs": args.search_epochs,
+                "finetune_epochs": args.finetune_epochs, "batch_size": 128, "seed": args.seed,
+                "budgets": [total // f for f in FRACTIONS],
+                "note": "schedules are far shorter than the papers' (hundreds of epochs on CIFAR); same epochs for every method"}
+    write_result("pi_relu_budget", headline, settings, rows=rows, minutes=round((time.time() - t0) / 60, 1))
+    plot(rows, teacher)
+    print(headline)
+
+
+def plot(rows: list[dict], teacher: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method in METHODS:
+        pts = sorted((r["relus"], 100 * r["test_acc"]) for r in rows if r["method"] == method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    ax.scatter([teacher["relus"]], [100 * teacher["test_acc"]], marker="*", s=160, color="k", label="all-ReLU")
+    ax.set_xscale("log")
+    ax.set_xlabel("ReLUs (log)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("ResNet18 w16 on Fashion-MNIST: accuracy vs ReLU budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "pi_relu_budget.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""ReLU reduction to a budget: SENet and its baselines (SNL, layer-drop) in one code path.
+
+Every method starts from the same all-ReLU teacher run, uses the teacher's data, replaces
+each ReLU by a :class:`~trustlab.pi.masks.PartialReLU`, spends ``search_epochs`` deciding
+which ReLUs stay and ``finetune_epochs`` distilling from the teacher with the mask fixed, so
+methods compare at equal training.
+
+* **senet** — stage 1: per-layer ReLU counts from :func:`pruning_sensitivity` and
+  :func:`allocate` (exact total); stage 2: top-k mask search per layer (scores initialised
+  from the teacher's mean negative part ``E[relu(−x)]`` at each position — what linearising
+  that position would change — then trained through the straight-through estimator, jointly
+  with the weights at a tenth of the rate, exactly as SNL trains its α, so that both spend
+  their search epochs alike); stage 3: CE + KL(T=4) + β·PRAM distillation.
+* **snl** — Selective Network Linearization (Cho et al., 2022), as in its public code: α per
+  position, initial 1, trained with the weights under CE + KD + λ‖α‖₁; the final mask keeps
+  the ``budget`` largest α over the whole network. SNL raises λ by ×1.1 whenever the count
+  stalls; here λ grows by ×1.1 every 1% of the search steps (a deterministic stand-in, so that
+  ``--resume`` is exact). Fine-tuning is CE + KD.
+* **layerdrop** — DeepReDuce-style: whole ReLU layers are linearised, least critical first
+  (:func:`removal_sensitivity`), until the count is within budget; then CE + KD for all epochs.
+  Its count is at most the budget, not equal to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from trustlab.errors import ConfigError
+from trustlab.pi.accounting import count
+from trustlab.pi.distill import DistillationLoss
+from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
+from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
+from trustlab.pi.training import load_classifier
+from trustlab.runs import RunDir, config_from_dict, load_checkpoint_file
+from trustlab.train import TrainConfig, evaluate, fit, load_state_tensors
+
+METHODS = ("senet", "snl", "layerdrop")
+
+
+@dataclass(frozen=True)
+class ReductionConfig:
+    method: str = "senet"
+    teacher: str = ""
+    budget: int = 0
+    granularity: str = "pixel"
+    search_epochs: int = 1
+    finetune_epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.01  # fine-tuning (SGD, cosine)
+    search_lr: float = 0.01  # mask scores / α (AdamW, constant)
+    temperature: float = 4.0
+    beta: float = 1.0  # PRAM weight (SENet only)
+    proxy_density: float = 0.1
+    snl_lambda: float = 1e-4
+    probe_images: int = 1000  # images used for sensitivity and score initialisation
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+        if self.granularity != "pixel" and self.method != "senet":
+            raise ConfigError("channel granularity is available for senet only")
+        if self.search_epochs < 0 or self.finetune_epochs < 1:
+            raise ConfigError("search epochs must be >= 0 and fine-tuning epochs >= 1")
+
+
+def _negative_part(teacher: nn.Module, layers: list[str], x: torch.Tensor, granularity: str) -> dict[str, torch.Tensor]:
+    """Mean of relu(-input) at each position of each ReLU layer (per channel for channel masks)."""
+    sums: dict[str, torch.Tensor] = {}
+    hooks = [teacher.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: sums.__setitem__(n, sums.get(n, 0) + torch.relu(-i[0]).sum(0))) for n in layers]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), 250):
+                teacher(x[i : i + 250])
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for n, s in sums.items():
+        s = s / len(x)
+        s = s.mean(dim=(1, 2), keepdim=True) if granularity == "channel" else s
+        out[n] = (s - s.mean()) / (s.std() + 1e-12)  # unit scale, so the search rate means the same in every layer
+    return out
+
+
+def _train_cfg(cfg: ReductionConfig, epochs: int, search: bool) -> TrainConfig:
+    if search:
+        return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.search_lr, optimizer="adamw",
+                           weight_decay=0.0, schedule="constant", augment=True, seed=cfg.seed, device=cfg.device)
+    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="sgd", weight_decay=5e-4,
+                       schedule="cosine", augment=True, seed=cfg.seed + 1, device=cfg.device)
+
+
+def _scores_and_weights(student: nn.Module) -> list[dict]:
+    """Param groups of a mask search: scores/α at the search rate, weights at a tenth of it."""
+    scores = [m.scores for m in partial_relus(student).values()]
+    weights = [p for p in student.parameters() if all(p is not s for s in scores)]
+    return [{"params": scores}, {"params": weights, "lr_scale": 0.1}]
+
+
+def _snl_penalty(cfg: ReductionConfig, steps: int):
+    state = {"step": 0}
+
+    def penalty(model: nn.Module) -> torch.Tensor:
+        lam = cfg.snl_lambda * 1.1 ** (100 * state["step"] / max(1, steps))
+        state["step"] += 1
+        return lam * sum(m.scores.abs().sum() for m in partial_relus(model).values())
+    return penalty, state
+
+
+def _search(cfg: ReductionConfig, teacher: nn.Module, student: nn.Module, layers: list[str], data, shape,
+            run: RunDir, resume: bool, quiet: bool) -> list[dict]:
+    """Decide the mask of every layer; returns a per-layer table of the decision."""
+    prl = partial_relus(student)
+    capacity = {n: prl[n].units * prl[n].unit_size for n in layers}
+    probe_x, probe_y = data.x_train[: cfg.probe_images], data.y_train[: cfg.probe_images]
+    rows = []
+    if cfg.method == "senet":
+        sens = pruning_sensitivity(teacher, shape, cfg.proxy_density)
+        counts = allocate(capacity, sens, cfg.budget)
+        init = _negative_part(teacher, layers, probe_x, cfg.granularity)
+        for n in layers:
+            keep = counts[n] // prl[n].unit_size
+            prl[n].start_search("topk", init[n], keep)
+            rows.append({"layer": n, "relus": capacity[n], "sensitivity": round(sens[n], 5), "allocated": keep * prl[n].unit_size})
+        if cfg.search_epochs:
+            loss = DistillationLoss(teacher, layers, cfg.temperature, cfg.beta)
+            fit(student, data.x_train, data.y_train, _train_cfg(cfg, cfg.search_epochs, True), run, loss_fn=loss,
+                resume=resume, quiet=quiet, params=_scores_and_weights(student), tag="search")
+        for m in prl.values():
+            m.freeze()
+    elif cfg.method == "snl":
+        for n in layers:
+            prl[n].start_search("soft", torch.ones(prl[n].mask.shape))
+        steps = cfg.search_epochs * (len(data.x_train) // cfg.batch_size)
+        penalty, state = _snl_penalty(cfg, steps)
+        if resume and run.has_checkpoint("search"):
+            state["step"] = run.load_checkpoint("search")[1]["step"]  # λ continues where it was
+        if cfg.search_epochs:
+            loss = DistillationLoss(teacher, layers, cfg.temperature, 0.0, extra=penalty)
+            fit(student, data.x_train, data.y_train, _train_cfg(cfg, cfg.search_epochs, True), run, loss_fn=loss,
+                resume=resume, quiet=quiet, params=_scores_and_weights(student), tag="search")
+        flat = torch.cat([prl[n].scores.detach().flatten() for n in layers])
+        keep_all = topk_mask(flat, cfg.budget)
+        offset = 0
+        for n in layers:
+            k = int(keep_all[offset : offset + prl[n].units].sum())
+            offset += prl[n].units
+            above = int((prl[n].scores.detach() > 1e-2).sum())
+            prl[n].freeze(k)
+            rows.append({"layer": n, "relus": capacity[n], "alpha_above_1e-2": above, "allocated": k})
+    else:  # layerdrop
+        crit = removal_sensitivity(teacher, probe_x, probe_y, layers)
+        total = sum(capacity.values())
+        dropped = set()
+        for n in sorted(layers, key=lambda n: (crit[n]["kl"], n)):
+            if total <= cfg.budget:
+                break
+            prl[n].mask.zero_()
+            dropped.add(n)
+            total -= capacity[n]
+        rows = [{"layer": n, "relus": capacity[n], "criticality_kl": round(crit[n]["kl"], 5),
+                 "allocated": 0 if n in dropped else capacity[n]} for n in layers]
+    return rows
+
+
+def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
+    """Reduce the teacher run's model to ``cfg.budget`` ReLUs with ``cfg.method``; write a run folder."""
+    out = Path(out)
+    if resume and (out / "config.yaml").exists():
+        cfg = config_from_dict(ReductionConfig, RunDir.open(out, kind=f"pi-{cfg.method}").config)
+    cfg.validate()
+    teacher, tcfg, shape = load_classifier(cfg.teacher)
+    total = count(teacher, shape).relus
+    if not 0 < cfg.budget < total:
+        raise ConfigError(f"--budget {cfg.budget:,} is impossible: the teacher has {total:,} ReLUs, give 1..{total - 1:,}")
+    data = tcfg.data.load()
+    run = RunDir.open(out, kind=f"pi-{cfg.method}") if resume and (out / "config.yaml").exists() else \
+        RunDir.create(out, cfg, kind=f"pi-{cfg.method}")
+    teacher_acc = evaluate(teacher, data.x_test, data.y_test)["acc"]
+    torch.manual_seed(cfg.seed)
+    student = copy.deepcopy(teacher)
+    layers = install_partial_relus(student, shape, cfg.granularity)
+    before = {r.name: r.relus for r in count(student, shape).relu_layers()}
+    rows = _search(cfg, teacher, student, layers, data, shape, run, resume, quiet)
+    epochs = cfg.finetune_epochs + (cfg.search_epochs if cfg.method == "layerdrop" else 0)
+    beta = cfg.beta if cfg.method == "senet" else 0.0
+    result = fit(student, data.x_train, data.y_train, _train_cfg(cfg, epochs, False), run,
+                 x_test=data.x_test, y_test=data.y_test, loss_fn=DistillationLoss(teacher, layers, cfg.temperature, beta),
+                 resume=resume, quiet=quiet, tag="finetune")
+    acc = count(student, shape)
+    after = {r.name: r.relus for r in acc.relu_layers()}
+    for r in rows:
+        r["relus_after"] = after[r["layer"]]
+    run.write_table("relus", [{"layer": r["layer"], "relus_before": before[r["layer"]], **{k: v for k, v in r.items() if k not in ("layer", "relus")}}
+                              for r in rows], title="Per-layer ReLUs before and after")
+    run.write_summary({"method": cfg.method, "budget": cfg.budget, "relus": acc.relus, "teacher_relus": total,
+                       "relu_reduction": total / max(1, acc.relus), "test_acc": result.get("test_acc"),
+                       "teacher_acc": teacher_acc, "acc_drop_points": 100 * (teacher_acc - result.get("test_acc", 0)),
+                       "macs": acc.macs, "teacher": str(cfg.teacher), "input_shape": list(shape)})
+    plot_accuracy_vs_relus(run)
+    return run
+
+
+def load_reduced(run_dir: str | Path) -> tuple[nn.Module, tuple[int, int, int]]:
+    """The partial-ReLU model of a reduction run (masks included), ready for evaluation."""
+    run = RunDir.open(run_dir, kind=tuple(f"pi-{m}" for m in METHODS))
+    cfg = config_from_dict(ReductionConfig, run.config)
+    teacher, _, shape = load_classifier(cfg.teacher)
+    model = copy.deepcopy(teacher)
+    install_partial_relus(model, shape, cfg.granularity)
+    tensors, _ = load_checkpoint_file(run.checkpoint_path("finetune"))
+    load_state_tensors(model, tensors)
+    return model.eval(), shape
+
+
+def plot_accuracy_vs_relus(run: RunDir) -> None:
+    """Accuracy against ReLU count for this run, its teacher, and sibling runs of the same teacher."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    me = run.summary()
+    points: dict[str, list] = {}
+    for sib in sorted(run.path.parent.iterdir()):
+        s = sib / "summary.json"
+        if sib.is_dir() and s.exists():
+            doc = RunDir(sib).summary()
+            if doc.get("teacher") == me["teacher"] and "method" in doc:
+                points.setdefault(doc["method"], []).append((doc["relus"], doc["test_acc"]))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([me["teacher_relus"]], [me["teacher_acc"]], marker="*", s=150, color="k", label="all-ReLU teacher")
+    for method, pts in sorted(points.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("ReLUs")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run.plot_path("accuracy_vs_relus"), dpi=100)
+    plt.close(fig)
+
+
+__all__ = ["METHODS", "PartialReLU", "ReductionConfig", "load_reduced", "run_reduction"]
