@@ -35,6 +35,7 @@ demo: data
 	$(TRUSTLAB) pi train --out $(RUNS)/pi-train --epochs 1 --limit 12000 --test-limit 2000 --quiet
 	$(TRUSTLAB) pi count --model resnet18 --input 3x32x32 --classes 100 --json | $(PY) -c "import json,sys; d=json.load(sys.stdin); print(f'ResNet18 on 3x32x32: {d[\"relus\"]:,} ReLUs, {d[\"macs\"]/1e9:.3f} GMACs')"
 	$(TRUSTLAB) pi senet --teacher $(RUNS)/pi-train --budget 54272 --out $(RUNS)/pi-senet-half --search-epochs 1 --finetune-epochs 1 --quiet
+	$(TRUSTLAB) pi shallow --teacher $(RUNS)/pi-train --target-relu-reduction 1.7 --finetune-epochs 1 --out $(RUNS)/pi-shallow --quiet
 	@echo "report: $(RUNS)/pi-senet-half/report.html"
 
 test: data $(SARIF_SCHEMA)

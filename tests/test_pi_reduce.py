@@ -8,7 +8,7 @@ from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.masks import PartialReLU, export_masks, install_partial_relus, kept_positions, topk_mask
 from trustlab.pi.models import build_model
-from trustlab.pi.reduce import load_reduced
+from trustlab.pi.load import load_pi_model
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
 from trustlab.runs import load_checkpoint_file
 from trustlab.train import evaluate
@@ -137,7 +137,7 @@ def test_reduction_hits_the_budget_and_keeps_masks_in_checkpoints(teacher, tmp_p
     masks = {k: v for k, v in tensors.items() if k.endswith(".mask")}
     assert masks and all(v.dtype == torch.bool for v in masks.values())
     assert sum(int(v.sum()) for v in masks.values()) == summary["relus"]
-    model, shape = load_reduced(out)
+    model, shape, _ = load_pi_model(out)
     assert count(model, shape).relus == summary["relus"]
     from trustlab.data import load_classification
 

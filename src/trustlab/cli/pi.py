@@ -109,3 +109,24 @@ def _reduction_command(method: str, doc: str) -> None:
 _reduction_command("senet", "SENet: sensitivity-based per-layer budgets, learned ReLU locations, distillation.")
 _reduction_command("snl", "SNL baseline: α-mask with L1 penalty, global top-budget binarisation, KD fine-tuning.")
 _reduction_command("layerdrop", "Layer-drop baseline (DeepReDuce-style): linearise whole ReLU layers, least critical first.")
+
+
+@app.command("shallow")
+def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab pi train`."),
+                target_relu_reduction: float = typer.Option(1.7, help="Remove inner ReLU layers until ReLUs fall by this factor."),
+                kernel: int = typer.Option(3, help="3: merged blocks become trained 3x3 convolutions (fewer MACs); 0: exact merge (5x5/7x7, more MACs)."),
+                out: Optional[str] = typer.Option(None, help="Run folder to write (default runs/pi-shallow)."),
+                finetune_epochs: int = typer.Option(2), batch_size: int = typer.Option(128), lr: float = typer.Option(0.01),
+                seed: int = typer.Option(0), device: str = typer.Option("auto"),
+                resume: bool = typer.Option(False), quiet: bool = typer.Option(False)) -> None:
+    """Shallow model: remove the least sensitive inner ReLU layers and merge the convolutions around them."""
+    from trustlab.pi.shallow import ShallowConfig, run_shallow
+    from trustlab.report import render_report
+
+    cfg = ShallowConfig(teacher=teacher, target_relu_reduction=target_relu_reduction, kernel=kernel,
+                        finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    run = run_shallow(cfg, out or "runs/pi-shallow", resume=resume, quiet=quiet)
+    s = run.summary()
+    print(f"shallow: merged {len(s['merged_blocks'])} blocks, ReLUs {s['relu_reduction']:.2f}x fewer, MACs {s['mac_reduction']:.2f}x fewer, "
+          f"depth {s['teacher_depth']} -> {s['depth']}, test accuracy {s['test_acc']:.4f} (teacher {s['teacher_acc']:.4f})")
+    print(render_report(run.path))

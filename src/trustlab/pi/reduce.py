@@ -35,9 +35,9 @@ from trustlab.pi.accounting import count
 from trustlab.pi.distill import DistillationLoss
 from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
-from trustlab.pi.training import load_classifier
-from trustlab.runs import RunDir, config_from_dict, load_checkpoint_file
-from trustlab.train import TrainConfig, evaluate, fit, load_state_tensors
+from trustlab.pi.load import load_pi_model
+from trustlab.runs import RunDir, config_from_dict
+from trustlab.train import TrainConfig, evaluate, fit
 
 METHODS = ("senet", "snl", "layerdrop")
 
@@ -177,11 +177,13 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     if resume and (out / "config.yaml").exists():
         cfg = config_from_dict(ReductionConfig, RunDir.open(out, kind=f"pi-{cfg.method}").config)
     cfg.validate()
-    teacher, tcfg, shape = load_classifier(cfg.teacher)
+    teacher, shape, data_cfg = load_pi_model(cfg.teacher)
+    if partial_relus(teacher):
+        raise ConfigError(f"teacher {cfg.teacher} already has partial ReLUs: give an all-ReLU (pi train) or shallow (pi shallow) run")
     total = count(teacher, shape).relus
     if not 0 < cfg.budget < total:
         raise ConfigError(f"--budget {cfg.budget:,} is impossible: the teacher has {total:,} ReLUs, give 1..{total - 1:,}")
-    data = tcfg.data.load()
+    data = data_cfg.load()
     run = RunDir.open(out, kind=f"pi-{cfg.method}") if resume and (out / "config.yaml").exists() else \
         RunDir.create(out, cfg, kind=f"pi-{cfg.method}")
     teacher_acc = evaluate(teacher, data.x_test, data.y_test)["acc"]
@@ -207,18 +209,6 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
                        "macs": acc.macs, "teacher": str(cfg.teacher), "input_shape": list(shape)})
     plot_accuracy_vs_relus(run)
     return run
-
-
-def load_reduced(run_dir: str | Path) -> tuple[nn.Module, tuple[int, int, int]]:
-    """The partial-ReLU model of a reduction run (masks included), ready for evaluation."""
-    run = RunDir.open(run_dir, kind=tuple(f"pi-{m}" for m in METHODS))
-    cfg = config_from_dict(ReductionConfig, run.config)
-    teacher, _, shape = load_classifier(cfg.teacher)
-    model = copy.deepcopy(teacher)
-    install_partial_relus(model, shape, cfg.granularity)
-    tensors, _ = load_checkpoint_file(run.checkpoint_path("finetune"))
-    load_state_tensors(model, tensors)
-    return model.eval(), shape
 
 
 def plot_accuracy_vs_relus(run: RunDir) -> None:
@@ -251,4 +241,4 @@ def plot_accuracy_vs_relus(run: RunDir) -> None:
     plt.close(fig)
 
 
-__all__ = ["METHODS", "PartialReLU", "ReductionConfig", "load_reduced", "run_reduction"]
+__all__ = ["METHODS", "PartialReLU", "ReductionConfig", "run_reduction"]
