@@ -130,3 +130,40 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
     print(f"shallow: merged {len(s['merged_blocks'])} blocks, ReLUs {s['relu_reduction']:.2f}x fewer, MACs {s['mac_reduction']:.2f}x fewer, "
           f"depth {s['teacher_depth']} -> {s['depth']}, test accuracy {s['test_acc']:.4f} (teacher {s['teacher_acc']:.4f})")
     print(render_report(run.path))
+
+
+@app.command("secure-infer")
+def secure_infer_cmd(run: str = typer.Argument(..., help="A PI run folder (pi train / shallow / senet / snl / layerdrop)."),
+                     protocol: str = typer.Option("semi2k", help="cheetah | semi2k (2 parties) | aby3 (3 parties)"),
+                     images: int = typer.Option(4, help="Test images to infer."),
+                     weights: str = typer.Option("secret", help="secret: weights secret-shared; public: compiled in."),
+                     relu_mode: str = typer.Option("gather", help="gather: compare kept positions only; naive: mask every element.")) -> None:
+    """Run the model under SPU's simulator: check against plaintext, report latency, bytes and rounds."""
+    from trustlab.pi.secure import secure_infer
+
+    r = secure_infer(run, protocol, images, weights, relu_mode)
+    print(f"{protocol} ({relu_mode} ReLU, {weights} weights), {r['images']} images: top-1 equal to plaintext: "
+          f"{r['same_top1_as_plaintext']}, max |logit error| {r['max_abs_logit_error']:.2e}")
+    print(f"  {r['seconds_per_image']:.2f} s/image, {r['total_bytes'] / 1e6:.2f} MB (non-linear {r['nonlinear_bytes'] / 1e6:.2f} MB, "
+          f"linear {r['linear_bytes'] / 1e6:.2f} MB), {r['rounds']} rounds, {r['relus']:,} ReLUs")
+    if not r["same_top1_as_plaintext"]:
+        raise ConfigError("secure top-1 differs from plaintext on some image: fixed-point precision is too low for this model")
+
+
+@app.command("cost")
+def cost_cmd(run: str = typer.Argument(..., help="A PI run folder.")) -> None:
+    """Garbled-circuit (DELPHI-style) cost from the ReLU count, beside measured SPU figures if any."""
+    import json as _json
+    from pathlib import Path
+
+    from trustlab.pi.accounting import count
+    from trustlab.pi.cost import gc_cost
+    from trustlab.pi.load import load_pi_model
+
+    model, shape, _ = load_pi_model(run)
+    c = gc_cost(count(model, shape).relus)
+    print(f"{c['relus']:,} ReLUs: GC storage {c['storage_bytes'] / 1e6:,.1f} MB, offline garbling {c['offline_garble_seconds']:.2f} s, "
+          f"online evaluation {c['online_eval_seconds']:.2f} s per image (DELPHI-style cost model)")
+    for p in sorted((Path(run) / "secure").glob("*.json")):
+        m = _json.loads(p.read_text())
+        print(f"measured SPU {p.stem}: {m['seconds_per_image']:.2f} s/image, {m['total_bytes'] / 1e6:.2f} MB, {m['rounds']} rounds")
