@@ -167,3 +167,16 @@ def cost_cmd(run: str = typer.Argument(..., help="A PI run folder.")) -> None:
     for p in sorted((Path(run) / "secure").glob("*.json")):
         m = _json.loads(p.read_text())
         print(f"measured SPU {p.stem}: {m['seconds_per_image']:.2f} s/image, {m['total_bytes'] / 1e6:.2f} MB, {m['rounds']} rounds")
+
+
+@app.command("secure-serve")
+def secure_serve_cmd(config: str = typer.Option(..., "--config", help="Nodes file (YAML): protocol, parties, run, images."),
+                     party: int = typer.Option(..., "--party", help="This process's rank: 0 client, 1 server, 2 helper (aby3).")) -> None:
+    """Run one party of a distributed secure inference (start every party with the same nodes file)."""
+    from trustlab.pi.serve import serve_party
+
+    result = serve_party(config, party)
+    if result is not None:
+        print(f"client: top-1 {result['top1']} in {result['seconds']:.1f} s over {result['protocol']}")
+    else:
+        print(f"party {party}: done")

@@ -1,0 +1,172 @@
+"""Secure inference across real party processes (SPU over brpc), one process per party.
+
+Party 0 is the client: it holds the images and receives the logits. Party 1 is the server: it
+holds the model weights. (A third party, for ABY3, holds nothing and helps compute.) Every
+party runs the same command with the same nodes file::
+
+    protocol: semi2k            # semi2k | cheetah (2 parties) | aby3 (3 parties)
+    parties: ["10.0.0.1:9920", "10.0.0.2:9921"]   # host:port of party 0, 1[, 2]
+    run: runs/senet-half        # the model's run folder (architecture and masks are public)
+    images: 4                   # the client's first N test images
+    relu_mode: gather           # gather | naive
+    timeout_s: 60               # a party that does not answer within this ends the run with an error
+    out: runs/senet-half/secure/distributed.json   # where the client writes the logits
+
+    trustlab pi secure-serve --config nodes.yaml --party 1    # on the server machine
+    trustlab pi secure-serve --config nodes.yaml --party 0    # on the client machine
+
+Each party secret-shares its own inputs with SPU's ``Io`` and sends every other party its
+share over the SPU link; all run the compiled program on their shares; the output shares go
+to the client, which reconstructs the logits. Shares travel as length-prefixed bytes (never
+pickled). The run folder must be present on every party: the server's copy needs the
+weights, the others only its architecture and masks (their copy's weights are not used).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from trustlab.errors import ConfigError, TrustlabError
+
+CLIENT, SERVER = 0, 1
+
+
+@dataclass(frozen=True)
+class NodesConfig:
+    protocol: str
+    parties: tuple[str, ...]
+    run: str
+    images: int = 4
+    relu_mode: str = "gather"
+    timeout_s: float = 60.0
+    out: str | None = None
+
+
+def load_nodes(path: str | Path) -> NodesConfig:
+    from trustlab.pi.secure import PROTOCOLS
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"nodes file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML ({e.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping with protocol, parties and run")
+    unknown = set(doc) - set(NodesConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
+    for key in ("protocol", "parties", "run"):
+        if key not in doc:
+            raise ConfigError(f"{path}: '{key}' is required")
+    if doc["protocol"] not in PROTOCOLS:
+        raise ConfigError(f"{path}: protocol must be one of {', '.join(PROTOCOLS)}, not '{doc['protocol']}'")
+    parties = doc["parties"]
+    need = PROTOCOLS[doc["protocol"]]
+    if not isinstance(parties, list) or len(parties) != need:
+        raise ConfigError(f"{path}: {doc['protocol']} needs {need} parties (host:port each), the file lists "
+                          f"{len(parties) if isinstance(parties, list) else 'none'}")
+    for i, addr in enumerate(parties):
+        host, _, port = str(addr).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{path}: parties[{i}] = '{addr}' is not host:port")
+    return NodesConfig(doc["protocol"], tuple(str(p) for p in parties), str(doc["run"]), int(doc.get("images", 4)),
+                       str(doc.get("relu_mode", "gather")), float(doc.get("timeout_s", 60)), doc.get("out"))
+
+
+def pack_share(share) -> bytes:
+    parts = [share.meta, *share.share_chunks]
+    return struct.pack("<I", len(parts)) + b"".join(struct.pack("<Q", len(p)) + p for p in parts)
+
+
+def unpack_share(data: bytes):
+    import spu.libspu as libspu
+
+    (n,), pos, parts = struct.unpack_from("<I", data), 4, []
+    for _ in range(n):
+        (size,) = struct.unpack_from("<Q", data, pos)
+        parts.append(data[pos + 8 : pos + 8 + size])
+        pos += 8 + size
+    share = libspu.Share()
+    share.meta, share.share_chunks = parts[0], parts[1:]
+    return share
+
+
+def serve_party(config_path: str | Path, party: int) -> dict | None:
+    """Run one party; the client returns (and writes) the logits, the others return None."""
+    import spu.api as spu_api
+    import spu.libspu as libspu
+    import spu.utils.frontend as spu_fe
+
+    from trustlab.pi.load import load_pi_model
+    from trustlab.pi.secure import export_jax, runtime_config
+
+    cfg = load_nodes(config_path)
+    world = len(cfg.parties)
+    if not 0 <= party < world:
+        raise ConfigError(f"--party must be 0..{world - 1} for {cfg.protocol}")
+    model, shape, data_cfg = load_pi_model(cfg.run)
+    exported = export_jax(model, shape, cfg.relu_mode)
+    if party == CLIENT:
+        x = data_cfg.load().x_test[: cfg.images].numpy().astype(np.float32)
+    else:
+        x = np.zeros((cfg.images, *shape), np.float32)  # only its shape is used
+    weights = exported.weights if party == SERVER else [np.zeros_like(w) for w in exported.weights]
+    inputs = [x, *weights]
+    names = [f"in{i}" for i in range(len(inputs))]
+    executable, _ = spu_fe.compile(spu_fe.Kind.JAX, exported.fn, inputs, {}, names,
+                                   [libspu.Visibility.VIS_SECRET] * len(inputs), lambda outs: [f"out{i}" for i in range(len(outs))])
+    rt_config = runtime_config(cfg.protocol)
+    desc = libspu.link.Desc()
+    for i, addr in enumerate(cfg.parties):
+        desc.add_party(f"party{i}", addr)
+    desc.recv_timeout_ms = int(cfg.timeout_s * 1000)
+    desc.connect_retry_times = max(1, int(cfg.timeout_s))
+    desc.connect_retry_interval_ms = 1000
+    t0 = time.time()
+    try:
+        lctx = libspu.link.create_brpc(desc, party)
+        io = spu_api.Io(world, rt_config)
+        owners = [CLIENT] + [SERVER] * len(weights)
+        mine = {}
+        for name, value, owner in zip(names, inputs, owners):
+            if owner == party:
+                shares = io.make_shares(value, libspu.Visibility.VIS_SECRET)
+                for other in range(world):
+                    if other != party:
+                        lctx.send(other, pack_share(shares[other]))
+                mine[name] = shares[party]
+            else:
+                mine[name] = unpack_share(lctx.recv(owner))
+        rt = spu_api.Runtime(lctx, rt_config)
+        for name, share in mine.items():
+            rt.set_var(name, share)
+        rt.run(executable)
+        out = rt.get_var(executable.output_names[0])
+        if party != CLIENT:
+            lctx.send(CLIENT, pack_share(out))
+            lctx.stop_link()
+            return None
+        shares = [out if p == CLIENT else unpack_share(lctx.recv(p)) for p in range(world)]
+        logits = io.reconstruct(shares)
+        lctx.stop_link()
+    except TrustlabError:
+        raise
+    except Exception as e:  # link failures surface as native exceptions
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TrustlabError(f"party {party}: secure run failed ({first}); check that every party in {config_path} "
+                            f"is running and reachable within {cfg.timeout_s:g} s") from None
+    result = {"protocol": cfg.protocol, "parties": list(cfg.parties), "images": cfg.images,
+              "seconds": time.time() - t0, "logits": logits.tolist(), "top1": logits.argmax(1).tolist()}
+    if cfg.out:
+        from trustlab.runs import atomic_write_json
+
+        atomic_write_json(Path(cfg.out), result)
+    return result
