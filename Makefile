@@ -36,6 +36,9 @@ demo: data
 	$(TRUSTLAB) pi count --model resnet18 --input 3x32x32 --classes 100 --json | $(PY) -c "import json,sys; d=json.load(sys.stdin); print(f'ResNet18 on 3x32x32: {d[\"relus\"]:,} ReLUs, {d[\"macs\"]/1e9:.3f} GMACs')"
 	$(TRUSTLAB) pi senet --teacher $(RUNS)/pi-train --budget 54272 --out $(RUNS)/pi-senet-half --search-epochs 1 --finetune-epochs 1 --quiet
 	$(TRUSTLAB) pi shallow --teacher $(RUNS)/pi-train --target-relu-reduction 1.7 --finetune-epochs 1 --out $(RUNS)/pi-shallow --quiet
+	$(TRUSTLAB) pi secure-infer $(RUNS)/pi-senet-half --protocol semi2k --images 2
+	$(TRUSTLAB) pi cost $(RUNS)/pi-senet-half
+	$(TRUSTLAB) report $(RUNS)/pi-senet-half >/dev/null
 	@echo "report: $(RUNS)/pi-senet-half/report.html"
 
 test: data $(SARIF_SCHEMA)

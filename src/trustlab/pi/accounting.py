@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 import torch.nn as nn
+
+from trustlab.pi.probe import probe
 
 
 @dataclass
@@ -59,7 +60,6 @@ def is_relu_layer(m: nn.Module) -> bool:
 def count(model: nn.Module, input_shape: tuple[int, ...]) -> Accounting:
     """Count ReLUs, MACs and parameters of ``model`` on one input of ``input_shape`` (C,H,W)."""
     rows: list[LayerCount] = []
-    hooks = []
 
     def hook(name: str):
         def fn(mod: nn.Module, inp, out) -> None:
@@ -80,19 +80,7 @@ def count(model: nn.Module, input_shape: tuple[int, ...]) -> Accounting:
             rows.append(LayerCount(name, kind, shape, relus, macs, params))
         return fn
 
-    for name, mod in model.named_modules():
-        if is_relu_layer(mod) or isinstance(mod, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
-            hooks.append(mod.register_forward_hook(hook(name)))
-    was = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    probe(model, input_shape, lambda name, mod: hook(name) if is_relu_layer(mod) or isinstance(mod, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) else None)
     return Accounting(rows)
 
 

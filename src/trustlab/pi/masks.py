@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from trustlab.errors import ConfigError
+from trustlab.pi.probe import probe
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -98,17 +99,8 @@ class PartialReLU(nn.Module):
 def activation_shapes(model: nn.Module, input_shape: tuple[int, ...], kinds=(nn.ReLU, PartialReLU)) -> dict[str, tuple]:
     """Output shape (without batch) of every module of ``kinds``, by one forward pass."""
     shapes: dict[str, tuple] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
-             for n, m in model.named_modules() if isinstance(m, kinds) and n]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    probe(model, input_shape, lambda n, m: (lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
+          if isinstance(m, kinds) else None)
     return shapes
 
 

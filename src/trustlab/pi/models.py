@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from trustlab.errors import ConfigError
+from trustlab.pi.probe import probe
 
 
 class BasicBlock(nn.Module):
@@ -119,12 +120,7 @@ def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.
 
 def check_input(model: nn.Module, shape: tuple[int, int, int]) -> None:
     """Run one zero input through ``model``; a shape it cannot take is a clear error."""
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, *shape))
+        probe(model, shape, lambda n, m: None)
     except RuntimeError as e:
         raise ConfigError(f"the model cannot take input {'x'.join(map(str, shape))} ({str(e).splitlines()[0][:160]})") from None
-    finally:
-        model.train(was)

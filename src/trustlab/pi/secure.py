@@ -42,6 +42,7 @@ import torch.nn as nn
 from trustlab.errors import ConfigError
 from trustlab.pi.masks import PartialReLU
 from trustlab.pi.merge import fold_bn
+from trustlab.pi.probe import probe
 
 PROTOCOLS = {"semi2k": 2, "cheetah": 2, "aby3": 3}
 NONLINEAR_OPS = {"pphlo.less", "pphlo.greater", "pphlo.less_equal", "pphlo.greater_equal", "pphlo.select",
@@ -207,21 +208,17 @@ def export_jax(model: nn.Module, input_shape: tuple[int, ...], relu_mode: str = 
 
 
 def _shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple]:
+    """Output shape of every module, and input shape under ``NAME.__in__``."""
     out: dict[str, tuple] = {}
-    hooks = []
-    for n, m in model.named_modules():
-        if n:
-            def hook(mod, i, o, n=n):
-                out[n] = tuple(o.shape[1:])
-                if i and torch.is_tensor(i[0]):
-                    out[n + ".__in__"] = tuple(i[0].shape[1:])
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def hook_for(n: str, m: nn.Module):
+        def hook(mod, i, o):
+            out[n] = tuple(o.shape[1:])
+            if i and torch.is_tensor(i[0]):
+                out[n + ".__in__"] = tuple(i[0].shape[1:])
+        return hook
+
+    probe(model, input_shape, hook_for)
     return out
 
 

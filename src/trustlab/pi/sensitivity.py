@@ -28,24 +28,14 @@ import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
 from trustlab.pi.accounting import is_relu_layer
+from trustlab.pi.probe import probe
 
 
 def relu_to_preceding_conv(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, str]:
     """ReLU layer name -> name of the last Conv2d executed before it (execution order, by hooks)."""
     order: list[tuple[str, bool]] = []
-    hooks = []
-    for n, m in model.named_modules():
-        if n and (isinstance(m, nn.Conv2d) or is_relu_layer(m)):
-            hooks.append(m.register_forward_hook(lambda mod, i, o, n=n, relu=is_relu_layer(m): order.append((n, relu))))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    probe(model, input_shape, lambda n, m: (lambda mod, i, o, n=n, relu=is_relu_layer(m): order.append((n, relu)))
+          if isinstance(m, nn.Conv2d) or is_relu_layer(m) else None)
     out, last_conv = {}, None
     for name, relu in order:
         if relu:
