@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--target", type=float, default=1.7)
     ap.add_argument("--finetune-epochs", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="teacher training images (default: all)")
+    ap.add_argument("--reduce-limit", type=int, default=20000, help="training images seen by each fine-tuning epoch")
     args = ap.parse_args()
     t0 = time.time()
     teacher_dir, runs = Path(args.teacher), Path(args.runs)
@@ -42,13 +43,14 @@ def main() -> None:
         d = runs / name
         if not (d / "summary.json").exists():
             run_shallow(ShallowConfig(teacher=str(teacher_dir), target_relu_reduction=args.target, kernel=kernel,
-                                      finetune_epochs=args.finetune_epochs), d, resume=(d / "config.yaml").exists())
+                                      finetune_epochs=args.finetune_epochs, train_limit=args.reduce_limit), d,
+                        resume=(d / "config.yaml").exists())
         out[name] = RunDir(d).summary()
     joint_dir = runs / "shallow_senet"
     if not (joint_dir / "summary.json").exists():
         budget = out["shallow"]["relus"] // 2
         run_reduction(ReductionConfig(method="senet", teacher=str(runs / "shallow"), budget=budget, search_epochs=1,
-                                      finetune_epochs=args.finetune_epochs - 1 or 1), joint_dir,
+                                      finetune_epochs=args.finetune_epochs - 1 or 1, train_limit=args.reduce_limit), joint_dir,
                       resume=(joint_dir / "config.yaml").exists())
     j = RunDir(joint_dir).summary()
     sh = out["shallow"]
@@ -62,7 +64,7 @@ def main() -> None:
                 "teacher_acc": teacher["test_acc"]}
     settings = {"data": "fashion-mnist" + (f" (first {args.limit} train images)" if args.limit else " 60,000/10,000"),
                 "model": "ResNet18 width 0.25 (16/32/64/128)", "target_relu_reduction": args.target,
-                "finetune_epochs": args.finetune_epochs, "teacher": str(teacher_dir),
+                "finetune_epochs": args.finetune_epochs, "finetune_train_images": args.reduce_limit, "teacher": str(teacher_dir),
                 "merged_blocks": sh["merged_blocks"], "joint": "SENet at half of the shallow model's ReLUs, 1 search epoch"}
     rows = [{"model": "all-ReLU", "relus": teacher["relus"], "macs": teacher["macs"], "depth": sh["teacher_depth"], "test_acc": teacher["test_acc"]},
             *({"model": n, "relus": s["relus"], "macs": s["macs"], "depth": s["depth"], "test_acc": s["test_acc"]} for n, s in out.items()),

@@ -87,6 +87,7 @@ def _reduction_command(method: str, doc: str) -> None:
                 finetune_epochs: int = typer.Option(2, help="Epochs of distillation with the mask fixed."),
                 batch_size: int = typer.Option(128), lr: float = typer.Option(0.01, help="Fine-tuning learning rate."),
                 beta: float = typer.Option(1.0, help="Weight of the post-ReLU activation alignment (senet)."),
+                train_limit: Optional[int] = typer.Option(None, help="Train on the teacher's first N training images only."),
                 seed: int = typer.Option(0), device: str = typer.Option("auto"),
                 resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
                 quiet: bool = typer.Option(False)) -> None:
@@ -95,7 +96,7 @@ def _reduction_command(method: str, doc: str) -> None:
 
         cfg = ReductionConfig(method=method, teacher=teacher, budget=budget, granularity=granularity,
                               search_epochs=search_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
-                              lr=lr, beta=beta, seed=seed, device=device)
+                              lr=lr, beta=beta, train_limit=train_limit, seed=seed, device=device)
         run = run_reduction(cfg, out or f"runs/pi-{method}-{budget}", resume=resume, quiet=quiet)
         s = run.summary()
         print(f"{method}: {s['relus']:,} ReLUs ({s['relu_reduction']:.2f}x fewer), test accuracy {s['test_acc']:.4f} "
@@ -117,6 +118,7 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
                 kernel: int = typer.Option(3, help="3: merged blocks become trained 3x3 convolutions (fewer MACs); 0: exact merge (5x5/7x7, more MACs)."),
                 out: Optional[str] = typer.Option(None, help="Run folder to write (default runs/pi-shallow)."),
                 finetune_epochs: int = typer.Option(2), batch_size: int = typer.Option(128), lr: float = typer.Option(0.01),
+                train_limit: Optional[int] = typer.Option(None, help="Fine-tune on the teacher's first N training images only."),
                 seed: int = typer.Option(0), device: str = typer.Option("auto"),
                 resume: bool = typer.Option(False), quiet: bool = typer.Option(False)) -> None:
     """Shallow model: remove the least sensitive inner ReLU layers and merge the convolutions around them."""
@@ -124,7 +126,8 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
     from trustlab.report import render_report
 
     cfg = ShallowConfig(teacher=teacher, target_relu_reduction=target_relu_reduction, kernel=kernel,
-                        finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+                        finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, train_limit=train_limit,
+                        seed=seed, device=device)
     run = run_shallow(cfg, out or "runs/pi-shallow", resume=resume, quiet=quiet)
     s = run.summary()
     print(f"shallow: merged {len(s['merged_blocks'])} blocks, ReLUs {s['relu_reduction']:.2f}x fewer, MACs {s['mac_reduction']:.2f}x fewer, "

@@ -24,7 +24,7 @@ methods compare at equal training.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -58,6 +58,7 @@ class ReductionConfig:
     proxy_density: float = 0.1
     snl_lambda: float = 1e-4
     probe_images: int = 1000  # images used for sensitivity and score initialisation
+    train_limit: int | None = None  # train on the teacher's first N training images only (shorter schedule)
     seed: int = 0
     device: str = "auto"
 
@@ -183,7 +184,7 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     total = count(teacher, shape).relus
     if not 0 < cfg.budget < total:
         raise ConfigError(f"--budget {cfg.budget:,} is impossible: the teacher has {total:,} ReLUs, give 1..{total - 1:,}")
-    data = data_cfg.load()
+    data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
     run = RunDir.open(out, kind=f"pi-{cfg.method}") if resume and (out / "config.yaml").exists() else \
         RunDir.create(out, cfg, kind=f"pi-{cfg.method}")
     teacher_acc = evaluate(teacher, data.x_test, data.y_test)["acc"]

@@ -23,7 +23,7 @@ see :mod:`~trustlab.pi.merge`) and reports the MAC increase honestly.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -131,6 +131,7 @@ class ShallowConfig:
     lr: float = 0.01
     temperature: float = 4.0
     probe_images: int = 1000
+    train_limit: int | None = None  # fine-tune on the teacher's first N training images only
     seed: int = 0
     device: str = "auto"
 
@@ -145,7 +146,7 @@ def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, qu
         raise ConfigError(f"--kernel must be 0 (exact merge) or 3, not {cfg.kernel}")
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
     blocks = mergeable_blocks(teacher)
-    data = data_cfg.load()
+    data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
     probe_x, probe_y = data.x_train[: cfg.probe_images], data.y_train[: cfg.probe_images]
     sens = {b.rsplit(".relu1", 1)[0]: v["kl"]
             for b, v in removal_sensitivity(teacher, probe_x, probe_y, [f"{b}.relu1" for b in blocks]).items()}
