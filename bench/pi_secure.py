@@ -46,12 +46,13 @@ def main() -> None:
         headline = {"cheetah_nonlinear_bytes_ratio_senet_half": round(full["nonlinear_bytes"] / half["nonlinear_bytes"], 3),
                     "cheetah_total_bytes_ratio_senet_half": round(measured, 3), "cheetah_total_bytes_ideal_ratio": round(ideal, 3),
                     "cheetah_total_bytes_efficiency": round(measured / ideal, 3),
-                    "cheetah_latency_ratio_senet_half": round(full["seconds_per_image"] / half["seconds_per_image"], 3),
+                    "cheetah_latency_ratio_senet_half": round(full["execution_seconds_per_image"] / half["execution_seconds_per_image"], 3),
+                    "cheetah_wall_ratio_senet_half_with_compilation": round(full["seconds_per_image"] / half["seconds_per_image"], 3),
                     "naive_mask_bytes_saving": round(1 - naive["nonlinear_bytes"] / full["nonlinear_bytes"], 3)}
     settings = {"models": models, "images": args.images, "weights": "secret-shared", "field": "FM64",
                 "simulator": "spu.utils.simulation (threads in one process)",
                 "nonlinear_ops": "comparisons and the ReLU multiplexer multiply (pphlo.less/greater/select/multiply)",
-                "note": "latency includes SPU compilation; bytes are party 0's sent + received"}
+                "note": "latency ratio from SPU's execution time; the wall ratio includes compilation; bytes are party 0's sent + received"}
     write_result("pi_secure", headline, settings, rows=rows, minutes=round((time.time() - t0) / 60, 1))
     plot(rows)
     print(headline)
@@ -60,7 +61,7 @@ def main() -> None:
 def _measure(path: str, protocol: str, images: int, relu_mode: str) -> dict:
     r = secure_infer(path, protocol, images, "secret", relu_mode)
     return {k: r[k] for k in ("protocol", "relus", "compared_elements_per_image", "same_top1_as_plaintext", "max_abs_logit_error",
-                              "seconds_per_image", "total_bytes", "nonlinear_bytes", "linear_bytes", "rounds")}
+                              "seconds_per_image", "execution_seconds_per_image", "total_bytes", "nonlinear_bytes", "linear_bytes", "rounds")}
 
 
 def plot(rows: list[dict]) -> None:

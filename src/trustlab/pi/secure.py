@@ -19,7 +19,8 @@ the lower bound on linear cost. SPU 0.9.5 refuses ``VIS_PRIVATE`` inputs owned b
 in its 2PC I/O, so weights private to the server alone are not offered.
 
 Measurement. SPU logs per-operation send/recv bytes and actions when
-``enable_pphlo_profile`` is set; :func:`run_secure` captures those lines and splits the
+``enable_pphlo_profile`` is set (and its execution time apart from compilation);
+:func:`run_secure` captures those lines and splits the
 traffic into non-linear operations (comparisons and the multiplexer multiply of ReLU) and
 linear ones (convolution, dot, additions). The average pool's 1/(H·W) is folded into the
 following linear layer so that every multiply left is a ReLU multiplexer.
@@ -247,6 +248,7 @@ def captured_output():
 
 OP_LINE = re.compile(r"- (pphlo\.\w+), executed (\d+) times, duration ([\d.e+-]+)s, send bytes (\d+) recv bytes (\d+), "
                      r"send actions (\d+), recv actions (\d+)")
+EXEC_LINE = re.compile(r"SPU execution \S+ completed.*?execution took ([\d.e+-]+)s")
 LINK_LINE = re.compile(r"Link details: total send bytes (\d+), recv bytes (\d+), send actions (\d+), recv actions (\d+)")
 
 
@@ -261,7 +263,8 @@ def parse_profile(text: str) -> dict:
         raise ConfigError("SPU printed no traffic profile: is enable_pphlo_profile supported by this SPU build?")
     nonlinear = sum(v["send_bytes"] + v["recv_bytes"] for k, v in ops.items() if k in NONLINEAR_OPS)
     linear = sum(v["send_bytes"] + v["recv_bytes"] for k, v in ops.items() if k not in NONLINEAR_OPS)
-    return {"ops": ops, "send_bytes": int(link.group(1)), "recv_bytes": int(link.group(2)),
+    executions = [float(m.group(1)) for m in EXEC_LINE.finditer(text)]
+    return {"ops": ops, "execution_seconds": max(executions) if executions else None, "send_bytes": int(link.group(1)), "recv_bytes": int(link.group(2)),
             "total_bytes": int(link.group(1)) + int(link.group(2)), "rounds": int(link.group(3)),
             "nonlinear_bytes": nonlinear, "linear_bytes": linear}
 
@@ -296,7 +299,8 @@ def run_secure(exported: ExportedModel, images: np.ndarray, protocol: str = "sem
         logits = np.asarray(ppsim.sim_jax(sim, fn)(*args))
     seconds = time.time() - t0
     prof = parse_profile(log["text"])
-    return {"logits": logits, "seconds": seconds, "seconds_per_image": seconds / len(images), **prof}
+    return {"logits": logits, "seconds": seconds, "seconds_per_image": seconds / len(images),
+            "execution_seconds_per_image": (prof["execution_seconds"] or seconds) / len(images), **prof}
 
 
 def secure_infer(run_dir: str, protocol: str = "semi2k", images: int = 4, weights: str = "secret",
@@ -322,9 +326,11 @@ def secure_infer(run_dir: str, protocol: str = "semi2k", images: int = 4, weight
     out = {"protocol": protocol, "weights": weights, "relu_mode": relu_mode, "images": int(len(x)),
            "relus": count(model, shape).relus, "compared_elements_per_image": exported.relu_elements,
            "same_top1_as_plaintext": same_top1, "max_abs_logit_error": float(np.abs(res["logits"] - plain).max()),
-           "seconds_per_image": res["seconds_per_image"], "total_bytes": res["total_bytes"],
+           "seconds_per_image": res["seconds_per_image"], "execution_seconds_per_image": res["execution_seconds_per_image"],
+           "total_bytes": res["total_bytes"],
            "nonlinear_bytes": res["nonlinear_bytes"], "linear_bytes": res["linear_bytes"], "rounds": res["rounds"],
-           "per_op": res["ops"], "note": "party 0's traffic (sent + received); time includes SPU compilation"}
+           "per_op": res["ops"], "note": "party 0's traffic (sent + received); seconds_per_image includes SPU compilation, "
+                   "execution_seconds_per_image is SPU's own execution time"}
     run = RunDir(run_dir)
     atomic_write_json(run.path / "secure" / f"{protocol}-{relu_mode}-{weights}.json", out)
     run.write_table(f"secure-{protocol}-{relu_mode}-{weights}",
