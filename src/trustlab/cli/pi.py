@@ -169,7 +169,7 @@ def cost_cmd(run: str = typer.Argument(..., help="A PI run folder.")) -> None:
           f"online evaluation {c['online_eval_seconds']:.2f} s per image (DELPHI-style cost model)")
     for p in sorted((Path(run) / "secure").glob("*.json")):
         m = _json.loads(p.read_text())
-        print(f"measured SPU {p.stem}: {m['seconds_per_image']:.2f} s/image, {m['total_bytes'] / 1e6:.2f} MB, {m['rounds']} rounds")
+        print(f"measured SPU {p.stem}: {m['execution_seconds_per_image']:.2f} s/image, {m['total_bytes'] / 1e6:.2f} MB, {m['rounds']} rounds")
 
 
 @app.command("secure-serve")
