@@ -156,3 +156,18 @@ def test_bad_budgets_and_teachers_are_one_line_errors(teacher, tmp_path, cli):
         assert not out.exists()
     r = cli("pi", "snl", "--teacher", str(tmp_path), "--budget", "10", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "not a trustlab run folder" in r.stderr
+
+
+def test_teacher_checkpoint_of_another_architecture_is_refused(teacher, tmp_path, cli):
+    import shutil
+
+    import yaml
+
+    other = tmp_path / "other"
+    shutil.copytree(teacher, other)
+    doc = yaml.safe_load((other / "config.yaml").read_text())
+    doc["config"]["width"] = 0.25  # the checkpoint holds a width-0.125 model
+    (other / "config.yaml").write_text(yaml.safe_dump(doc))
+    r = cli("pi", "senet", "--teacher", str(other), "--budget", "100", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "another architecture" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
