@@ -126,3 +126,14 @@ def test_corrupt_cache_is_rebuilt(tmp_data):
     cache.write_bytes(cache.read_bytes()[:100])
     d2 = load_dataset("digits", "test")
     assert torch.equal(d1.images, d2.images)
+
+
+def test_without_root_fetch_names_the_package_and_the_alternative(monkeypatch, tmp_data):
+    import os
+
+    from trustlab.data import fetch_dataset, registry
+
+    monkeypatch.setattr(registry, "FASHION_SYSTEM_DIR", tmp_data / "not-installed")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(DataError, match=r"sudo apt-get install -y dataset-fashion-mnist.*TRUSTLAB_DATA/raw"):
+        fetch_dataset("fashion-mnist")
