@@ -32,3 +32,18 @@ def write_result(name: str, headline: dict, settings: dict, **detail) -> Path:
     atomic_write_json(path, {"headline": headline, "settings": settings, "machine": machine(),
                              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **detail})
     return path
+
+
+def ensure_teacher(path: Path, epochs: int = 4, limit: int | None = None, seed: int = 0) -> dict:
+    """The PI benchmarks' all-ReLU teacher (ResNet18 width 16 on Fashion-MNIST): trained (or resumed)
+    into ``path`` unless complete there; returns its summary."""
+    from trustlab.pi.training import ClassifierConfig, DataConfig, train_classifier
+    from trustlab.runs import RunDir
+    from trustlab.train import TrainConfig
+
+    path = Path(path)
+    if not (path / "summary.json").exists():
+        cfg = ClassifierConfig(model="resnet18", width=0.25, data=DataConfig(dataset="fashion-mnist", limit=limit),
+                               train=TrainConfig(epochs=epochs, batch_size=128, lr=0.05, augment=True, seed=seed))
+        train_classifier(cfg, path, resume=(path / "config.yaml").exists())
+    return RunDir(path).summary()

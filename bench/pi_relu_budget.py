@@ -15,12 +15,10 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, write_result
+from common import RESULTS, ensure_teacher, write_result
 
 from trustlab.pi.reduce import METHODS, ReductionConfig, run_reduction
-from trustlab.pi.training import ClassifierConfig, DataConfig, train_classifier
 from trustlab.runs import RunDir
-from trustlab.train import TrainConfig
 
 FRACTIONS = (2, 4, 8, 16)
 
@@ -42,12 +40,7 @@ def main() -> None:
     runs = Path(args.runs)
     t0 = time.time()
     teacher_dir = runs / "teacher"
-    data = DataConfig(dataset="fashion-mnist", limit=args.limit)
-    if not done(teacher_dir):
-        tcfg = ClassifierConfig(model="resnet18", width=0.25, data=data,
-                                train=TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.05, augment=True, seed=args.seed))
-        train_classifier(tcfg, teacher_dir, resume=(teacher_dir / "config.yaml").exists())
-    teacher = RunDir(teacher_dir).summary()
+    teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit, args.seed)
     total = teacher["relus"]
     rows = []
     for frac in FRACTIONS:

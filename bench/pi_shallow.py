@@ -12,13 +12,11 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, write_result
+from common import RESULTS, ensure_teacher, write_result
 
 from trustlab.pi.reduce import ReductionConfig, run_reduction
 from trustlab.pi.shallow import ShallowConfig, run_shallow
-from trustlab.pi.training import ClassifierConfig, DataConfig, train_classifier
 from trustlab.runs import RunDir
-from trustlab.train import TrainConfig
 
 
 def main() -> None:
@@ -33,11 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     teacher_dir, runs = Path(args.teacher), Path(args.runs)
-    if not (teacher_dir / "summary.json").exists():
-        cfg = ClassifierConfig(model="resnet18", width=0.25, data=DataConfig(dataset="fashion-mnist", limit=args.limit),
-                               train=TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=0.05, augment=True))
-        train_classifier(cfg, teacher_dir, resume=(teacher_dir / "config.yaml").exists())
-    teacher = RunDir(teacher_dir).summary()
+    teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit)
     out = {}
     for name, kernel in (("shallow", 3), ("shallow_exact", 0)):
         d = runs / name

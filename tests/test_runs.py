@@ -22,7 +22,7 @@ class Outer:
 
 def test_config_roundtrip_through_yaml(tmp_path):
     cfg = Outer("run", Inner(3, (4, 5)), 0.5)
-    run = RunDir.create(tmp_path / "r", cfg, kind="test")
+    RunDir.create(tmp_path / "r", cfg, kind="test")
     assert config_from_dict(Outer, RunDir.open(tmp_path / "r", kind="test").config) == cfg
 
 

@@ -88,6 +88,13 @@ class RunDir:
         return run
 
     @classmethod
+    def start(cls, path: Path, config: Any, kind: str, resume: bool) -> "RunDir":
+        """Reopen ``path`` when resuming a run that exists there, else create it (see :meth:`create`)."""
+        if resume and (Path(path) / "config.yaml").exists():
+            return cls.open(path, kind=kind)
+        return cls.create(path, config, kind=kind)
+
+    @classmethod
     def open(cls, path: Path, kind: str | tuple[str, ...] | None = None) -> "RunDir":
         path = Path(path)
         if not (path / "config.yaml").exists():
@@ -222,3 +229,10 @@ def config_from_dict(cls: type, values: dict) -> Any:
             v = tuple(v)
         kwargs[f.name] = v
     return cls(**kwargs)
+
+
+def resumed_config(cls: type, path: Path, kind: str, config: Any, resume: bool) -> Any:
+    """The configuration a run continues with: the one stored in ``path`` when resuming it, else ``config``."""
+    if resume and (Path(path) / "config.yaml").exists():
+        return config_from_dict(cls, RunDir.open(path, kind=kind).config)
+    return config

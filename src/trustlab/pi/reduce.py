@@ -33,10 +33,10 @@ import torch.nn as nn
 from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.distill import DistillationLoss
-from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
+from trustlab.pi.masks import install_partial_relus, partial_relus, topk_mask
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
 from trustlab.pi.load import load_pi_model
-from trustlab.runs import RunDir, config_from_dict
+from trustlab.runs import RunDir, resumed_config
 from trustlab.train import TrainConfig, evaluate, fit
 
 METHODS = ("senet", "snl", "layerdrop")
@@ -174,9 +174,8 @@ def _search(cfg: ReductionConfig, teacher: nn.Module, student: nn.Module, layers
 
 def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
     """Reduce the teacher run's model to ``cfg.budget`` ReLUs with ``cfg.method``; write a run folder."""
-    out = Path(out)
-    if resume and (out / "config.yaml").exists():
-        cfg = config_from_dict(ReductionConfig, RunDir.open(out, kind=f"pi-{cfg.method}").config)
+    kind = f"pi-{cfg.method}"
+    cfg = resumed_config(ReductionConfig, out, kind, cfg, resume)
     cfg.validate()
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
     if partial_relus(teacher):
@@ -185,8 +184,7 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     if not 0 < cfg.budget < total:
         raise ConfigError(f"--budget {cfg.budget:,} is impossible: the teacher has {total:,} ReLUs, give 1..{total - 1:,}")
     data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
-    run = RunDir.open(out, kind=f"pi-{cfg.method}") if resume and (out / "config.yaml").exists() else \
-        RunDir.create(out, cfg, kind=f"pi-{cfg.method}")
+    run = RunDir.start(out, cfg, kind, resume)
     teacher_acc = evaluate(teacher, data.x_test, data.y_test)["acc"]
     torch.manual_seed(cfg.seed)
     student = copy.deepcopy(teacher)
@@ -242,4 +240,4 @@ def plot_accuracy_vs_relus(run: RunDir) -> None:
     plt.close(fig)
 
 
-__all__ = ["METHODS", "PartialReLU", "ReductionConfig", "run_reduction"]
+__all__ = ["METHODS", "ReductionConfig", "run_reduction"]

@@ -34,7 +34,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -63,7 +63,6 @@ class ExportedModel:
     fn: object
     weights: list[np.ndarray]
     relu_elements: int  # elements compared per image
-    layers: list[str] = field(default_factory=list)
 
 
 def export_jax(model: nn.Module, input_shape: tuple[int, ...], relu_mode: str = "gather") -> ExportedModel:
@@ -208,7 +207,7 @@ def export_jax(model: nn.Module, input_shape: tuple[int, ...], relu_mode: str = 
                 env[name] = a[0].reshape(a[0].shape[0], -1)
         raise ConfigError("the traced model has no output")
 
-    return ExportedModel(fn, weights, relu_elements, [o[0] for o in ops])
+    return ExportedModel(fn, weights, relu_elements)
 
 
 def _shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple]:

@@ -35,7 +35,7 @@ from trustlab.pi.distill import DistillationLoss
 from trustlab.pi.merge import merge_pair
 from trustlab.pi.models import BasicBlock
 from trustlab.pi.sensitivity import removal_sensitivity
-from trustlab.runs import RunDir, config_from_dict
+from trustlab.runs import RunDir, resumed_config
 from trustlab.train import TrainConfig, evaluate, fit
 
 
@@ -139,9 +139,7 @@ class ShallowConfig:
 def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
     from trustlab.pi.load import load_pi_model
 
-    out = Path(out)
-    if resume and (out / "config.yaml").exists():
-        cfg = config_from_dict(ShallowConfig, RunDir.open(out, kind="pi-shallow").config)
+    cfg = resumed_config(ShallowConfig, out, "pi-shallow", cfg, resume)
     if cfg.kernel not in (0, 3):
         raise ConfigError(f"--kernel must be 0 (exact merge) or 3, not {cfg.kernel}")
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
@@ -151,7 +149,7 @@ def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, qu
     sens = {b.rsplit(".relu1", 1)[0]: v["kl"]
             for b, v in removal_sensitivity(teacher, probe_x, probe_y, [f"{b}.relu1" for b in blocks]).items()}
     chosen = plan_merges(teacher, shape, cfg.target_relu_reduction, sens)
-    run = RunDir.open(out, kind="pi-shallow") if resume and (out / "config.yaml").exists() else RunDir.create(out, cfg, kind="pi-shallow")
+    run = RunDir.start(out, cfg, "pi-shallow", resume)
     kernel = cfg.kernel or None
     student = apply_merges(teacher, chosen, kernel)
     before, after = count(teacher, shape), count(student, shape)

@@ -8,7 +8,7 @@ from pathlib import Path
 from trustlab.data import ClassificationData, load_classification
 from trustlab.pi.accounting import count
 from trustlab.pi.models import build_model, check_input
-from trustlab.runs import RunDir, config_from_dict
+from trustlab.runs import RunDir, config_from_dict, resumed_config
 from trustlab.train import TrainConfig, fit
 
 
@@ -60,15 +60,10 @@ def load_classifier(run_dir: str | Path):
 
 def train_classifier(cfg: ClassifierConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
     """Train the all-ReLU model described by ``cfg`` into the run folder ``out``."""
-    if resume and (Path(out) / "config.yaml").exists():
-        run = RunDir.open(out, kind="pi-train")
-        cfg = config_from_dict(ClassifierConfig, run.config)
-    else:
-        run = None
+    cfg = resumed_config(ClassifierConfig, out, "pi-train", cfg, resume)
     data = cfg.data.load()
     model = build_for(cfg, data)
-    if run is None:
-        run = RunDir.create(out, cfg, kind="pi-train")
+    run = RunDir.start(out, cfg, "pi-train", resume)
     result = fit(model, data.x_train, data.y_train, cfg.train, run, x_test=data.x_test, y_test=data.y_test,
                  resume=resume, quiet=quiet)
     acc = count(model, data.shape)
