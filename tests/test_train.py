@@ -79,3 +79,15 @@ def test_ddp_two_processes_equal_one(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert not torch.equal(a["1.weight"], torch.zeros_like(a["1.weight"]))
+
+
+def test_pi_train_runs_under_torchrun_as_the_readme_shows(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "ddp"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "trustlab", "pi", "train",
+                        "--dataset", "synthetic", "--width", "0.0625", "--epochs", "2", "--batch-size", "64",
+                        "--out", str(out), "--quiet", "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [m["epoch"] for m in RunDir.open(out).metrics()] == [1, 2]  # logged once, by rank 0
+    assert (out / "report.html").exists() and (out / "summary.json").exists()

@@ -89,7 +89,13 @@ class RunDir:
 
     @classmethod
     def start(cls, path: Path, config: Any, kind: str, resume: bool) -> "RunDir":
-        """Reopen ``path`` when resuming a run that exists there, else create it (see :meth:`create`)."""
+        """Reopen ``path`` when resuming a run that exists there, else create it (see :meth:`create`).
+
+        Under ``torchrun`` only rank 0 writes a run folder: other ranks get a handle to it and
+        leave the writing (``fit`` checkpoints and logs from rank 0 only) to rank 0.
+        """
+        if int(os.environ.get("RANK", "0")) != 0:
+            return cls(path)
         if resume and (Path(path) / "config.yaml").exists():
             return cls.open(path, kind=kind)
         return cls.create(path, config, kind=kind)

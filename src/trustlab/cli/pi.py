@@ -73,6 +73,10 @@ def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write
                            train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=True, device=device,
                                              checkpoint_every=checkpoint_every))
     run = train_classifier(cfg, out, resume=resume, quiet=quiet)
+    from trustlab.train import world
+
+    if world()[0] != 0:  # under torchrun, rank 0 reports
+        return
     s = run.summary()
     print(f"test accuracy {s['test_acc']:.4f}, {s['relus']:,} ReLUs, {s['macs'] / 1e6:.1f} M MACs")
     print(render_report(run.path))

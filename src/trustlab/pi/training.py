@@ -9,7 +9,7 @@ from trustlab.data import ClassificationData, load_classification
 from trustlab.pi.accounting import count
 from trustlab.pi.models import build_model, check_input
 from trustlab.runs import RunDir, config_from_dict, resumed_config
-from trustlab.train import TrainConfig, fit
+from trustlab.train import TrainConfig, fit, world
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, *, resume: bool = F
     run = RunDir.start(out, cfg, "pi-train", resume)
     result = fit(model, data.x_train, data.y_train, cfg.train, run, x_test=data.x_test, y_test=data.y_test,
                  resume=resume, quiet=quiet)
+    if world()[0] != 0:  # under torchrun, rank 0 writes the results
+        return run
     acc = count(model, data.shape)
     run.write_table("layers", [{"layer": r.name, "kind": r.kind, "output": "x".join(map(str, r.output)),
                                 "relus": r.relus, "macs": r.macs, "params": r.params} for r in acc.layers],
