@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from trustlab.data.readers import make_synthetic
-from trustlab.train import TrainConfig, fit, world
+from trustlab.train import TrainConfig, finish_distributed, fit, world
 
 torch.set_num_threads(1)
 splits, _ = make_synthetic(n_train=256, n_test=64, seed=3)
@@ -18,3 +18,4 @@ cfg = TrainConfig(epochs=2, batch_size=32, lr=0.1, augment=True, device="cpu", c
 fit(model, x, y, cfg, None, quiet=True)
 if world()[0] == 0:
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, sys.argv[1])
+finish_distributed()

@@ -69,6 +69,17 @@ def _init_distributed(device: torch.device) -> None:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then tear the process group down.
+
+    A rank that simply exits while others still hold gloo connections can be aborted by
+    gloo's I/O thread, so a torchrun job ends with a barrier and an orderly shutdown.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

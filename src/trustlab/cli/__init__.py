@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     _debug["on"] = "--debug" in argv
     try:
         app(args=argv, standalone_mode=False)
+        if "torch.distributed" in sys.modules:  # only commands that trained can have a process group
+            from trustlab.train import finish_distributed
+
+            finish_distributed()
     except TrustlabError as e:
         if _debug["on"]:
             raise
