@@ -1,0 +1,126 @@
+"""``trustlab spn``: learn SPNs, map them onto tensor trains, compress and evaluate them."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from trustlab.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _ranks(text: str) -> tuple[int, ...]:
+    try:
+        ranks = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--rank takes integers separated by commas (e.g. 8,16,32), not '{text}'") from None
+    if not ranks or min(ranks) < 1:
+        raise ConfigError(f"--rank {text}: a tensor-train rank must be at least 1")
+    return ranks
+
+
+@app.command("fit")
+def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write."),
+            dataset: str = typer.Option("digits", help="digits | mnist | fashion-mnist | emoji | csv"),
+            csv: Optional[str] = typer.Option(None, help="With --dataset csv: rows of comma-separated 0/1 values."),
+            size: Optional[int] = typer.Option(None, help="Down-sample images to SIZE x SIZE before binarising."),
+            threshold: float = typer.Option(0.5, help="Grey level above which a pixel is 1."),
+            classify: bool = typer.Option(True, help="Model the class as variable 0 (generative classifier)."),
+            structure: str = typer.Option("learnspn", help="learnspn | rat (random region graph)"),
+            min_instances: int = typer.Option(30, help="LearnSPN: rows below which a node is fully factorised."),
+            alpha: float = typer.Option(0.001, help="LearnSPN: independence-test p-value threshold."),
+            depth: int = typer.Option(2, help="rat: splits per repetition."),
+            repetitions: int = typer.Option(4, help="rat: random variable permutations."),
+            sums: int = typer.Option(4, help="rat: sum nodes per region."),
+            leaves: int = typer.Option(4, help="rat: input distributions per leaf region."),
+            em_iterations: int = typer.Option(0, help="EM iterations after structure learning (rat: use ~20)."),
+            limit: Optional[int] = typer.Option(None, help="Use the first N training images only."),
+            test_limit: Optional[int] = typer.Option(None, help="Use the first N test images only."),
+            seed: int = typer.Option(0)) -> None:
+    """Learn an SPN (per class, under a class variable) and report its likelihood, accuracy and size."""
+    from trustlab.report import render_report
+    from trustlab.spn.pipeline import FitConfig, SPNDataConfig, fit_spn
+
+    cfg = FitConfig(data=SPNDataConfig(dataset=dataset, csv=csv, size=size, threshold=threshold,
+                                       with_class=classify and dataset != "csv", limit=limit, test_limit=test_limit),
+                    structure=structure, min_instances=min_instances, alpha=alpha, depth=depth,
+                    repetitions=repetitions, sums=sums, leaves=leaves, em_iterations=em_iterations, seed=seed)
+    run = fit_spn(cfg, out)
+    s = run.summary()
+    acc = f", accuracy {s['accuracy']:.4f}" if "accuracy" in s else ""
+    tt = (f"; exact tSPN: rank {s['exact_tt_max_rank']:,}, {s['exact_tt_parameters']:,} parameters"
+          if "exact_tt_parameters" in s else "")
+    print(f"SPN: {s['nodes']:,} nodes, {s['parameters']:,} parameters; test log-likelihood {s['test_ll']:.3f}{acc}{tt}")
+    print(render_report(run.path))
+
+
+@app.command("compress")
+def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written by `trustlab spn fit`."),
+                 rank: Optional[str] = typer.Option(None, help="Rank(s) to truncate to, e.g. 32 or 8,16,32."),
+                 target_ratio: Optional[float] = typer.Option(None, help="Instead of --rank: the largest rank with "
+                                                              "this many times fewer parameters than the exact tSPN."),
+                 out: Optional[str] = typer.Option(None, help="Run folder to write (default: RUN_DIR-tspn)."),
+                 distill_samples: int = typer.Option(20000, help="Rows sampled from the SPN for fine-tuning."),
+                 epochs: int = typer.Option(5, help="Fine-tuning epochs per rank."),
+                 lr: float = typer.Option(0.05), batch_size: int = typer.Option(256),
+                 discriminative: float = typer.Option(0.0, help="Weight of log p(class|x) in fine-tuning."),
+                 max_rank: int = typer.Option(4096, help="Refuse exact trains of higher rank."),
+                 seed: int = typer.Option(0),
+                 resume: bool = typer.Option(False, help="Continue: keep the ranks already done."),
+                 quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
+    """Map the SPN exactly onto a tensor train, then compress it (nonnegative truncation + fine-tuning)."""
+    from trustlab.report import render_report
+    from trustlab.spn.pipeline import CompressConfig, compress_spn, load_fit, ranks_for_ratio
+    from trustlab.spn.tensor_train import dfs_order
+
+    if (rank is None) == (target_ratio is None):
+        raise ConfigError("give exactly one of --rank and --target-ratio")
+    if rank is not None:
+        ranks = _ranks(rank)
+    else:
+        _, _, graph, _ = load_fit(run_dir)
+        ranks = (ranks_for_ratio(graph, dfs_order(graph), target_ratio),)
+    cfg = CompressConfig(source=run_dir, ranks=ranks, distill_samples=distill_samples, epochs=epochs, lr=lr,
+                         batch_size=batch_size, discriminative=discriminative, max_rank=max_rank, seed=seed)
+    run = compress_spn(cfg, out or f"{run_dir.rstrip('/')}-tspn", resume=resume, quiet=quiet)
+    s = run.summary()
+    ex = s["exact_tspn"]
+    print(f"exact tSPN: {ex['parameters']:,} parameters (rank {ex['max_rank']}), max |log p gap| to the SPN "
+          f"{ex['max_abs_log_prob_gap']:.2e}")
+    for r in s["ranks"]:
+        acc = f", accuracy {r['accuracy']:.4f} ({r['accuracy_drop_points']:+.2f} points lost)" if "accuracy" in r else ""
+        print(f"rank {r['rank']}: {r['parameters']:,} parameters ({r['ratio_vs_exact_tspn']:.1f}x fewer than the exact "
+              f"tSPN), test log-likelihood {r['test_ll']:.3f}{acc}")
+    print(render_report(run.path))
+
+
+@app.command("eval")
+def eval_cmd(run_dir: str = typer.Argument(..., help="An spn fit or compress run folder."),
+             rank: Optional[int] = typer.Option(None, help="Of a compress run: the rank to evaluate (default smallest)."),
+             csv: Optional[str] = typer.Option(None, help="Evaluate on these 0/1 rows instead of the run's test split."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Test log-likelihood, accuracy (with a class variable) and rows per second of a model."""
+    import dataclasses
+
+    import torch
+
+    from trustlab.spn.data import binary_csv
+    from trustlab.spn.pipeline import evaluate, load_model
+
+    model, data, name = load_model(run_dir, rank)
+    if csv is not None:
+        if data.class_var is not None:
+            raise ConfigError("--csv evaluates density models (fit with --dataset csv); this one has a class variable")
+        other = binary_csv(csv)
+        if other.num_vars != data.num_vars:
+            raise ConfigError(f"{csv} has {other.num_vars} columns, the model is over {data.num_vars} variables")
+        data = dataclasses.replace(data, x_test=torch.cat([other.x_train, other.x_test]), source=csv)
+    res = {"model": name, "data": data.source, **evaluate(model, data)}
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    acc = f", accuracy {res['accuracy']:.4f}" if "accuracy" in res else ""
+    print(f"{name} on {data.source}: test log-likelihood {res['test_ll']:.3f}{acc}, {res['rows_per_s']:,.0f} rows/s")

@@ -1,0 +1,115 @@
+"""Discrete data for SPNs: binarised image datasets from the registry and binary CSV files.
+
+Images are (optionally) down-sampled to ``size``×``size`` grey levels and thresholded into
+one binary variable per pixel. With labels, the class becomes variable 0 (a categorical
+variable), so one SPN models p(class, pixels). CSV files follow the density-estimation
+benchmark layout (one row of comma-separated 0/1 values per example, as in
+``nltcs.ts.data`` / ``nltcs.test.data``): give the training file; a sibling ``.test.data``
+is the test split, otherwise a fixed 80/20 split is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trustlab.errors import DataError
+
+
+@dataclass
+class DiscreteData:
+    """Train and test rows (float tensors holding 0..K-1), each variable's cardinality."""
+
+    x_train: torch.Tensor
+    x_test: torch.Tensor
+    cardinality: list[int]
+    source: str
+    class_var: int | None = None
+    classes: list[str] | None = None
+
+    @property
+    def num_vars(self) -> int:
+        return len(self.cardinality)
+
+
+def binarized_images(dataset: str, *, size: int | None = None, threshold: float = 0.5, with_class: bool = True,
+                     limit: int | None = None, test_limit: int | None = None) -> DiscreteData:
+    """One binary variable per pixel (grey level > ``threshold``), the class first when ``with_class``."""
+    from trustlab.data.registry import load_classification
+
+    if not 0 < threshold < 1:
+        raise DataError(f"threshold {threshold} must lie strictly between 0 and 1")
+    d = load_classification(dataset, limit=limit, test_limit=test_limit, size=size)
+    if d.shape[0] != 1:  # colour: binarise the luminance
+        gray = lambda x: (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
+        xtr, xte = gray(d.x_train), gray(d.x_test)
+    else:
+        xtr, xte = d.x_train, d.x_test
+    xtr = (xtr.flatten(1) > threshold).float()
+    xte = (xte.flatten(1) > threshold).float()
+    card = [2] * xtr.shape[1]
+    if with_class:
+        xtr = torch.cat([d.y_train.float().unsqueeze(1), xtr], 1)
+        xte = torch.cat([d.y_test.float().unsqueeze(1), xte], 1)
+        card = [len(d.classes), *card]
+    side = d.shape[1]
+    return DiscreteData(xtr, xte, card, f"{dataset} {side}x{side} binarised at {threshold}",
+                        0 if with_class else None, d.classes if with_class else None)
+
+
+def _read_rows(path: Path) -> np.ndarray:
+    rows = []
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                values = [float(v) for v in line.split(",")]
+            except ValueError:
+                raise DataError(f"{path}:{line_no}: not comma-separated numbers: {line[:60]!r}") from None
+            if rows and len(values) != len(rows[0]):
+                raise DataError(f"{path}:{line_no}: {len(values)} values, the first row has {len(rows[0])}")
+            rows.append(values)
+    if not rows:
+        raise DataError(f"{path} holds no rows")
+    x = np.asarray(rows)
+    bad = np.argwhere(~np.isin(x, (0.0, 1.0)))
+    if len(bad):
+        r, c = bad[0]
+        what = "NaN" if np.isnan(x[r, c]) else f"{x[r, c]:g}"
+        raise DataError(f"{path}:{r + 1}: column {c} holds {what}: binary CSV files hold only 0 and 1")
+    return x
+
+
+def binary_csv(path: str | Path, *, seed: int = 0) -> DiscreteData:
+    """Rows of 0/1 from ``path``; the test split is the sibling ``*.test.data`` or a fixed 20%."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"CSV file {path} does not exist")
+    x = _read_rows(path)
+    stem = path.name
+    for suffix in (".ts.data", ".train.data", ".data", ".csv"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    test_file = path.with_name(f"{stem}.test.data")
+    if test_file.is_file() and test_file != path:
+        xt = _read_rows(test_file)
+        if xt.shape[1] != x.shape[1]:
+            raise DataError(f"{test_file} has {xt.shape[1]} columns, {path} has {x.shape[1]}")
+        source = f"{path} (test: {test_file.name})"
+    else:
+        if len(x) < 5:
+            raise DataError(f"{path} has {len(x)} rows: at least 5 are needed to hold out a test split")
+        order = np.random.default_rng(seed).permutation(len(x))
+        cut = len(x) - max(1, len(x) // 5)
+        x, xt = x[order[:cut]], x[order[cut:]]
+        source = f"{path} (fixed 80/20 split, seed {seed})"
+    return DiscreteData(torch.from_numpy(x).float(), torch.from_numpy(xt).float(), [2] * x.shape[1], source)
+
+
+__all__ = ["DiscreteData", "binarized_images", "binary_csv"]

@@ -1,0 +1,267 @@
+"""SPN core, the exact SPN -> tensor-train mapping, compression, SPFlow agreement, CLI."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trustlab.errors import ConfigError
+from trustlab.spn.circuit import Circuit
+from trustlab.spn.classify import accuracy, class_log_joint
+from trustlab.spn.compress import fine_tune, truncate
+from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
+from trustlab.spn.structure import Graph, Leaf, Product, Sum
+from trustlab.spn.tensor_train import dfs_order, exact_ranks, spn_to_tensor_train
+
+
+def random_tree(cardinality, rng, max_children=3):
+    """A random valid SPN: alternating random partitions (products) and mixtures (sums), shared leaves allowed."""
+    g = Graph(num_vars=len(cardinality), cardinality=list(cardinality))
+    leaf_cache = {}
+
+    def leaf(v):
+        k = cardinality[v]
+        p = rng.dirichlet(np.ones(k))
+        node = Leaf(v, "bernoulli", [float(p[1])]) if k == 2 else Leaf(v, "categorical", [float(q) for q in p])
+        if v in leaf_cache and rng.random() < 0.5:  # reuse a node: the graph becomes a DAG
+            return leaf_cache[v]
+        leaf_cache[v] = g.add(node)
+        return leaf_cache[v]
+
+    def build(scope, as_sum):
+        if len(scope) == 1:
+            if as_sum and rng.random() < 0.5:
+                kids = [leaf(scope[0]) for _ in range(2)]
+                if kids[0] != kids[1]:
+                    return g.add(Sum(kids, [float(w) for w in rng.dirichlet(np.ones(2))]))
+            return leaf(scope[0])
+        if as_sum:
+            kids = [build(scope, False) for _ in range(int(rng.integers(2, max_children + 1)))]
+            return g.add(Sum(kids, [float(w) for w in rng.dirichlet(np.ones(len(kids)))]))
+        perm = list(rng.permutation(scope))
+        cuts = sorted(rng.choice(range(1, len(scope)), size=min(len(scope) - 1, int(rng.integers(1, max_children))),
+                             replace=False))
+        parts = [perm[a:b] for a, b in zip([0, *cuts], [*cuts, len(scope)])]
+        return g.add(Product([build([int(v) for v in p], True) for p in parts]))
+
+    build(list(range(len(cardinality))), True)
+    g.validate()
+    return g
+
+
+def all_assignments(cardinality):
+    return torch.tensor(list(itertools.product(*[range(k) for k in cardinality])), dtype=torch.float64)
+
+
+# -- validity and files ----------------------------------------------------------------------
+def test_invalid_structures_name_the_offending_node():
+    g = Graph([Leaf(0, "bernoulli", [0.3]), Leaf(1, "bernoulli", [0.6]), Sum([0, 1], [0.5, 0.5])], 2, [2, 2])
+    with pytest.raises(ConfigError, match="sum node 2 is not complete"):
+        g.validate()
+    g = Graph([Leaf(0, "bernoulli", [0.3]), Leaf(0, "bernoulli", [0.6]), Product([0, 1])], 1, [2])
+    with pytest.raises(ConfigError, match="product node 2 is not decomposable.*variable 0"):
+        g.validate()
+    g = Graph([Leaf(0, "bernoulli", [0.3]), Leaf(0, "bernoulli", [0.6]), Sum([0, 1], [0.7, 0.7])], 1, [2])
+    with pytest.raises(ConfigError, match="sum node 2: weights"):
+        g.validate()
+    g = Graph([Leaf(0, "categorical", [0.3, 0.3]), Leaf(1, "bernoulli", [0.5]), Product([0, 1])], 2, [2, 2])
+    with pytest.raises(ConfigError, match="leaf 0"):
+        g.validate()
+
+
+def test_json_round_trip_keeps_the_distribution(tmp_path):
+    g = random_tree([2, 3, 2, 2], np.random.default_rng(0))
+    g.save(tmp_path / "spn.json")
+    h = Graph.load(tmp_path / "spn.json")
+    x = all_assignments([2, 3, 2, 2])
+    assert torch.equal(Circuit(g, torch.float64).log_prob(x), Circuit(h, torch.float64).log_prob(x))
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "trustlab-spn/1", "num_vars": 1, "cardinality": [2],
+                                                   "nodes": [{"type": "leaf", "var": 3, "kind": "bernoulli", "params": [0.5]}]}))
+    with pytest.raises(ConfigError, match="leaf 0 is over variable 3"):
+        Graph.load(tmp_path / "bad.json")
+
+
+# -- inference --------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(4))
+def test_joint_is_normalised_and_marginals_sum_it_out(seed):
+    rng = np.random.default_rng(seed)
+    card = [2, 3, 2, 2, 3, 2]
+    c = Circuit(random_tree(card, rng), torch.float64)
+    x = all_assignments(card)
+    p = c.log_prob(x).exp().view(*card)
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-10)
+    miss = sorted(rng.choice(6, size=2, replace=False).tolist())
+    xm = x.clone()
+    xm[:, miss] = math.nan
+    pm = c.log_prob(xm).exp().view(*card)
+    expected = p.sum(dim=miss, keepdim=True).expand_as(p)
+    torch.testing.assert_close(pm, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_mpe_of_a_factorised_spn_is_the_exact_argmax_and_respects_evidence():
+    leaves = [Leaf(0, "bernoulli", [0.8]), Leaf(1, "categorical", [0.2, 0.5, 0.3]), Leaf(2, "bernoulli", [0.1])]
+    g = Graph([*leaves, Product([0, 1, 2])], 3, [2, 3, 2])
+    c = Circuit(g, torch.float64)
+    out = c.mpe(torch.tensor([[math.nan, math.nan, math.nan], [0.0, math.nan, 1.0]]))
+    assert out.tolist() == [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]
+
+
+def test_samples_follow_the_distribution():
+    card = [2, 2, 3]
+    c = Circuit(random_tree(card, np.random.default_rng(5)), torch.float64)
+    p = c.log_prob(all_assignments(card)).exp()
+    s = c.sample(40000, seed=1)
+    idx = (s[:, 0] * 6 + s[:, 1] * 3 + s[:, 2]).long()
+    freq = torch.bincount(idx, minlength=12).double() / len(s)
+    assert 0.5 * (freq - p).abs().sum().item() < 0.03
+
+
+def test_em_never_decreases_the_likelihood_and_gradient_improves_it():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy((rng.random((600, 8)) < np.linspace(0.1, 0.9, 8)).astype(np.float32))
+    x[:300, 1] = x[:300, 0]  # a dependency for the mixture to find
+    c = Circuit(random_region_graph([2] * 8, depth=2, repetitions=2, sums=3, leaves=3, seed=1))
+    hist = c.em(x, iterations=8)
+    assert all(b >= a - 1e-4 for a, b in zip(hist, hist[1:])) and hist[-1] > hist[0] + 0.5
+    c2 = Circuit(random_region_graph([2] * 8, depth=2, repetitions=2, sums=3, leaves=3, seed=1))
+    before = c2.log_prob(x).mean().item()
+    c2.fit_gradient(x, epochs=5, lr=0.05)
+    assert c2.log_prob(x).mean().item() > before + 0.5
+
+
+def test_learnspn_splits_independent_blocks_at_the_root():
+    rng = np.random.default_rng(0)
+    a = rng.random((800, 1)) < 0.5
+    b = rng.random((800, 1)) < 0.5
+    x = np.concatenate([np.repeat(a, 3, 1), np.repeat(b, 3, 1)], 1).astype(float)
+    flip = rng.random(x.shape) < 0.05
+    x = np.where(flip, 1 - x, x)
+    g = learn_spn(x, [2] * 6, min_instances=50)
+    root = g.nodes[g.root]
+    assert isinstance(root, Product)
+    assert sorted(sorted(s) for s in (g.scopes()[c] for c in root.children)) == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_gaussian_leaves_and_categorical_leaves_match_spflow():
+    pytest.importorskip("spflow")
+    from trustlab.spn.spflow_bridge import spflow_log_prob, to_spflow
+
+    g = random_region_graph([2, 3, 0, 2, 0, 2, 2, 3], depth=2, repetitions=2, sums=2, leaves=2, seed=3)
+    x = torch.tensor([[0, 2, 0.3, 1, -1.2, 1, 1, 0], [1, 0, 1.5, 0, 0.2, 0, 1, 2]])
+    torch.testing.assert_close(spflow_log_prob(to_spflow(g), x).detach(), Circuit(g).log_prob(x), rtol=1e-4, atol=1e-4)
+
+
+# -- tSPN mapping ------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_tspn_equals_the_spn_on_the_full_joint_table(seed):
+    rng = np.random.default_rng(100 + seed)
+    d = int(rng.integers(6, 17))
+    g = random_tree([2] * d, rng) if seed % 2 == 0 else random_region_graph(
+        [2] * d, depth=2, repetitions=2, sums=2, leaves=2, seed=seed)
+    order = dfs_order(g) if seed < 3 else [int(v) for v in rng.permutation(d)]
+    tt = spn_to_tensor_train(g, order)
+    assert tt.ranks() == exact_ranks(g, order)
+    x = all_assignments([2] * d)
+    spn = Circuit(g, torch.float64).log_prob(x)
+    assert (spn - tt.log_prob(x)).abs().max().item() <= 1e-6
+    assert abs(tt.log_partition().item()) < 1e-9
+    xm = x[:: 2**(d // 2)].clone()
+    xm[:, rng.choice(d, size=d // 3, replace=False)] = math.nan
+    assert (Circuit(g, torch.float64).log_prob(xm) - tt.log_prob(xm)).abs().max().item() <= 1e-6
+
+
+def test_tspn_of_categorical_variables_and_class_posterior_in_one_sweep():
+    rng = np.random.default_rng(7)
+    per = [random_tree([2, 3, 2, 2], rng) for _ in range(3)]
+    g = with_class_variable(per, [0.2, 0.3, 0.5])
+    c, tt = Circuit(g, torch.float64), spn_to_tensor_train(g)
+    x = all_assignments(g.cardinality)
+    assert (c.log_prob(x) - tt.log_prob(x)).abs().max().item() <= 1e-9
+    torch.testing.assert_close(class_log_joint(tt, x), class_log_joint(c, x), rtol=0, atol=1e-9)
+    assert accuracy(tt, x) == accuracy(c, x)
+
+
+def test_gaussian_leaves_cannot_map_onto_a_tensor_train():
+    g = Graph([Leaf(0, "gaussian", [0.0, 1.0]), Leaf(1, "bernoulli", [0.5]), Product([0, 1])], 2, [0, 2])
+    with pytest.raises(ConfigError, match="discrete"):
+        spn_to_tensor_train(g)
+
+
+# -- compression -----------------------------------------------------------------------------
+def test_truncation_caps_ranks_keeps_a_distribution_and_fine_tuning_recovers_likelihood():
+    rng = np.random.default_rng(1)
+    x = (rng.random((2000, 12)) < 0.3).astype(float)
+    x[:1000, 6:] = 1 - x[:1000, :6]
+    g = learn_spn(x, [2] * 12, min_instances=40)
+    tt = spn_to_tensor_train(g)
+    assert max(tt.ranks()) > 3
+    same = truncate(tt, max(tt.ranks()))
+    xa = all_assignments([2] * 12)
+    assert (same.log_prob(xa) - tt.log_prob(xa)).abs().max().item() < 1e-6  # nothing to cut: unchanged
+    small = truncate(tt, 3)
+    assert max(small.ranks()) <= 3 and all(bool((c >= 0).all()) for c in small.cores())
+    assert small.log_prob(xa).exp().sum().item() == pytest.approx(1.0, abs=1e-6)
+    xt = torch.from_numpy(x).float()
+    before = small.log_prob(xt).mean().item()
+    hist = fine_tune(small.float(), xt, epochs=4, lr=0.05)
+    assert hist[-1] > before and small.num_parameters() < tt.num_parameters()
+
+
+def test_rank_below_one_is_refused():
+    g = random_tree([2, 2, 2], np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="rank 0"):
+        truncate(spn_to_tensor_train(g), 0)
+
+
+# -- the command line -------------------------------------------------------------------------
+def test_fit_compress_eval_on_digits(cli, tmp_path):
+    fit = tmp_path / "fit"
+    r = cli("spn", "fit", "--out", str(fit), "--dataset", "digits", "--min-instances", "60")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((fit / "summary.json").read_text())
+    assert s["accuracy"] > 0.85 and s["test_ll"] < 0 and s["exact_tt_parameters"] > s["parameters"]
+    r = cli("spn", "compress", str(fit), "--rank", "4,8", "--epochs", "1", "--distill-samples", "2000", "--quiet")
+    assert r.returncode == 0, r.stderr
+    c = json.loads((tmp_path / "fit-tspn" / "summary.json").read_text())
+    assert c["exact_tspn"]["max_abs_log_prob_gap"] < 1e-6
+    assert [row["rank"] for row in c["ranks"]] == [4, 8]
+    assert c["ranks"][0]["parameters"] < c["ranks"][1]["parameters"] < c["exact_tspn"]["parameters"]
+    assert (tmp_path / "fit-tspn" / "report.html").exists() and (tmp_path / "fit-tspn" / "plots" / "tradeoff.png").exists()
+    r = cli("spn", "eval", str(tmp_path / "fit-tspn"), "--rank", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(c["ranks"][1]["accuracy"])
+    again = cli("spn", "compress", str(fit), "--rank", "4,8", "--resume", "--quiet")  # both ranks done: reused
+    assert again.returncode == 0 and json.loads((tmp_path / "fit-tspn" / "summary.json").read_text())["ranks"] == c["ranks"]
+
+
+def test_binary_csv_density_model(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    rows = (rng.random((300, 10)) < 0.4).astype(int)
+    np.savetxt(tmp_path / "toy.ts.data", rows[:240], fmt="%d", delimiter=",")
+    np.savetxt(tmp_path / "toy.test.data", rows[240:], fmt="%d", delimiter=",")
+    r = cli("spn", "fit", "--dataset", "csv", "--csv", str(tmp_path / "toy.ts.data"), "--out", str(tmp_path / "fit"))
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert s["test_rows"] == 60 and "accuracy" not in s and -10 * math.log(2) - 1 < s["test_ll"] < 0
+
+
+@pytest.mark.parametrize("content, message", [("0,1,2\n1,0,1\n", "holds 2"), ("0,1,nan\n1,0,1\n", "holds NaN"),
+                                              ("0,1\n1,0,1\n", "3 values")])
+def test_bad_csv_is_a_one_line_error(cli, tmp_path, content, message):
+    (tmp_path / "bad.csv").write_text(content * 5)
+    r = cli("spn", "fit", "--dataset", "csv", "--csv", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "fit"))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "fit").exists()
+
+
+def test_bad_rank_and_bad_structure_file_exit_2(cli, tmp_path):
+    r = cli("spn", "compress", str(tmp_path), "--rank", "0")
+    assert r.returncode == 2 and "at least 1" in r.stderr
+    run = tmp_path / "fit"
+    assert cli("spn", "fit", "--out", str(run), "--dataset", "digits", "--min-instances", "200").returncode == 0
+    (run / "spn.json").write_text('{"format": "trustlab-spn/1", "nodes": [}')
+    r = cli("spn", "compress", str(run), "--rank", "2")
+    assert r.returncode == 2 and "not JSON" in r.stderr and "Traceback" not in r.stderr
