@@ -38,6 +38,8 @@ demo: data
 	$(TRUSTLAB) pi shallow --teacher $(RUNS)/pi-train --target-relu-reduction 1.7 --finetune-epochs 1 --out $(RUNS)/pi-shallow --quiet
 	$(TRUSTLAB) pi secure-infer $(RUNS)/pi-senet-half --protocol semi2k --images 2
 	$(TRUSTLAB) pi cost $(RUNS)/pi-senet-half
+	$(TRUSTLAB) spn fit --out $(RUNS)/spn-digits --dataset digits --min-instances 60 >/dev/null
+	$(TRUSTLAB) spn compress $(RUNS)/spn-digits --rank 16 --epochs 3 --distill-samples 5000 --quiet
 	$(TRUSTLAB) report $(RUNS)/pi-senet-half >/dev/null
 	@echo "report: $(RUNS)/pi-senet-half/report.html"
 

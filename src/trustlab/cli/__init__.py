@@ -15,6 +15,7 @@ import typer
 
 from trustlab.cli import data as data_cli
 from trustlab.cli import pi as pi_cli
+from trustlab.cli import replication as replication_cli
 from trustlab.cli import spn as spn_cli
 from trustlab.cli import tinyml as tinyml_cli
 
@@ -24,6 +25,8 @@ app = typer.Typer(help="trustlab: private inference, diffusion replication, tens
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(data_cli.app, name="data", help="Offline datasets: list, fetch.")
 app.add_typer(pi_cli.app, name="pi", help="Private inference: ReLU accounting, SENet/SNL/layer-drop, shallow models, secure inference.")
+app.add_typer(replication_cli.app, name="replication",
+              help="Replication in diffusion models: testbed training, sampling, replication and quality metrics.")
 app.add_typer(spn_cli.app, name="spn", help="Tensor SPNs: learn SPNs, map them onto tensor trains, compress, evaluate.")
 app.add_typer(tinyml_cli.app, name="tinyml", help="TinyML security: taxonomy, CVSS-scored attacks, defenses, assessment.")
 

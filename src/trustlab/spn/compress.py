@@ -31,7 +31,7 @@ def _environments(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     return right
 
 
-def truncate(tt: TensorTrain, rank: int, *, iterations: int = 300, seed: int = 0) -> TensorTrain:
+def truncate(tt: TensorTrain, rank: int, *, iterations: int = 1500, seed: int = 0) -> TensorTrain:
     """A nonnegative train with every rank at most ``rank``, close in KL to ``tt``."""
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning

@@ -159,11 +159,11 @@ class CompressConfig:
     source: str = ""  # the spn-fit run folder
     ranks: tuple[int, ...] = (32,)
     distill_samples: int = 20000  # rows sampled from the SPN added to the training rows
-    epochs: int = 5
-    lr: float = 0.05
+    epochs: int = 10
+    lr: float = 0.02
     batch_size: int = 256
     discriminative: float = 0.0  # weight of log p(class | x) in the fine-tuning objective
-    nmf_iterations: int = 300
+    nmf_iterations: int = 1500
     max_rank: int = 4096  # refuse exact trains above this rank
     seed: int = 0
 

@@ -1,0 +1,129 @@
+"""Captioned training sets for the diffusion testbed.
+
+Replication grows with unique captions, with few images and with duplicated images, so all
+three are options: a seeded subset of ``n`` images from the ``emoji`` registry dataset (or any
+folder of images with a ``captions.jsonl`` of ``{"file": ..., "caption": ...}`` lines),
+captions per image (``unique``, the default) or per class (``class``), and a share of the
+images repeated ``duplicate_times`` times. Images are RGB in [-1, 1] at ``size``×``size``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trustlab.errors import ConfigError, DataError
+
+
+@dataclass
+class CaptionedImages:
+    """Images [N, 3, S, S] in [-1, 1], one caption and class index per image."""
+
+    images: torch.Tensor
+    captions: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+@dataclass(frozen=True)
+class CaptionDataConfig:
+    dataset: str = "emoji"  # a registry dataset with captions, or "folder" with folder=PATH
+    folder: str | None = None
+    n: int = 64  # seeded subset size (None or 0: all)
+    size: int = 32
+    captions: str = "unique"  # unique | class
+    duplicate_share: float = 0.0  # share of the n images repeated
+    duplicate_times: int = 1  # extra copies of each repeated image
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.captions not in ("unique", "class"):
+            raise ConfigError(f"--captions {self.captions}: use unique or class")
+        if not 0 <= self.duplicate_share <= 1 or self.duplicate_times < 0:
+            raise ConfigError("--duplicate-share must lie in [0, 1] and --duplicate-times be >= 0")
+        if self.size < 8 or self.size % 8:
+            raise ConfigError(f"--size {self.size}: use a multiple of 8 (the U-Net halves it three times)")
+
+    def load(self) -> CaptionedImages:
+        self.validate()
+        data = read_folder(Path(self.folder), self.size) if self.dataset == "folder" else _from_registry(self.dataset, self.size)
+        rng = np.random.default_rng(self.seed)
+        if self.n and self.n < len(data):
+            keep = np.sort(rng.choice(len(data), size=self.n, replace=False))
+            data = CaptionedImages(data.images[keep], [data.captions[i] for i in keep], data.labels[keep],
+                                   data.classes, data.source)
+        if self.captions == "class":
+            data.captions = [data.classes[int(k)].replace("_", " ").lower() for k in data.labels]
+        if self.duplicate_share and self.duplicate_times:
+            m = int(round(self.duplicate_share * len(data)))
+            dup = np.repeat(rng.choice(len(data), size=m, replace=False), self.duplicate_times)
+            idx = np.concatenate([np.arange(len(data)), dup])
+            data = CaptionedImages(data.images[idx], [data.captions[i] for i in idx], data.labels[idx],
+                                   data.classes, data.source)
+        data.source += (f", {self.n or 'all'} images at {self.size}x{self.size}, {self.captions} captions"
+                        + (f", {self.duplicate_share:.0%} duplicated x{self.duplicate_times}" if self.duplicate_share else ""))
+        return data
+
+
+def _from_registry(name: str, size: int) -> CaptionedImages:
+    from trustlab.data import load_dataset
+    from trustlab.data.registry import get_spec
+
+    spec = get_spec(name)
+    d = load_dataset(name, spec.splits[0], size=size)
+    if d.captions is None:
+        raise DataError(f"dataset {name} has no captions: use emoji, or --dataset folder with a captions.jsonl")
+    if d.images.shape[1] != 3:
+        raise DataError(f"dataset {name} is not RGB")
+    return CaptionedImages(d.images.float() / 127.5 - 1, list(d.captions), d.labels, d.classes, f"{name}")
+
+
+def read_folder(folder: Path, size: int) -> CaptionedImages:
+    """Images named by ``folder/captions.jsonl``; any size or mode, converted to RGB on white and resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    index = folder / "captions.jsonl"
+    if not index.is_file():
+        raise DataError(f"{index} not found: a folder dataset needs captions.jsonl with {{\"file\", \"caption\"}} lines")
+    try:
+        lines = index.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{index} is not UTF-8 (byte {e.start}): save it as UTF-8") from None
+    images, captions = [], []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            file, caption = str(rec["file"]), str(rec["caption"]).strip()
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{index}:{no}: expected a JSON object with \"file\" and \"caption\"") from None
+        if not caption:
+            raise DataError(f"{index}:{no}: the caption of {file} is empty")
+        path = folder / file
+        try:
+            with Image.open(path) as im:
+                rgba = im.convert("RGBA")
+        except FileNotFoundError:
+            raise DataError(f"{index}:{no}: image {path} does not exist") from None
+        except (UnidentifiedImageError, OSError):
+            raise DataError(f"{index}:{no}: {path} is not an image PIL can read") from None
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.BICUBIC)
+        images.append(np.asarray(rgb).transpose(2, 0, 1))
+        captions.append(caption)
+    if not images:
+        raise DataError(f"{index} lists no images")
+    x = torch.from_numpy(np.stack(images)).float() / 127.5 - 1
+    return CaptionedImages(x, captions, torch.zeros(len(captions), dtype=torch.long), ["image"], str(folder))
+
+
+__all__ = ["CaptionDataConfig", "CaptionedImages", "read_folder"]

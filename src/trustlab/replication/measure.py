@@ -1,0 +1,81 @@
+"""``measure``: replication and quality of a run's generations, written into the run folder.
+
+Adds ``measure-<samples>.json``, a table for the report, and the copy grid (generations beside
+their nearest training images, most similar first), then re-renders the run's report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trustlab.replication.metrics import TorchScriptEmbedder, background, replication
+from trustlab.replication.quality import quality
+from trustlab.replication.sampling import latest_samples, load_samples
+from trustlab.replication.training import DiffusionConfig
+from trustlab.runs import RunDir, atomic_write_json, config_from_dict
+
+
+def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd: str | None = None,
+                inception: str | None = None, pixel_threshold: float = 0.9) -> dict:
+    run = RunDir.open(run_dir, kind="replication-train")
+    cfg = config_from_dict(DiffusionConfig, run.config)
+    sscd_model = TorchScriptEmbedder(sscd, 288, "an SSCD model") if sscd else None
+    inc_model = TorchScriptEmbedder(inception, 299, "Inception-v3") if inception else None
+    path = Path(samples) if samples else latest_samples(run)
+    gen, meta = load_samples(path)
+    data = cfg.data.load()
+    rep = replication(gen, data.images, pixel_threshold=pixel_threshold, sscd=sscd_model)
+    result = {"samples": str(path), "generations": len(gen), "train_images": len(data), "data": data.source,
+              "pixel_threshold": pixel_threshold,
+              "replication": {k: v for k, v in rep.items() if k not in ("nearest", "max_similarity")},
+              "background": background(data.images, pixel_threshold=pixel_threshold, sscd=sscd_model),
+              "own_prompt_nearest": _own_prompt_share(rep["nearest"], meta.get("train_index"), data.captions),
+              "quality": quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.dataset
+                                 if cfg.data.dataset != "folder" else "emoji", inception=inc_model),
+              "training_minutes": run.summary().get("minutes") if (run.path / "summary.json").exists() else None}
+    atomic_write_json(run.path / f"measure-{path.stem}.json", result)
+    rows = [{"embedding": k, "replication score (p95)": v["score"], "share flagged": v["share"],
+             "background score": result["background"][k]["score"]} for k, v in result["replication"].items()]
+    run.write_table("replication", rows, title=f"Replication of {len(gen)} generations against {len(data)} training images")
+    run.write_table("quality", [result["quality"]], title="Quality (proxy FID: a trustlab-trained encoder, not Inception)")
+    copy_grid(gen, data.images, rep, run.plot_path("copies"))
+    from trustlab.report import render_report
+
+    render_report(run.path)
+    return result
+
+
+def _own_prompt_share(nearest: list[int], train_index, captions: list[str]) -> float | None:
+    """Share of generations whose nearest training image carries their own prompt's caption."""
+    if train_index is None:
+        return None
+    return sum(captions[n] == captions[i] for n, i in zip(nearest, train_index)) / len(nearest)
+
+
+def copy_grid(gen: torch.Tensor, train: torch.Tensor, rep: dict, path: Path, pairs: int = 24) -> None:
+    """Generations (left) beside their nearest training image (right), sorted by pixel similarity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sim = torch.tensor(rep["max_similarity"])
+    order = sim.argsort(descending=True)[:pairs].tolist()
+    cols = 6
+    rows = (len(order) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 0.95), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order):
+        pair = torch.cat([gen[i], train[rep["nearest"][i]]], 2)
+        ax.imshow(((pair.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
+        ax.set_title(f"{float(sim[i]):.3f}", fontsize=7)
+    fig.suptitle("generation | nearest training image (pixel similarity)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["copy_grid", "measure_run"]

@@ -1,0 +1,77 @@
+"""Standard replication mitigations (Somepalli et al. 2023), composable, for training and sampling.
+
+Caption-side ones rewrite the caption string before encoding; ``embedding-noise`` adds
+Gaussian noise to the text states. Training applies them per example and per step (seeded by
+the step, so a resumed run draws the same); sampling applies the inference-time ones to the
+prompts.
+
+=================  =========  ==================================================================
+name               when       what
+=================  =========  ==================================================================
+caption-replace    train      with probability p, the caption becomes random vocabulary words
+word-add           both       with probability p, a random vocabulary word is inserted
+word-repeat        both       with probability p, a random word of the caption is repeated
+embedding-noise    both       Gaussian noise of std sigma on the text states
+=================  =========  ==================================================================
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from trustlab.errors import ConfigError
+
+TRAIN = ("caption-replace", "word-add", "word-repeat", "embedding-noise")
+INFERENCE = ("word-add", "word-repeat", "embedding-noise")
+
+
+@dataclass(frozen=True)
+class Mitigations:
+    """Which mitigations are on; ``p`` is the per-caption probability, ``sigma`` the noise std."""
+
+    names: tuple[str, ...] = ()
+    p: float = 0.1
+    sigma: float = 0.1
+
+    def check(self, allowed: tuple[str, ...], where: str) -> "Mitigations":
+        bad = [n for n in self.names if n not in allowed]
+        if bad:
+            raise ConfigError(f"mitigation '{bad[0]}' does not apply at {where}: use {', '.join(allowed)}")
+        if not 0 <= self.p <= 1 or self.sigma < 0:
+            raise ConfigError("mitigation probability must lie in [0, 1] and sigma be >= 0")
+        return self
+
+    def captions(self, captions: list[str], vocabulary: list[str], rng: random.Random) -> list[str]:
+        out = []
+        for c in captions:
+            words = c.split()
+            if "caption-replace" in self.names and rng.random() < self.p:
+                words = rng.choices(vocabulary, k=max(1, len(words)))
+            if "word-add" in self.names and rng.random() < self.p:
+                words.insert(rng.randrange(len(words) + 1), rng.choice(vocabulary))
+            if "word-repeat" in self.names and words and rng.random() < self.p:
+                i = rng.randrange(len(words))
+                words.insert(i, words[i])
+            out.append(" ".join(words))
+        return out
+
+    def states(self, states: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if "embedding-noise" not in self.names or not self.sigma:
+            return states
+        return states + self.sigma * torch.randn(states.shape, generator=generator).to(states)
+
+
+def parse(text: str | None, p: float = 0.1, sigma: float = 0.1) -> Mitigations:
+    names = tuple(n.strip() for n in (text or "").split(",") if n.strip() and n.strip() != "none")
+    return Mitigations(names, p, sigma)
+
+
+def vocabulary(captions: list[str]) -> list[str]:
+    """The words of the training captions (the pool random words are drawn from)."""
+    return sorted({w for c in captions for w in c.split()})
+
+
+__all__ = ["INFERENCE", "Mitigations", "TRAIN", "parse", "vocabulary"]

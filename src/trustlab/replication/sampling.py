@@ -1,0 +1,86 @@
+"""Sampling a trained testbed model: DDIM with classifier-free guidance, prompts from the training captions.
+
+Generations are stored in the run folder as ``samples/<name>.safetensors`` (uint8 images plus
+the prompts in the header), so measuring them later needs neither the model nor the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trustlab.errors import ConfigError, RunError
+from trustlab.replication.mitigations import INFERENCE, parse, vocabulary
+from trustlab.replication.training import load_trained, make_scheduler
+from trustlab.runs import RunDir, atomic_write_bytes
+
+
+def sample_run(run_dir: str | Path, *, n: int = 256, seed: int = 0, steps: int = 50, guidance: float = 3.0,
+               mitigations: str = "", mitigation_p: float = 0.1, mitigation_sigma: float = 0.1,
+               batch_size: int = 64, name: str | None = None, quiet: bool = False) -> Path:
+    """Generate ``n`` images for training captions drawn with ``seed``; returns the samples file."""
+    from trustlab.progress import progress_bar
+
+    if n < 1 or steps < 1 or guidance < 0:
+        raise ConfigError("--n and --steps must be positive and --guidance >= 0")
+    mit = parse(mitigations, mitigation_p, mitigation_sigma).check(INFERENCE, "inference")
+    unet, cfg, encoder, run = load_trained(run_dir)
+    data = cfg.data.load()
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(data), size=n, replace=n > len(data))
+    prompts = [data.captions[i] for i in pick]
+    used = mit.captions(prompts, vocabulary(data.captions), random.Random(seed))
+    scheduler = make_scheduler(cfg, "ddim")
+    scheduler.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    null_states, null_mask = encoder.encode([""])
+    out = []
+    with torch.no_grad(), progress_bar(quiet) as bar:
+        task = bar.add_task("sample", total=n)
+        for i in range(0, n, batch_size):
+            batch = used[i : i + batch_size]
+            b = len(batch)
+            states, mask = encoder.encode(batch)
+            states = mit.states(states, g)
+            ctx = torch.cat([null_states.expand(b, -1, -1), states])
+            ctx_mask = torch.cat([null_mask.expand(b, -1), mask])
+            x = torch.randn((b, 3, cfg.data.size, cfg.data.size), generator=g)
+            for t in scheduler.timesteps:
+                eps = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx, encoder_attention_mask=ctx_mask).sample
+                uncond, cond = eps.chunk(2)
+                x = scheduler.step(uncond + guidance * (cond - uncond), t, x).prev_sample
+            out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+            bar.update(task, advance=b)
+    name = name or f"seed{seed}" + (f"-{'+'.join(mit.names)}" if mit.names else "")
+    path = run.path / "samples" / f"{name}.safetensors"
+    from safetensors.torch import save
+
+    meta = {"prompts": prompts, "used_prompts": used, "train_index": pick.tolist(), "seed": seed, "steps": steps,
+            "guidance": guidance, "mitigations": list(mit.names)}
+    atomic_write_bytes(path, save({"images": torch.cat(out)}, metadata={"trustlab": json.dumps(meta)}))
+    return path
+
+
+def load_samples(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """Generations (float in [-1, 1]) and their metadata from a samples file."""
+    from trustlab.runs import load_checkpoint_file
+
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"samples file {path} does not exist: run `trustlab replication sample` first")
+    tensors, meta = load_checkpoint_file(path)
+    return tensors["images"].float() / 127.5 - 1, meta
+
+
+def latest_samples(run: RunDir) -> Path:
+    files = sorted((run.path / "samples").glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise RunError(f"{run.path} has no samples: run `trustlab replication sample {run.path}` first")
+    return files[-1]
+
+
+__all__ = ["latest_samples", "load_samples", "sample_run"]

@@ -1,0 +1,181 @@
+"""Training a small text-conditional diffusion model on captioned images.
+
+The model is diffusers' ``UNet2DConditionModel`` (small config, cross-attention on the text
+states), trained with diffusers' ``DDPMScheduler`` (epsilon prediction, MSE), AdamW, caption
+dropout for classifier-free guidance, and an exponential moving average of the weights (the
+copy sampling uses). Every random draw of step ``s`` comes from a generator seeded by
+``(seed, s)``, so a run killed and resumed from its checkpoint continues exactly.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from trustlab.errors import ConfigError
+from trustlab.replication.data import CaptionDataConfig
+from trustlab.replication.mitigations import TRAIN, parse, vocabulary
+from trustlab.replication.text import make_encoder
+from trustlab.runs import RunDir, config_from_dict, resumed_config
+from trustlab.train import load_state_tensors, make_optimizer, resolve_device, state_tensors, TrainConfig
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
+    encoder: str = "minilm"
+    channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    head_dim: int = 8
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    timesteps: int = 1000
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    mitigations: str = ""  # comma-separated training mitigations
+    mitigation_p: float = 0.1
+    mitigation_sigma: float = 0.1
+    checkpoint_every: int = 250
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        self.data.validate()
+        parse(self.mitigations, self.mitigation_p, self.mitigation_sigma).check(TRAIN, "training")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("--steps, --batch-size and --lr must be positive")
+        if not 0 <= self.caption_dropout < 1 or not 0 < self.ema_decay < 1:
+            raise ConfigError("--caption-dropout must lie in [0, 1) and the EMA decay in (0, 1)")
+        if len(self.channels) != 3:
+            raise ConfigError("--channels takes three widths, e.g. 32,64,64")
+
+
+def build_unet(cfg: DiffusionConfig, text_dim: int):
+    """The diffusers conditional U-Net of ``cfg``: three levels, cross-attention in the lower two."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=cfg.data.size, in_channels=3, out_channels=3, block_out_channels=tuple(cfg.channels),
+        layers_per_block=cfg.layers_per_block, cross_attention_dim=text_dim, attention_head_dim=cfg.head_dim,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+
+
+def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    cls = DDPMScheduler if kind == "ddpm" else DDIMScheduler
+    return cls(num_train_timesteps=cfg.timesteps, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+               clip_sample=True)
+
+
+def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(decay).add_(v, alpha=1 - decay)
+            else:
+                ema[k].copy_(v)
+
+
+def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
+                    max_steps: int | None = None) -> RunDir:
+    """Train into the run folder ``out``; checkpoints every ``cfg.checkpoint_every`` steps."""
+    from trustlab.progress import progress_bar
+
+    cfg = resumed_config(DiffusionConfig, out, "replication-train", cfg, resume)
+    cfg.validate()
+    data = cfg.data.load()
+    encoder = make_encoder(cfg.encoder)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg, encoder.dim).to(device).train()
+    optimizer = make_optimizer(TrainConfig(optimizer="adamw", lr=cfg.lr, weight_decay=0.0), unet.parameters())
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    run = RunDir.start(Path(out), cfg, "replication-train", resume)
+    step, seconds = 0, 0.0
+    if resume and run.has_checkpoint():
+        tensors, meta = run.load_checkpoint()
+        load_state_tensors(unet, tensors, optimizer, meta)
+        ema = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
+        step, seconds = meta["step"], meta.get("seconds", 0.0)
+        run.truncate_metrics(step)
+    scheduler = make_scheduler(cfg)
+    mit = parse(cfg.mitigations, cfg.mitigation_p, cfg.mitigation_sigma)
+    vocab = vocabulary(data.captions)
+    x0_all = data.images.to(device)
+    end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+
+    def checkpoint() -> None:
+        tensors, meta = state_tensors(unet, optimizer)
+        tensors.update({f"ema.{k}": v for k, v in ema.items()})
+        run.save_checkpoint(tensors, {**meta, "step": step, "seconds": seconds, "done": step >= cfg.steps})
+
+    with progress_bar(quiet) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=step)
+        window = []
+        while step < end:
+            t0 = time.perf_counter()
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            rng = random.Random(cfg.seed * 1_000_003 + step)
+            idx = torch.randint(len(data), (cfg.batch_size,), generator=g)
+            captions = mit.captions([data.captions[i] for i in idx.tolist()], vocab, rng)
+            drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            states, mask = encoder.encode(captions)
+            states = mit.states(states, g)
+            noise = torch.randn(x0_all[idx].shape, generator=g)
+            t = torch.randint(0, cfg.timesteps, (cfg.batch_size,), generator=g)
+            x0 = x0_all[idx]
+            xt = scheduler.add_noise(x0, noise.to(device), t.to(device))
+            pred = unet(xt, t.to(device), encoder_hidden_states=states.to(device),
+                        encoder_attention_mask=mask.to(device)).sample
+            loss = F.mse_loss(pred, noise.to(device))
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            seconds += time.perf_counter() - t0
+            window.append(float(loss.detach()))
+            bar.update(task, advance=1, description=f"step {step}/{cfg.steps} loss {window[-1]:.4f}")
+            if step % 50 == 0 or step == cfg.steps:
+                run.log(step, loss=sum(window) / len(window), minutes=seconds / 60)
+                window = []
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint()
+    if step >= cfg.steps:
+        run.write_summary({"steps": step, "minutes": seconds / 60, "images": len(data), "data": data.source,
+                           "parameters": sum(p.numel() for p in unet.parameters()), "encoder": cfg.encoder,
+                           "mitigations": list(mit.names), "final_loss": run.metrics()[-1]["loss"]})
+    return run
+
+
+def load_trained(run_dir: str | Path, weights: str = "ema"):
+    """The U-Net of a finished ``replication-train`` run (EMA weights by default), its config and data."""
+    from trustlab.errors import RunError
+
+    run = RunDir.open(run_dir, kind="replication-train")
+    cfg = config_from_dict(DiffusionConfig, run.config)
+    if not run.has_checkpoint():
+        raise RunError(f"{run.path} has no checkpoint yet: train it first (or --resume)")
+    tensors, meta = run.load_checkpoint()
+    encoder = make_encoder(cfg.encoder)
+    unet = build_unet(cfg, encoder.dim)
+    prefix = "ema." if weights == "ema" else "model."
+    load_state_tensors(unet, {"model." + k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return unet.eval(), cfg, encoder, run
+
+
+__all__ = ["DiffusionConfig", "build_unet", "load_trained", "make_scheduler", "train_diffusion"]
