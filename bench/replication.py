@@ -3,7 +3,7 @@
 Protocol (fixed here, reused by later methods): ``--n`` emoji with unique captions at
 ``--size``, the diffusers U-Net of ``--channels`` with MiniLM token states, ``--steps``
 training steps of batch ``--batch-size``; ``--samples`` generations for training captions
-(DDIM 50 steps, guidance 3, seed 0); replication against the training set (pixel, Carlini,
+(DDIM 50 steps, guidance 2, eta 1, seed 0); replication against the training set (pixel, Carlini,
 Gu), proxy FID and precision/recall. Training mitigations each train their own model;
 inference mitigations sample the unmitigated model. Writes ``bench/results/replication.json``,
 ``replication.png`` and ``replication_copies.png`` (the copy grid of the unmitigated run).
@@ -114,7 +114,7 @@ def main() -> None:
                 "minutes": (time.time() - t0) / 60}
     settings = {"data": f"emoji, {args.n} images, unique captions, {args.size}x{args.size}", "encoder": "minilm",
                 "channels": args.channels, "steps": args.steps, "batch_size": args.batch_size, "lr": 1e-3,
-                "samples": args.samples, "sampler": "DDIM 50 steps, guidance 3, seed 0",
+                "samples": args.samples, "sampler": "DDIM 50 steps, guidance 2, eta 1, seed 0",
                 "pixel_threshold": args.pixel_threshold, "mitigation_p": 0.1, "mitigation_sigma": 0.1,
                 "inference_sigma": args.inference_sigma,
                 "proxy_fid": "Frechet distance in a trustlab-trained emoji classifier's 128-d features (not Inception)"}

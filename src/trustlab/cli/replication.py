@@ -57,7 +57,9 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
 @app.command("sample")
 def sample_cmd(run_dir: str = typer.Argument(..., help="A replication train run folder."),
                n: int = typer.Option(256, help="Generations."), seed: int = typer.Option(0),
-               steps: int = typer.Option(50, help="DDIM steps."), guidance: float = typer.Option(3.0),
+               steps: int = typer.Option(50, help="DDIM steps."),
+               guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = conditional only)."),
+               eta: float = typer.Option(1.0, help="DDIM eta: 0 deterministic, 1 as stochastic as DDPM."),
                mitigation: Optional[str] = typer.Option(None, help="Inference mitigations: word-add, word-repeat, "
                                                         "embedding-noise."),
                mitigation_p: float = typer.Option(0.1), mitigation_sigma: float = typer.Option(0.1),
@@ -66,7 +68,7 @@ def sample_cmd(run_dir: str = typer.Argument(..., help="A replication train run 
     """Generate images for training captions (DDIM, classifier-free guidance)."""
     from trustlab.replication.sampling import sample_run
 
-    print(sample_run(run_dir, n=n, seed=seed, steps=steps, guidance=guidance, mitigations=mitigation or "",
+    print(sample_run(run_dir, n=n, seed=seed, steps=steps, guidance=guidance, eta=eta, mitigations=mitigation or "",
                      mitigation_p=mitigation_p, mitigation_sigma=mitigation_sigma, name=name, quiet=quiet))
 
 
