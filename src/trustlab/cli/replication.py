@@ -35,17 +35,30 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
               mitigation: Optional[str] = typer.Option(None, help="Training mitigations, comma-separated: "
                                                        "caption-replace, word-add, word-repeat, embedding-noise."),
               mitigation_p: float = typer.Option(0.1), mitigation_sigma: float = typer.Option(0.1),
+              generalize: Optional[str] = typer.Option(None, help="Train on generalized captions: wordnet | llm."),
+              llm_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base, for --generalize llm."),
+              llm_model: Optional[str] = typer.Option(None, "--model", help="Model name for --generalize llm."),
+              dual_fusion: bool = typer.Option(False, help="Dual fusion with the default weights (image 0.1, text 0.5)."),
+              fusion_image: Optional[float] = typer.Option(None, help="Weight of the auxiliary image mixed in."),
+              fusion_aux: str = typer.Option("fashion-mnist", help="Registry dataset of the auxiliary images."),
+              fusion_text: Optional[float] = typer.Option(None, help="Weight of the 'with <class>' text states."),
+              fusion_text_mode: str = typer.Option("mix", help="mix (states) | append (class words to the caption)"),
               checkpoint_every: int = typer.Option(250), seed: int = typer.Option(0),
               device: str = typer.Option("auto", help="auto | cpu | cuda"),
               resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
               quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Train the conditional U-Net on captioned images (DDPM loss, caption dropout, EMA)."""
     from trustlab.replication.data import CaptionDataConfig
+    from trustlab.replication.fusion import DualFusion
     from trustlab.replication.training import DiffusionConfig, train_diffusion
 
+    fusion = DualFusion(image_weight=fusion_image if fusion_image is not None else 0.1 * dual_fusion, aux=fusion_aux,
+                        text_weight=fusion_text if fusion_text is not None else 0.5 * dual_fusion,
+                        text_mode=fusion_text_mode)
     cfg = DiffusionConfig(data=CaptionDataConfig(dataset=dataset, folder=folder, n=n, size=size, captions=captions,
                                                  duplicate_share=duplicate_share, duplicate_times=duplicate_times,
-                                                 seed=seed),
+                                                 generalize=generalize or "", llm_url=llm_url or "",
+                                                 llm_model=llm_model or "", seed=seed), fusion=fusion,
                           encoder=encoder, channels=_channels(channels), steps=steps, batch_size=batch_size, lr=lr,
                           caption_dropout=caption_dropout, mitigations=mitigation or "", mitigation_p=mitigation_p,
                           mitigation_sigma=mitigation_sigma, checkpoint_every=checkpoint_every, seed=seed, device=device)
@@ -93,3 +106,45 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
     print(f"proxy FID {q['proxy_fid']:.2f} (trustlab encoder, not Inception), precision {q['precision']:.3f}, "
           f"recall {q['recall']:.3f}, caption match {q['caption_match']:.3f}")
     print(f"{run_dir}/report.html")
+
+
+captions_app = typer.Typer(no_args_is_help=True, help="Caption generality: score and generalize captions.")
+app.add_typer(captions_app, name="captions")
+
+
+def _llm(llm_url: Optional[str], model: Optional[str], api_key_env: str):
+    if llm_url is None:
+        return None
+    from trustlab.replication.llm import ChatClient
+
+    return ChatClient(llm_url, model or "", api_key_env)
+
+
+_FILE_HELP = "Captions: a text file (one per line) or JSON lines with a \"caption\" field."
+
+
+@captions_app.command("score")
+def captions_score(file: str = typer.Argument(..., help=_FILE_HELP),
+                   llm_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base: score with an LLM."),
+                   model: Optional[str] = typer.Option(None, help="Model name at --llm-url."),
+                   api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable with the API key."),
+                   plot: Optional[str] = typer.Option(None, help="Write the score distribution to this PNG."),
+                   as_json: bool = typer.Option(False, "--json", help="Print every caption's score as JSON.")) -> None:
+    """Generality score (0-10) of every caption: WordNet heuristic, and the LLM score with --llm-url."""
+    from trustlab.replication.generality import score_file
+
+    print(score_file(file, _llm(llm_url, model, api_key_env), plot=plot, as_json=as_json))
+
+
+@captions_app.command("generalize")
+def captions_generalize(file: str = typer.Argument(..., help=_FILE_HELP),
+                        out: str = typer.Option(..., help="Where to write the generalized captions (same format)."),
+                        method: str = typer.Option("wordnet", help="wordnet (offline) | llm"),
+                        llm_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base, for --method llm."),
+                        model: Optional[str] = typer.Option(None, help="Model name at --llm-url."),
+                        api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable with the API key."),
+                        quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """Rewrite captions to be general (at most five words); the LLM falls back to WordNet per caption."""
+    from trustlab.replication.generality import generalize_file
+
+    print(generalize_file(file, out, method, _llm(llm_url, model, api_key_env), quiet=quiet))

@@ -42,6 +42,9 @@ class CaptionDataConfig:
     captions: str = "unique"  # unique | class
     duplicate_share: float = 0.0  # share of the n images repeated
     duplicate_times: int = 1  # extra copies of each repeated image
+    generalize: str = ""  # "", wordnet or llm: train on generalized captions
+    llm_url: str = ""  # with generalize=llm: an OpenAI-compatible endpoint and model
+    llm_model: str = ""
     seed: int = 0
 
     def validate(self) -> None:
@@ -49,6 +52,10 @@ class CaptionDataConfig:
             raise ConfigError(f"--captions {self.captions}: use unique or class")
         if not 0 <= self.duplicate_share <= 1 or self.duplicate_times < 0:
             raise ConfigError("--duplicate-share must lie in [0, 1] and --duplicate-times be >= 0")
+        if self.generalize not in ("", "wordnet", "llm"):
+            raise ConfigError(f"--generalize {self.generalize}: use wordnet or llm")
+        if self.generalize == "llm":
+            self.llm_client()
         if self.size < 8 or self.size % 8:
             raise ConfigError(f"--size {self.size}: use a multiple of 8 (the U-Net halves it three times)")
 
@@ -62,6 +69,10 @@ class CaptionDataConfig:
                                    data.classes, data.source)
         if self.captions == "class":
             data.captions = [data.classes[int(k)].replace("_", " ").lower() for k in data.labels]
+        if self.generalize:
+            from trustlab.replication.captions import generalize
+
+            data.captions = generalize(data.captions, self.generalize, self.llm_client())[0]
         if self.duplicate_share and self.duplicate_times:
             m = int(round(self.duplicate_share * len(data)))
             dup = np.repeat(rng.choice(len(data), size=m, replace=False), self.duplicate_times)
@@ -69,8 +80,16 @@ class CaptionDataConfig:
             data = CaptionedImages(data.images[idx], [data.captions[i] for i in idx], data.labels[idx],
                                    data.classes, data.source)
         data.source += (f", {self.n or 'all'} images at {self.size}x{self.size}, {self.captions} captions"
-                        + (f", {self.duplicate_share:.0%} duplicated x{self.duplicate_times}" if self.duplicate_share else ""))
+                        + (f", {self.duplicate_share:.0%} duplicated x{self.duplicate_times}" if self.duplicate_share else "")
+                        + (f", generalized ({self.generalize})" if self.generalize else ""))
         return data
+
+    def llm_client(self):
+        if self.generalize != "llm":
+            return None
+        from trustlab.replication.llm import ChatClient
+
+        return ChatClient(self.llm_url, self.llm_model)
 
 
 def _from_registry(name: str, size: int) -> CaptionedImages:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
 from trustlab.replication.data import CaptionDataConfig
+from trustlab.replication.fusion import DualFusion
 from trustlab.replication.mitigations import TRAIN, parse, vocabulary
 from trustlab.replication.text import make_encoder
 from trustlab.runs import RunDir, config_from_dict, resumed_config
@@ -42,12 +43,14 @@ class DiffusionConfig:
     mitigations: str = ""  # comma-separated training mitigations
     mitigation_p: float = 0.1
     mitigation_sigma: float = 0.1
+    fusion: DualFusion = field(default_factory=DualFusion)
     checkpoint_every: int = 250
     seed: int = 0
     device: str = "auto"
 
     def validate(self) -> None:
         self.data.validate()
+        self.fusion.validate()
         parse(self.mitigations, self.mitigation_p, self.mitigation_sigma).check(TRAIN, "training")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("--steps, --batch-size and --lr must be positive")
@@ -111,6 +114,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     mit = parse(cfg.mitigations, cfg.mitigation_p, cfg.mitigation_sigma)
     vocab = vocabulary(data.captions)
     x0_all = data.images.to(device)
+    aux_pool = cfg.fusion.pool(cfg.data.size, cfg.seed)
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
 
     def checkpoint() -> None:
@@ -126,14 +130,17 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             rng = random.Random(cfg.seed * 1_000_003 + step)
             idx = torch.randint(len(data), (cfg.batch_size,), generator=g)
+            classes = [data.classes[int(data.labels[i])] for i in idx.tolist()]
             captions = mit.captions([data.captions[i] for i in idx.tolist()], vocab, rng)
             drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            captions = cfg.fusion.captions(captions, classes)
             states, mask = encoder.encode(captions)
+            states, mask = cfg.fusion.states(states, mask, captions, classes, encoder)
             states = mit.states(states, g)
             noise = torch.randn(x0_all[idx].shape, generator=g)
             t = torch.randint(0, cfg.timesteps, (cfg.batch_size,), generator=g)
-            x0 = x0_all[idx]
+            x0 = cfg.fusion.images(x0_all[idx], aux_pool, g)
             xt = scheduler.add_noise(x0, noise.to(device), t.to(device))
             pred = unet(xt, t.to(device), encoder_hidden_states=states.to(device),
                         encoder_attention_mask=mask.to(device)).sample
@@ -158,7 +165,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     if step >= cfg.steps:
         run.write_summary({"steps": step, "minutes": seconds / 60, "images": len(data), "data": data.source,
                            "parameters": sum(p.numel() for p in unet.parameters()), "encoder": cfg.encoder,
-                           "mitigations": list(mit.names), "final_loss": run.metrics()[-1]["loss"]})
+                           "mitigations": list(mit.names), "fusion": cfg.fusion.__dict__, "final_loss": run.metrics()[-1]["loss"]})
     return run
 
 
