@@ -71,8 +71,11 @@ def fetch_wordnet() -> Path:
 @functools.lru_cache(maxsize=1)
 def wordnet():
     """nltk's WordNet reader over the local database (built once per process, ~10 s)."""
-    import nltk
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    try:
+        import nltk
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    except ImportError:
+        raise DataError("reading WordNet needs nltk: pip install 'trustlab[text]'") from None
 
     root = _root()
     if not all((root / f).exists() for f in (*NEEDED, "lexnames")):
