@@ -23,7 +23,7 @@ from common import RESULTS, write_result
 from trustlab.replication.data import CaptionDataConfig
 from trustlab.replication.fusion import DualFusion
 from trustlab.replication.measure import measure_run
-from trustlab.replication.sampling import sample_run
+from trustlab.replication.sampling import load_samples, sample_run
 from trustlab.replication.training import DiffusionConfig, train_diffusion
 from trustlab.runs import RunDir
 
@@ -33,18 +33,18 @@ INFERENCE = ("embedding-noise", "word-repeat", "word-add")
 
 def train_and_measure(name: str, cfg: DiffusionConfig, runs: Path, args, inference: str = "") -> dict:
     out = runs / ("none" if inference else name)
-    if not (out / "summary.json").exists():
+    trained_here = not (out / "summary.json").exists()
+    if trained_here:
         train_diffusion(cfg, out, resume=(out / "config.yaml").exists(), quiet=args.quiet)
     samples_name = f"bench-{inference or 'plain'}"
     path = out / "samples" / f"{samples_name}.safetensors"
-    t = time.perf_counter()
     if not path.exists():
         sample_run(out, n=args.samples, seed=0, mitigations=inference, name=samples_name, quiet=args.quiet,
                    mitigation_sigma=args.inference_sigma)
-    sample_seconds = time.perf_counter() - t
     m = measure_run(out, samples=path, pixel_threshold=args.pixel_threshold)
     rep, q = m["replication"], m["quality"]
-    return {"run": str(out), "training_minutes": RunDir(out).summary()["minutes"], "sample_seconds": sample_seconds,
+    return {"run": str(out), "training_minutes": RunDir(out).summary()["minutes"], "trained_in_this_run": trained_here,
+            "sample_seconds": load_samples(path)[1].get("seconds"),
             "replication_score": rep["pixel"]["score"], "share_above": rep["pixel"]["share"],
             "carlini_share": rep["carlini"]["share"], "gu_share": rep["gu"]["share"],
             "own_prompt_nearest": m["own_prompt_nearest"], "proxy_fid": q["proxy_fid"], "precision": q["precision"],

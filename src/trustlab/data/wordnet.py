@@ -19,6 +19,7 @@ from pathlib import Path
 from trustlab.data import packages
 from trustlab.data.store import data_root
 from trustlab.errors import DataError
+from trustlab.runs import atomic_write_text
 
 DEBIAN_DIR = Path("/usr/share/wordnet")
 NEEDED = ("data.noun", "index.noun", "data.verb", "index.verb", "data.adj", "index.adj", "data.adv", "index.adv")
@@ -60,17 +61,15 @@ def fetch_wordnet() -> Path:
         if f.is_file() and not (root / f.name).exists():
             shutil.copyfile(f, root / f".{f.name}.tmp")
             (root / f".{f.name}.tmp").replace(root / f.name)
-    lexnames = root / "lexnames"
-    if not lexnames.exists():
-        tmp = root / ".lexnames.tmp"
-        tmp.write_text("".join(f"{i:02d}\t{name.replace(' ', chr(9))}\n" for i, name in enumerate(_LEXNAMES)))
-        tmp.replace(lexnames)
+    if not (root / "lexnames").exists():
+        atomic_write_text(root / "lexnames", "".join(f"{i:02d}\t{name.replace(' ', chr(9))}\n"
+                                                     for i, name in enumerate(_LEXNAMES)))
     return root
 
 
 @functools.lru_cache(maxsize=1)
 def wordnet():
-    """nltk's WordNet reader over the local database (built once per process, ~10 s)."""
+    """nltk's WordNet reader over the local database (built once per process, about 3 s)."""
     try:
         import nltk
         from nltk.corpus.reader.wordnet import WordNetCorpusReader
@@ -82,6 +81,7 @@ def wordnet():
         raise DataError("WordNet is not present: run `trustlab data fetch wordnet` (installs Debian wordnet-base)")
     if str(root.parents[1]) not in nltk.data.path:
         nltk.data.path.append(str(root.parents[1]))
+
     class LocalWordNet(WordNetCorpusReader):
         def map_wn(self, version="wordnet"):
             """No mapping between WordNet versions: it serves multilingual data only, absent here."""

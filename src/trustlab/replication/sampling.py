@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ def sample_run(run_dir: str | Path, *, n: int = 256, seed: int = 0, steps: int =
     scheduler = make_scheduler(cfg, "ddim")
     scheduler.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
     null_states, null_mask = encoder.encode([""])
     out = []
     with torch.no_grad(), progress_bar(quiet) as bar:
@@ -65,7 +67,8 @@ def sample_run(run_dir: str | Path, *, n: int = 256, seed: int = 0, steps: int =
     from safetensors.torch import save
 
     meta = {"prompts": prompts, "used_prompts": used, "train_index": pick.tolist(), "seed": seed, "steps": steps,
-            "guidance": guidance, "eta": eta, "mitigations": list(mit.names)}
+            "guidance": guidance, "eta": eta, "mitigations": list(mit.names),
+            "seconds": time.perf_counter() - started}
     atomic_write_bytes(path, save({"images": torch.cat(out)}, metadata={"trustlab": json.dumps(meta)}))
     return path
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -165,7 +165,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     if step >= cfg.steps:
         run.write_summary({"steps": step, "minutes": seconds / 60, "images": len(data), "data": data.source,
                            "parameters": sum(p.numel() for p in unet.parameters()), "encoder": cfg.encoder,
-                           "mitigations": list(mit.names), "fusion": cfg.fusion.__dict__, "final_loss": run.metrics()[-1]["loss"]})
+                           "mitigations": list(mit.names), "fusion": asdict(cfg.fusion), "final_loss": run.metrics()[-1]["loss"]})
     return run
 
 
