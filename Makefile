@@ -43,9 +43,9 @@ demo: data
 	$(TRUSTLAB) replication train --out $(RUNS)/replication --n 16 --size 16 --batch-size 16 --steps 300 --quiet
 	$(TRUSTLAB) replication sample $(RUNS)/replication --n 32 --steps 25 --quiet
 	$(TRUSTLAB) replication measure $(RUNS)/replication
-	$(TRUSTLAB) replication train --out $(RUNS)/replication-gcdf --n 16 --size 16 --batch-size 16 --steps 300 --generalize wordnet --dual-fusion --quiet
-	$(TRUSTLAB) replication sample $(RUNS)/replication-gcdf --n 32 --steps 25 --quiet
-	$(TRUSTLAB) replication measure $(RUNS)/replication-gcdf
+	$(TRUSTLAB) replication train --out $(RUNS)/replication-loyal --n 16 --size 16 --batch-size 16 --steps 300 --generalize wordnet --dual-fusion --rau-skips default --tau 200 --quiet
+	$(TRUSTLAB) replication sample $(RUNS)/replication-loyal --n 32 --steps 25 --quiet
+	$(TRUSTLAB) replication measure $(RUNS)/replication-loyal
 	$(TRUSTLAB) report $(RUNS)/pi-senet-half >/dev/null
 	@echo "report: $(RUNS)/pi-senet-half/report.html"
 

@@ -166,11 +166,16 @@ def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
 def load_state_tensors(model: nn.Module, tensors: dict, optimizer: torch.optim.Optimizer | None = None,
                        meta: dict | None = None, strict: bool = True) -> None:
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = set(model.state_dict())
+    missing, extra = sorted(expected - set(model_sd)), sorted(set(model_sd) - expected)
+    if strict and (missing or extra):
+        raise RunError(f"checkpoint does not fit this model ({len(missing)} weights missing, e.g. {missing[:1]}; "
+                       f"{len(extra)} unexpected, e.g. {extra[:1]}): was it trained with another architecture or configuration?")
     try:
         model.load_state_dict(model_sd, strict=strict)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise RunError(f"checkpoint does not fit this model ({first[:200]}): was it trained with another architecture?") from None
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+        raise RunError(f"checkpoint does not fit this model ({detail[:200]}): was it trained with another architecture or configuration?") from None
     if optimizer is not None and meta is not None and "optim_groups" in meta:
         state: dict = {}
         for k, v in tensors.items():

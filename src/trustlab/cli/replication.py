@@ -43,6 +43,13 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
               fusion_aux: str = typer.Option("fashion-mnist", help="Registry dataset of the auxiliary images."),
               fusion_text: Optional[float] = typer.Option(None, help="Weight of the 'with <class>' text states."),
               fusion_text_mode: str = typer.Option("mix", help="mix (states) | append (class words to the caption)"),
+              rau_skips: Optional[str] = typer.Option(None, help="RAU-Net: skip indices that get an information "
+                                                      "transfer block, e.g. 4,5, or 'default' (the skips the skip "
+                                                      "ablation recommends on the emoji testbed)."),
+              itb: str = typer.Option("conv", help="ITB kind: conv | conv-silu | stacked | pool"),
+              itb_frozen: bool = typer.Option(False, help="Frozen random ITB weights (as the authors' released code)."),
+              tau: int = typer.Option(0, help="LoyalDiffusion: RAU-Net for timesteps >= tau, the plain U-Net "
+                                              "below (0: RAU-Net everywhere)."),
               checkpoint_every: int = typer.Option(250), seed: int = typer.Option(0),
               device: str = typer.Option("auto", help="auto | cpu | cuda"),
               resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
@@ -50,6 +57,7 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
     """Train the conditional U-Net on captioned images (DDPM loss, caption dropout, EMA)."""
     from trustlab.replication.data import CaptionDataConfig
     from trustlab.replication.fusion import DualFusion
+    from trustlab.replication.rau import DEFAULT_SKIPS, parse_skips
     from trustlab.replication.training import DiffusionConfig, train_diffusion
 
     fusion = DualFusion(image_weight=fusion_image if fusion_image is not None else 0.1 * dual_fusion, aux=fusion_aux,
@@ -61,10 +69,13 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
                                                  llm_model=llm_model or "", seed=seed), fusion=fusion,
                           encoder=encoder, channels=_channels(channels), steps=steps, batch_size=batch_size, lr=lr,
                           caption_dropout=caption_dropout, mitigations=mitigation or "", mitigation_p=mitigation_p,
-                          mitigation_sigma=mitigation_sigma, checkpoint_every=checkpoint_every, seed=seed, device=device)
+                          mitigation_sigma=mitigation_sigma,
+                          rau_skips=DEFAULT_SKIPS if rau_skips == "default" else parse_skips(rau_skips or ""), itb=itb,
+                          itb_frozen=itb_frozen, tau=tau, checkpoint_every=checkpoint_every, seed=seed, device=device)
     run = train_diffusion(cfg, out, resume=resume, quiet=quiet)
     s = run.summary()
-    print(f"{s['steps']} steps in {s['minutes']:.1f} min, {s['parameters']:,} parameters, final loss {s['final_loss']:.4f}: {run.path}")
+    print(f"{s['architecture']}: {s['steps']} steps in {s['minutes']:.1f} min, {s['parameters']:,} parameters, "
+          f"final loss {s['final_loss']:.4f}: {run.path}")
 
 
 @app.command("sample")
@@ -106,6 +117,50 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
     print(f"proxy FID {q['proxy_fid']:.2f} (trustlab encoder, not Inception), precision {q['precision']:.3f}, "
           f"recall {q['recall']:.3f}, caption match {q['caption_match']:.3f}")
     print(f"{run_dir}/report.html")
+
+
+@app.command("skip-ablation")
+def skip_ablation_cmd(run_dir: str = typer.Argument(..., help="A plain (no --rau-skips) replication train run."),
+                      modes: str = typer.Option("drop,pool", help="Per skip: drop (remove its content) and/or pool "
+                                                                  "(max-pool then unpool)."),
+                      choose: int = typer.Option(2, help="How many skips to recommend for the RAU-Net."),
+                      n: int = typer.Option(128, help="Generations per variant."), seed: int = typer.Option(0),
+                      pixel_threshold: float = typer.Option(0.9), quiet: bool = typer.Option(False)) -> None:
+    """Each skip's role: quality and replication with that skip removed or pooled; recommends RAU-Net skips."""
+    from trustlab.replication.rau_analysis import skip_ablation
+
+    r = skip_ablation(run_dir, modes=tuple(m.strip() for m in modes.split(",") if m.strip()), choose=choose, n=n,
+                      seed=seed, pixel_threshold=pixel_threshold, quiet=quiet)
+    b = r["baseline"]
+    print(f"unmodified: replication score {b['replication_score']:.4f}, proxy FID {b['proxy_fid']:.2f}")
+    for row in r["rows"]:
+        print(f"skip {row['skip']} ({row['channels']} ch, {row['side']}x{row['side']}) {row['mode']:5s} "
+              f"replication {row['replication_score']:.4f}, proxy FID {row['proxy_fid']:.2f} ({row['fid_ratio']:.2f}x)")
+    print(f"recommended --rau-skips {','.join(map(str, r['recommended_skips']))} ({r['rule']}); "
+          f"{run_dir}/skip-ablation.json, {run_dir}/plots/skip-ablation.png")
+
+
+@app.command("timestep-analysis")
+def timestep_analysis_cmd(plain_run: str = typer.Argument(..., help="A plain U-Net run."),
+                          rau_run: str = typer.Argument(..., help="A RAU-Net run (--rau-skips, no --tau) of the same data."),
+                          taus: Optional[str] = typer.Option(None, help="Comma-separated taus (default 0,200,...,1000)."),
+                          fid_tolerance: float = typer.Option(0.1, help="Proxy FID allowed above the plain U-Net's "
+                                                                        "when choosing tau."),
+                          n: int = typer.Option(128, help="Generations per tau."), seed: int = typer.Option(0),
+                          pixel_threshold: float = typer.Option(0.9), quiet: bool = typer.Option(False)) -> None:
+    """Replication and quality with the RAU-Net only for t >= tau, for several tau; chooses tau."""
+    from trustlab.replication.rau_analysis import timestep_analysis
+
+    try:
+        tau_list = tuple(int(v) for v in taus.split(",")) if taus else None
+    except ValueError:
+        raise ConfigError(f"--taus takes integers separated by commas, not '{taus}'") from None
+    r = timestep_analysis(plain_run, rau_run, taus=tau_list, fid_tolerance=fid_tolerance, n=n, seed=seed,
+                          pixel_threshold=pixel_threshold, quiet=quiet)
+    for row in r["rows"]:
+        print(f"tau {row['tau']:4d}: replication {row['replication_score']:.4f}, share above "
+              f"{row['share_above']:.3f}, proxy FID {row['proxy_fid']:.2f}")
+    print(f"chosen --tau {r['chosen_tau']} ({r['rule']}); {rau_run}/timestep-analysis.json")
 
 
 captions_app = typer.Typer(no_args_is_help=True, help="Caption generality: score and generalize captions.")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from trustlab.errors import ConfigError, RunError
-from trustlab.replication.mitigations import INFERENCE, parse, vocabulary
+from trustlab.replication.mitigations import INFERENCE, Mitigations, parse, vocabulary
 from trustlab.replication.training import load_trained, make_scheduler
 from trustlab.runs import RunDir, atomic_write_bytes
 
@@ -29,12 +29,23 @@ def sample_run(run_dir: str | Path, *, n: int = 256, seed: int = 0, steps: int =
                eta: float = 1.0, mitigations: str = "", mitigation_p: float = 0.1, mitigation_sigma: float = 0.1,
                batch_size: int = 64, name: str | None = None, quiet: bool = False) -> Path:
     """Generate ``n`` images for training captions drawn with ``seed``; returns the samples file."""
+    mit = parse(mitigations, mitigation_p, mitigation_sigma).check(INFERENCE, "inference")
+    unet, cfg, encoder, run = load_trained(run_dir)
+    images, meta = generate(unet, cfg, encoder, n=n, seed=seed, steps=steps, guidance=guidance, eta=eta,
+                            mitigations=mit, batch_size=batch_size, quiet=quiet)
+    name = name or f"seed{seed}" + (f"-{'+'.join(mit.names)}" if mit.names else "")
+    return save_samples(run.path / "samples" / f"{name}.safetensors", images, meta)
+
+
+def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50, guidance: float = 2.0,
+             eta: float = 1.0, mitigations: Mitigations | None = None, batch_size: int = 64,
+             quiet: bool = False) -> tuple[torch.Tensor, dict]:
+    """``n`` uint8 generations of ``unet`` (any denoiser of the testbed) for training captions, and their metadata."""
     from trustlab.progress import progress_bar
 
     if n < 1 or steps < 1 or guidance < 0 or not 0 <= eta <= 1:
         raise ConfigError("--n and --steps must be positive, --guidance >= 0 and --eta in [0, 1]")
-    mit = parse(mitigations, mitigation_p, mitigation_sigma).check(INFERENCE, "inference")
-    unet, cfg, encoder, run = load_trained(run_dir)
+    mit = mitigations if mitigations is not None else parse("")
     data = cfg.data.load()
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data), size=n, replace=n > len(data))
@@ -62,14 +73,16 @@ def sample_run(run_dir: str | Path, *, n: int = 256, seed: int = 0, steps: int =
                 x = scheduler.step(uncond + guidance * (cond - uncond), t, x, eta=eta, generator=g).prev_sample
             out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
             bar.update(task, advance=b)
-    name = name or f"seed{seed}" + (f"-{'+'.join(mit.names)}" if mit.names else "")
-    path = run.path / "samples" / f"{name}.safetensors"
-    from safetensors.torch import save
-
     meta = {"prompts": prompts, "used_prompts": used, "train_index": pick.tolist(), "seed": seed, "steps": steps,
             "guidance": guidance, "eta": eta, "mitigations": list(mit.names),
             "seconds": time.perf_counter() - started}
-    atomic_write_bytes(path, save({"images": torch.cat(out)}, metadata={"trustlab": json.dumps(meta)}))
+    return torch.cat(out), meta
+
+
+def save_samples(path: Path, images: torch.Tensor, meta: dict) -> Path:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({"images": images}, metadata={"trustlab": json.dumps(meta)}))
     return path
 
 
@@ -91,4 +104,4 @@ def latest_samples(run: RunDir) -> Path:
     return files[-1]
 
 
-__all__ = ["latest_samples", "load_samples", "sample_run"]
+__all__ = ["generate", "latest_samples", "load_samples", "sample_run", "save_samples"]

@@ -3,7 +3,9 @@
 The model is diffusers' ``UNet2DConditionModel`` (small config, cross-attention on the text
 states), trained with diffusers' ``DDPMScheduler`` (epsilon prediction, MSE), AdamW, caption
 dropout for classifier-free guidance, and an exponential moving average of the weights (the
-copy sampling uses). Every random draw of step ``s`` comes from a generator seeded by
+copy sampling uses). With ``rau_skips`` the U-Net gets information transfer blocks on those
+skips (RAU-Net); with ``tau`` > 0 as well, a plain U-Net and a RAU-Net are trained as one
+LoyalDiffusion pair, each on its own timesteps (see ``rau``). Every random draw of step ``s`` comes from a generator seeded by
 ``(seed, s)``, so a run killed and resumed from its checkpoint continues exactly.
 """
 
@@ -21,6 +23,7 @@ from trustlab.errors import ConfigError
 from trustlab.replication.data import CaptionDataConfig
 from trustlab.replication.fusion import DualFusion
 from trustlab.replication.mitigations import TRAIN, parse, vocabulary
+from trustlab.replication.rau import ITB_KINDS, RAUNet, Skip, TimestepRouter, check_skips, skips_of
 from trustlab.replication.text import make_encoder
 from trustlab.runs import RunDir, config_from_dict, resumed_config
 from trustlab.train import load_state_tensors, make_optimizer, resolve_device, state_tensors, TrainConfig
@@ -44,6 +47,10 @@ class DiffusionConfig:
     mitigation_p: float = 0.1
     mitigation_sigma: float = 0.1
     fusion: DualFusion = field(default_factory=DualFusion)
+    rau_skips: tuple[int, ...] = ()  # skips with an information transfer block (empty: plain U-Net)
+    itb: str = "conv"
+    itb_frozen: bool = False  # frozen random ITB weights instead of trained ones
+    tau: int = 0  # > 0: LoyalDiffusion, RAU-Net for t >= tau and the plain U-Net below
     checkpoint_every: int = 250
     seed: int = 0
     device: str = "auto"
@@ -58,6 +65,20 @@ class DiffusionConfig:
             raise ConfigError("--caption-dropout must lie in [0, 1) and the EMA decay in (0, 1)")
         if len(self.channels) != 3:
             raise ConfigError("--channels takes three widths, e.g. 32,64,64")
+        if self.itb not in ITB_KINDS:
+            raise ConfigError(f"--itb must be one of {', '.join(ITB_KINDS)}, not '{self.itb}'")
+        check_skips(self.rau_skips, self.skips(), self.itb)
+        if not 0 <= self.tau < self.timesteps:
+            raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{self.timesteps - 1}, not {self.tau}")
+        if self.tau and not self.rau_skips:
+            raise ConfigError("--tau routes high-noise timesteps to a RAU-Net: give its skips with --rau-skips")
+
+    def skips(self) -> list[Skip]:
+        return skips_of(tuple(self.channels), self.layers_per_block, self.data.size)
+
+    def architecture(self) -> str:
+        """``unet``, ``rau-net`` or ``loyal`` (the LoyalDiffusion pair)."""
+        return "loyal" if self.tau else "rau-net" if self.rau_skips else "unet"
 
 
 def build_unet(cfg: DiffusionConfig, text_dim: int):
@@ -69,6 +90,16 @@ def build_unet(cfg: DiffusionConfig, text_dim: int):
         layers_per_block=cfg.layers_per_block, cross_attention_dim=text_dim, attention_head_dim=cfg.head_dim,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+
+
+def build_denoiser(cfg: DiffusionConfig, text_dim: int) -> torch.nn.Module:
+    """The model of ``cfg``: the plain U-Net, a RAU-Net, or the LoyalDiffusion pair (plain below tau)."""
+    if not cfg.rau_skips:
+        return build_unet(cfg, text_dim)
+    if not cfg.tau:
+        return RAUNet(build_unet(cfg, text_dim), cfg.rau_skips, cfg.itb, cfg.itb_frozen)
+    low = build_unet(cfg, text_dim)
+    return TimestepRouter(low, RAUNet(build_unet(cfg, text_dim), cfg.rau_skips, cfg.itb, cfg.itb_frozen), cfg.tau)
 
 
 def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
@@ -99,8 +130,9 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     encoder = make_encoder(cfg.encoder)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    unet = build_unet(cfg, encoder.dim).to(device).train()
-    optimizer = make_optimizer(TrainConfig(optimizer="adamw", lr=cfg.lr, weight_decay=0.0), unet.parameters())
+    unet = build_denoiser(cfg, encoder.dim).to(device).train()
+    trainable = [p for p in unet.parameters() if p.requires_grad]  # frozen ITBs stay as initialized
+    optimizer = make_optimizer(TrainConfig(optimizer="adamw", lr=cfg.lr, weight_decay=0.0), trainable)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     run = RunDir.start(Path(out), cfg, "replication-train", resume)
     step, seconds = 0, 0.0
@@ -150,7 +182,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
             step += 1
@@ -163,9 +195,17 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint()
     if step >= cfg.steps:
+        if cfg.rau_skips:
+            where = f"t >= {cfg.tau} (plain U-Net below)" if cfg.tau else "every timestep"
+            run.write_table("rau-net", [{"skip": s.index, "from": s.origin, "channels": s.channels, "side": s.side,
+                                         "itb": cfg.itb, "weights": "frozen random" if cfg.itb_frozen else "trained",
+                                         "timesteps": where} for s in cfg.skips() if s.index in cfg.rau_skips],
+                            title=f"{'LoyalDiffusion' if cfg.tau else 'RAU-Net'}: information transfer blocks")
         run.write_summary({"steps": step, "minutes": seconds / 60, "images": len(data), "data": data.source,
                            "parameters": sum(p.numel() for p in unet.parameters()), "encoder": cfg.encoder,
-                           "mitigations": list(mit.names), "fusion": asdict(cfg.fusion), "final_loss": run.metrics()[-1]["loss"]})
+                           "mitigations": list(mit.names), "fusion": asdict(cfg.fusion), "architecture": cfg.architecture(),
+                           "rau_skips": list(cfg.rau_skips), "itb": cfg.itb if cfg.rau_skips else None,
+                           "tau": cfg.tau, "final_loss": run.metrics()[-1]["loss"]})
     return run
 
 
@@ -179,10 +219,13 @@ def load_trained(run_dir: str | Path, weights: str = "ema"):
         raise RunError(f"{run.path} has no checkpoint yet: train it first (or --resume)")
     tensors, meta = run.load_checkpoint()
     encoder = make_encoder(cfg.encoder)
-    unet = build_unet(cfg, encoder.dim)
+    unet = build_denoiser(cfg, encoder.dim)
     prefix = "ema." if weights == "ema" else "model."
-    load_state_tensors(unet, {"model." + k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    try:
+        load_state_tensors(unet, {"model." + k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    except RunError as e:
+        raise RunError(f"{run.path}: {e}") from None
     return unet.eval(), cfg, encoder, run
 
 
-__all__ = ["DiffusionConfig", "build_unet", "load_trained", "make_scheduler", "train_diffusion"]
+__all__ = ["DiffusionConfig", "build_denoiser", "build_unet", "load_trained", "make_scheduler", "train_diffusion"]
