@@ -171,8 +171,11 @@ def main() -> None:
                                           lambda: skip_ablation(runs / "none", n=args.samples, quiet=args.quiet))
         return tuple(analyses["skips"]["recommended_skips"])
 
+    def itb_tag() -> str:
+        return args.itb.replace(",", "+").replace(":", "")
+
     def rau_name(skips) -> str:
-        return f"rau-{args.itb}-s{''.join(map(str, skips))}"
+        return f"rau-{itb_tag()}-s{''.join(map(str, skips))}"
 
     def loyal_tau() -> int:
         if args.tau != "auto":
@@ -204,7 +207,7 @@ def main() -> None:
         elif kind in ("loyal", "loyal+gc+df"):
             skips, tau = rau_skips(), loyal_tau()
             gcdf = kind != "loyal"
-            name = f"loyal{'-gc-df' if gcdf else ''}-{args.itb}-s{''.join(map(str, skips))}-t{tau}"
+            name = f"loyal{'-gc-df' if gcdf else ''}-{itb_tag()}-s{''.join(map(str, skips))}-t{tau}"
             methods[kind] = train_and_measure(name, config(generalize="wordnet" if gcdf else "", fusion=gcdf,
                                                            skips=skips, tau=tau), runs, args)
         elif kind in ("gc", "df", "gc+df"):

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from trustlab.errors import ConfigError
-from trustlab.replication.rau import ITB_KINDS, RAUNet, TimestepRouter, make_itb
+from trustlab.replication.rau import ITB_KINDS, PoolUnpool, RAUNet, TimestepRouter, itb_kinds, make_itb
 from trustlab.replication.rau_analysis import choose_tau
 from trustlab.replication.training import DiffusionConfig, build_denoiser, build_unet, train_diffusion
 from trustlab.runs import load_checkpoint_file
@@ -50,12 +50,19 @@ def test_itb_rewrites_exactly_the_chosen_skip():
     assert [(s.channels, s.side) for s in skips] == [(8, 16), (8, 16), (8, 8), (16, 8), (16, 4), (16, 4)]
     plain = unet(x, t, encoder_hidden_states=h).sample
     for k in range(len(skips)):
-        rau = RAUNet(unet, (k,), "drop")
+        rau = RAUNet(unet, {k: "drop"})
         dropped = rau(x, t, encoder_hidden_states=h).sample
         for handle in rau._hooks:
             handle.remove()
         assert torch.allclose(dropped, with_skip_zeroed(unet, k, x, t, h), atol=1e-5), k
         assert not torch.allclose(dropped, plain, atol=1e-4), k
+
+
+def test_itb_kind_is_chosen_per_skip_index():
+    cfg = tiny_config("unused", rau_skips=(2, 4, 5), itb="conv-silu,5:pool,2:stacked")
+    itbs = build_denoiser(cfg, 32).itbs
+    assert isinstance(itbs["5"], PoolUnpool) and len(itbs["2"]) == 3 and len(itbs["4"]) == 2
+    assert itb_kinds((1, 3), "3:pool") == {1: "conv", 3: "pool"}
 
 
 def test_itb_kinds_keep_the_skip_shape_and_pool_keeps_window_maxima():
@@ -71,7 +78,7 @@ def test_itb_kinds_keep_the_skip_shape_and_pool_keeps_window_maxima():
 
 def test_router_sends_each_sample_to_its_own_model_and_trains_only_it():
     torch.manual_seed(0)
-    low, high = tiny_unet(0), RAUNet(tiny_unet(1), (4, 5), "conv")
+    low, high = tiny_unet(0), RAUNet(tiny_unet(1), {4: "conv", 5: "conv"})
     router = TimestepRouter(low, high, 500)
     x, t, h = inputs()
     out = router(x, t, encoder_hidden_states=h).sample
@@ -146,7 +153,9 @@ def test_cli_rau_and_loyal_train_sample_and_analyses(cli, tmp_path):
     (["--rau-skips", "1,x"], "--rau-skips takes skip indices"),
     (["--rau-skips", "4", "--tau", "1000"], "--tau must lie in the schedule"),
     (["--tau", "500"], "give its skips with --rau-skips"),
-    (["--rau-skips", "4", "--itb", "attention"], "--itb must be one of"),
+    (["--rau-skips", "4", "--itb", "attention"], "--itb kinds are conv, conv-silu, stacked, pool"),
+    (["--rau-skips", "2,5", "--itb", "3:pool"], "--itb names skip 3, which is not among --rau-skips 2,5"),
+    (["--rau-skips", "2", "--itb", "x:pool"], "--itb takes KIND or SKIP:KIND"),
 ])
 def test_bad_rau_options_exit_2(cli, tmp_path, extra, message):
     r = cli("replication", "train", "--out", str(tmp_path / "r"), "--encoder", "hash", "--steps", "1", *extra)

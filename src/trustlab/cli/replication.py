@@ -46,7 +46,8 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
               rau_skips: Optional[str] = typer.Option(None, help="RAU-Net: skip indices that get an information "
                                                       "transfer block, e.g. 4,5, or 'default' (the skips the skip "
                                                       "ablation recommends on the emoji testbed)."),
-              itb: str = typer.Option("conv", help="ITB kind: conv | conv-silu | stacked | pool"),
+              itb: str = typer.Option("conv", help="ITB kind: conv | conv-silu | stacked | pool, for every skip, "
+                                                  "or per skip index, e.g. conv,5:pool."),
               itb_frozen: bool = typer.Option(False, help="Frozen random ITB weights (as the authors' released code)."),
               tau: int = typer.Option(0, help="LoyalDiffusion: RAU-Net for timesteps >= tau, the plain U-Net "
                                               "below (0: RAU-Net everywhere)."),

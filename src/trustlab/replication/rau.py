@@ -60,13 +60,38 @@ def parse_skips(text: str) -> tuple[int, ...]:
     return skips
 
 
-def check_skips(skips: tuple[int, ...], all_skips: list[Skip], kind: str) -> None:
+def itb_kinds(skips: tuple[int, ...], itb: str) -> dict[int, str]:
+    """The ITB kind of each skip: ``itb`` is one kind for all (``conv``) or chosen per skip index
+    (``conv,5:pool``: skip 5 pools, every other skip gets the bare kind, ``conv`` if none is given)."""
+    default, named = "conv", {}
+    for entry in (e.strip() for e in itb.split(",") if e.strip()):
+        index, sep, kind = entry.rpartition(":")
+        if not sep:
+            default = kind
+            continue
+        try:
+            named[int(index)] = kind
+        except ValueError:
+            raise ConfigError(f"--itb takes KIND or SKIP:KIND entries separated by commas, not '{entry}'") from None
+    for i in named:
+        if i not in skips:
+            raise ConfigError(f"--itb names skip {i}, which is not among --rau-skips {','.join(map(str, skips))}")
+    kinds = {i: named.get(i, default) for i in skips}
+    for kind in kinds.values():
+        if kind not in ITB_KINDS:
+            raise ConfigError(f"--itb kinds are {', '.join(ITB_KINDS)}, not '{kind}'")
+    return kinds
+
+
+def check_skips(kinds: dict[int, str], all_skips: list[Skip]) -> None:
+    """Every skip of ``kinds`` exists, and pooled skips are at least 2x2."""
     names = ", ".join(f"{s.index} ({s.channels} ch, {s.side}x{s.side})" for s in all_skips)
-    for i in skips:
+    for i, kind in kinds.items():
         if not 0 <= i < len(all_skips):
             raise ConfigError(f"skip {i} does not exist: this U-Net has skips {names}")
         if kind == "pool" and all_skips[i].side < 2:
-            raise ConfigError(f"--itb pool needs a skip of at least 2x2 pixels; skip {i} is {all_skips[i].side}x{all_skips[i].side}")
+            raise ConfigError(f"a pool ITB needs a skip of at least 2x2 pixels; skip {i} is "
+                              f"{all_skips[i].side}x{all_skips[i].side}")
 
 
 class PoolUnpool(nn.Module):
@@ -113,22 +138,22 @@ def _consumers(unet) -> list[nn.Module]:
 
 
 class RAUNet(nn.Module):
-    """A diffusers conditional U-Net with ITBs on the skips ``skips`` (frozen random if ``frozen``)."""
+    """A diffusers conditional U-Net with an ITB of kind ``kinds[i]`` on each skip ``i`` (frozen random if ``frozen``)."""
 
-    def __init__(self, unet, skips: tuple[int, ...], kind: str = "conv", frozen: bool = False):
+    def __init__(self, unet, kinds: dict[int, str], frozen: bool = False):
         super().__init__()
         c = unet.config
         all_skips = skips_of(tuple(c.block_out_channels), c.layers_per_block, c.sample_size)
-        check_skips(skips, all_skips, kind)
+        check_skips(kinds, all_skips)
         consumers = _consumers(unet)
         if len(consumers) != len(all_skips):
             raise ConfigError(f"unexpected U-Net layout: {len(consumers)} decoder resnets for {len(all_skips)} skips")
         self.unet = unet
-        self.itbs = nn.ModuleDict({str(i): make_itb(kind, all_skips[i].channels) for i in skips})
+        self.itbs = nn.ModuleDict({str(i): make_itb(kind, all_skips[i].channels) for i, kind in sorted(kinds.items())})
         if frozen:
             self.itbs.requires_grad_(False)
         self._hooks = [consumers[len(all_skips) - 1 - i].register_forward_pre_hook(self._hook(i, all_skips[i].channels))
-                       for i in skips]
+                       for i in sorted(kinds)]
 
     def _hook(self, index: int, channels: int):
         def rewrite(module, args):
@@ -168,5 +193,5 @@ class TimestepRouter(nn.Module):
         return SimpleNamespace(sample=out)
 
 
-__all__ = ["ABLATIONS", "DEFAULT_SKIPS", "ITB_KINDS", "RAUNet", "Skip", "TimestepRouter", "check_skips", "make_itb", "parse_skips",
+__all__ = ["ABLATIONS", "DEFAULT_SKIPS", "ITB_KINDS", "RAUNet", "Skip", "TimestepRouter", "check_skips", "itb_kinds", "make_itb", "parse_skips",
            "skips_of"]

@@ -58,7 +58,7 @@ def skip_ablation(run_dir: str | Path, *, modes: tuple[str, ...] = ("drop", "poo
     rows = []
     for s in skips:
         for m in modes:
-            r = score(RAUNet(copy.deepcopy(unet), (s.index,), m, frozen=True).eval(), cfg, encoder, data, **kw)
+            r = score(RAUNet(copy.deepcopy(unet), {s.index: m}, frozen=True).eval(), cfg, encoder, data, **kw)
             rows.append({"skip": s.index, "channels": s.channels, "side": s.side, "origin": s.origin, "mode": m, **r,
                          "fid_ratio": r["proxy_fid"] / base["proxy_fid"],
                          "replication_change": r["replication_score"] / base["replication_score"] - 1})

@@ -23,7 +23,7 @@ from trustlab.errors import ConfigError
 from trustlab.replication.data import CaptionDataConfig
 from trustlab.replication.fusion import DualFusion
 from trustlab.replication.mitigations import TRAIN, parse, vocabulary
-from trustlab.replication.rau import ITB_KINDS, RAUNet, Skip, TimestepRouter, check_skips, skips_of
+from trustlab.replication.rau import RAUNet, Skip, TimestepRouter, check_skips, itb_kinds, skips_of
 from trustlab.replication.text import make_encoder
 from trustlab.runs import RunDir, config_from_dict, resumed_config
 from trustlab.train import load_state_tensors, make_optimizer, resolve_device, state_tensors, TrainConfig
@@ -48,7 +48,7 @@ class DiffusionConfig:
     mitigation_sigma: float = 0.1
     fusion: DualFusion = field(default_factory=DualFusion)
     rau_skips: tuple[int, ...] = ()  # skips with an information transfer block (empty: plain U-Net)
-    itb: str = "conv"
+    itb: str = "conv"  # one kind for every skip, or per skip index: "conv,5:pool"
     itb_frozen: bool = False  # frozen random ITB weights instead of trained ones
     tau: int = 0  # > 0: LoyalDiffusion, RAU-Net for t >= tau and the plain U-Net below
     checkpoint_every: int = 250
@@ -65,9 +65,7 @@ class DiffusionConfig:
             raise ConfigError("--caption-dropout must lie in [0, 1) and the EMA decay in (0, 1)")
         if len(self.channels) != 3:
             raise ConfigError("--channels takes three widths, e.g. 32,64,64")
-        if self.itb not in ITB_KINDS:
-            raise ConfigError(f"--itb must be one of {', '.join(ITB_KINDS)}, not '{self.itb}'")
-        check_skips(self.rau_skips, self.skips(), self.itb)
+        check_skips(itb_kinds(self.rau_skips, self.itb), self.skips())
         if not 0 <= self.tau < self.timesteps:
             raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{self.timesteps - 1}, not {self.tau}")
         if self.tau and not self.rau_skips:
@@ -96,10 +94,11 @@ def build_denoiser(cfg: DiffusionConfig, text_dim: int) -> torch.nn.Module:
     """The model of ``cfg``: the plain U-Net, a RAU-Net, or the LoyalDiffusion pair (plain below tau)."""
     if not cfg.rau_skips:
         return build_unet(cfg, text_dim)
+    kinds = itb_kinds(cfg.rau_skips, cfg.itb)
     if not cfg.tau:
-        return RAUNet(build_unet(cfg, text_dim), cfg.rau_skips, cfg.itb, cfg.itb_frozen)
+        return RAUNet(build_unet(cfg, text_dim), kinds, cfg.itb_frozen)
     low = build_unet(cfg, text_dim)
-    return TimestepRouter(low, RAUNet(build_unet(cfg, text_dim), cfg.rau_skips, cfg.itb, cfg.itb_frozen), cfg.tau)
+    return TimestepRouter(low, RAUNet(build_unet(cfg, text_dim), kinds, cfg.itb_frozen), cfg.tau)
 
 
 def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
@@ -197,8 +196,9 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     if step >= cfg.steps:
         if cfg.rau_skips:
             where = f"t >= {cfg.tau} (plain U-Net below)" if cfg.tau else "every timestep"
+            kinds = itb_kinds(cfg.rau_skips, cfg.itb)
             run.write_table("rau-net", [{"skip": s.index, "from": s.origin, "channels": s.channels, "side": s.side,
-                                         "itb": cfg.itb, "weights": "frozen random" if cfg.itb_frozen else "trained",
+                                         "itb": kinds[s.index], "weights": "frozen random" if cfg.itb_frozen else "trained",
                                          "timesteps": where} for s in cfg.skips() if s.index in cfg.rau_skips],
                             title=f"{'LoyalDiffusion' if cfg.tau else 'RAU-Net'}: information transfer blocks")
         run.write_summary({"steps": step, "minutes": seconds / 60, "images": len(data), "data": data.source,
