@@ -43,6 +43,7 @@ from trustlab.runs import RunDir
 
 TRAINING = ("caption-replace", "word-add", "word-repeat", "embedding-noise")
 INFERENCE = ("embedding-noise", "word-repeat", "word-add")
+TEXT_DIM = 384  # MiniLM token states, the width the timed models are built for
 
 
 def train_and_measure(name: str, cfg: DiffusionConfig, runs: Path, args, inference: str = "") -> dict:
@@ -80,7 +81,7 @@ def time_per_step(models: dict, cfg: DiffusionConfig, rounds: int = 10, steps: i
     each round, in reversed order every other round, after one warm-up round that is not counted."""
     g = torch.Generator().manual_seed(0)
     b, s = cfg.batch_size, cfg.data.size
-    states = torch.randn(128, 12, 384, generator=g)
+    states = torch.randn(128, 12, TEXT_DIM, generator=g)
     sched = make_scheduler(cfg)
     times = {name: {"train": [], "sample": []} for name in models}
     optims = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
@@ -184,14 +185,11 @@ def main() -> None:
             skips = rau_skips()
             if "rau" not in methods:
                 methods["rau"] = train_and_measure(rau_name(skips), config(skips=skips), runs, args)
-            taus = [int(v) for v in args.taus.split(",")]
+            taus = sorted({int(v) for v in args.taus.split(",")})
             analyses["taus"] = reused_or(runs / rau_name(skips) / "timestep-analysis.json",
-                                         {"n": args.samples, "seed": 0, "plain_run": str(runs / "none")},
+                                         {"n": args.samples, "seed": 0, "plain_run": str(runs / "none"), "taus": taus},
                                          lambda: timestep_analysis(runs / "none", runs / rau_name(skips), taus=tuple(taus),
                                                                    n=args.samples, quiet=args.quiet))
-            if [r["tau"] for r in analyses["taus"]["rows"]] != sorted(set(taus)):
-                analyses["taus"] = timestep_analysis(runs / "none", runs / rau_name(skips), taus=tuple(taus),
-                                                     n=args.samples, quiet=args.quiet)
         return int(analyses["taus"]["chosen_tau"])
 
     methods = {}
@@ -251,7 +249,7 @@ def main() -> None:
         for name, cfg in (("unet", config()), ("rau-net", config(skips=skips)),
                           ("loyal", config(skips=skips, tau=loyal_tau() if "loyal" in methods else 500))):
             torch.manual_seed(0)
-            models[name] = build_denoiser(cfg, 384).train()
+            models[name] = build_denoiser(cfg, TEXT_DIM).train()
         timing = time_per_step(models, config())
         for name in ("rau-net", "loyal"):
             for phase in ("train", "sample"):

@@ -58,7 +58,7 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
     """Train the conditional U-Net on captioned images (DDPM loss, caption dropout, EMA)."""
     from trustlab.replication.data import CaptionDataConfig
     from trustlab.replication.fusion import DualFusion
-    from trustlab.replication.rau import DEFAULT_SKIPS, parse_skips
+    from trustlab.replication.rau import parse_skips
     from trustlab.replication.training import DiffusionConfig, train_diffusion
 
     fusion = DualFusion(image_weight=fusion_image if fusion_image is not None else 0.1 * dual_fusion, aux=fusion_aux,
@@ -71,7 +71,7 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
                           encoder=encoder, channels=_channels(channels), steps=steps, batch_size=batch_size, lr=lr,
                           caption_dropout=caption_dropout, mitigations=mitigation or "", mitigation_p=mitigation_p,
                           mitigation_sigma=mitigation_sigma,
-                          rau_skips=DEFAULT_SKIPS if rau_skips == "default" else parse_skips(rau_skips or ""), itb=itb,
+                          rau_skips=parse_skips(rau_skips or ""), itb=itb,
                           itb_frozen=itb_frozen, tau=tau, checkpoint_every=checkpoint_every, seed=seed, device=device)
     run = train_diffusion(cfg, out, resume=resume, quiet=quiet)
     s = run.summary()

@@ -84,6 +84,11 @@ class CaptionDataConfig:
                         + (f", generalized ({self.generalize})" if self.generalize else ""))
         return data
 
+    @property
+    def proxy_dataset(self) -> str:
+        """The registry dataset whose proxy encoder measures quality (a user's folder is measured as emoji)."""
+        return "emoji" if self.dataset == "folder" else self.dataset
+
     def llm_client(self):
         if self.generalize != "llm":
             return None

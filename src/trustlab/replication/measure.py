@@ -32,8 +32,8 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
               "replication": {k: v for k, v in rep.items() if k not in ("nearest", "max_similarity")},
               "background": background(data.images, pixel_threshold=pixel_threshold, sscd=sscd_model),
               "own_prompt_nearest": _own_prompt_share(rep["nearest"], meta.get("train_index"), data.captions),
-              "quality": quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.dataset
-                                 if cfg.data.dataset != "folder" else "emoji", inception=inc_model),
+              "quality": quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.proxy_dataset,
+                                 inception=inc_model),
               "training_minutes": run.summary().get("minutes") if (run.path / "summary.json").exists() else None}
     atomic_write_json(run.path / f"measure-{path.stem}.json", result)
     rows = [{"embedding": k, "replication score (p95)": v["score"], "share flagged": v["share"],

@@ -25,7 +25,6 @@ from trustlab.errors import ConfigError
 
 ITB_KINDS = ("conv", "conv-silu", "stacked", "pool")
 DEFAULT_SKIPS = (2, 5)  # measured: the two skips whose removal costs the least quality (skip ablation, emoji testbed)
-ABLATIONS = ("drop",)  # skip modifications used only to measure a skip's role, never trained
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,9 @@ def skips_of(channels: tuple[int, ...], layers_per_block: int, size: int) -> lis
 
 
 def parse_skips(text: str) -> tuple[int, ...]:
-    """``"4,5"`` → ``(4, 5)``; a clear error for anything else."""
+    """``"4,5"`` → ``(4, 5)``, ``"default"`` → ``DEFAULT_SKIPS``; a clear error for anything else."""
+    if text.strip() == "default":
+        return DEFAULT_SKIPS
     try:
         skips = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
     except ValueError:
@@ -127,7 +128,7 @@ def make_itb(kind: str, channels: int) -> nn.Module:
         return nn.Sequential(conv(), nn.SiLU(), conv())
     if kind == "pool":
         return PoolUnpool()
-    if kind == "drop":
+    if kind == "drop":  # skip ablation only: the skip's content removed
         return Drop()
     raise ConfigError(f"--itb must be one of {', '.join(ITB_KINDS)}, not '{kind}'")
 
@@ -182,8 +183,8 @@ class TimestepRouter(nn.Module):
         if t.dim() == 0:
             t = t.expand(len(x))
         high = t >= self.tau
-        if bool(high.all()) or not bool(high.any()):
-            model = self.high if bool(high.all()) else self.low
+        if bool(high.all()) or not bool(high.any()):  # one side only (always so in sampling): a single call
+            model = self.high if bool(high[0]) else self.low
             return model(x, t, encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask)
         out = torch.empty_like(x)
         for model, rows in ((self.low, ~high), (self.high, high)):
@@ -193,5 +194,5 @@ class TimestepRouter(nn.Module):
         return SimpleNamespace(sample=out)
 
 
-__all__ = ["ABLATIONS", "DEFAULT_SKIPS", "ITB_KINDS", "RAUNet", "Skip", "TimestepRouter", "check_skips", "itb_kinds", "make_itb", "parse_skips",
+__all__ = ["DEFAULT_SKIPS", "ITB_KINDS", "RAUNet", "Skip", "TimestepRouter", "check_skips", "itb_kinds", "make_itb", "parse_skips",
            "skips_of"]

@@ -23,10 +23,12 @@ from pathlib import Path
 from trustlab.errors import ConfigError
 from trustlab.replication.metrics import replication
 from trustlab.replication.quality import quality
-from trustlab.replication.rau import ABLATIONS, ITB_KINDS, RAUNet, TimestepRouter
+from trustlab.replication.rau import RAUNet, TimestepRouter
 from trustlab.replication.sampling import generate
 from trustlab.replication.training import load_trained
 from trustlab.runs import atomic_write_json
+
+ABLATION_MODES = ("drop", "pool")  # skip modifications that need no training
 
 
 def score(model, cfg, encoder, data, *, n: int, seed: int, pixel_threshold: float, quiet: bool) -> dict:
@@ -34,8 +36,7 @@ def score(model, cfg, encoder, data, *, n: int, seed: int, pixel_threshold: floa
     images, meta = generate(model, cfg, encoder, n=n, seed=seed, quiet=quiet)
     gen = images.float() / 127.5 - 1
     rep = replication(gen, data.images, pixel_threshold=pixel_threshold)
-    q = quality(gen, data.images, meta["prompts"], data.captions,
-                dataset=cfg.data.dataset if cfg.data.dataset != "folder" else "emoji")
+    q = quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.proxy_dataset)
     return {"replication_score": rep["pixel"]["score"], "share_above": rep["pixel"]["share"],
             "gu_share": rep["gu"]["share"], "proxy_fid": q["proxy_fid"], "sample_seconds": meta["seconds"]}
 
@@ -47,7 +48,7 @@ def skip_ablation(run_dir: str | Path, *, modes: tuple[str, ...] = ("drop", "poo
     if cfg.architecture() != "unet":
         raise ConfigError(f"{run.path} is a {cfg.architecture()} run: skip ablation takes a plain U-Net run")
     for m in modes:
-        if m not in ABLATIONS + ITB_KINDS or (m in ITB_KINDS and m != "pool"):
+        if m not in ABLATION_MODES:
             raise ConfigError(f"--modes takes drop and pool (no training needed), not '{m}'")
     skips = cfg.skips()
     if not 1 <= choose <= len(skips):
@@ -92,16 +93,13 @@ def timestep_analysis(plain_dir: str | Path, rau_dir: str | Path, *, taus: tuple
     if _model_and_data(cfg) != _model_and_data(rau_cfg):
         raise ConfigError(f"{plain_dir} and {rau_dir} were trained on different data, encoder or U-Net widths: "
                           "compare runs that differ only in --rau-skips")
-    taus = taus or tuple(range(0, cfg.timesteps + 1, cfg.timesteps // 5))
-    for tau in taus:
-        if not 0 <= tau <= cfg.timesteps:
-            raise ConfigError(f"tau {tau} lies outside the schedule's 0..{cfg.timesteps} "
-                              f"(0: RAU-Net everywhere, {cfg.timesteps}: plain U-Net everywhere)")
+    taus = sorted(set(taus or range(0, cfg.timesteps + 1, cfg.timesteps // 5)))
+    check_taus(taus, cfg.timesteps)  # before minutes of sampling
     data = cfg.data.load()
     rows = [{"tau": tau, **score(TimestepRouter(plain, rau, tau), cfg, encoder, data, n=n, seed=seed,
-                                 pixel_threshold=pixel_threshold, quiet=quiet)} for tau in sorted(set(taus))]
+                                 pixel_threshold=pixel_threshold, quiet=quiet)} for tau in taus]
     chosen = choose_tau(rows, cfg.timesteps, fid_tolerance)
-    result = {"plain_run": str(plain_dir), "rau_run": str(run.path), "rows": rows, "n": n, "seed": seed,
+    result = {"plain_run": str(plain_dir), "rau_run": str(run.path), "taus": taus, "rows": rows, "n": n, "seed": seed,
               "fid_tolerance": fid_tolerance, "chosen_tau": chosen["tau"], "rule": chosen["rule"]}
     atomic_write_json(run.path / "timestep-analysis.json", result)
     run.write_table("timestep-analysis", rows, title=f"RAU-Net for t >= tau, plain U-Net below ({n} generations "
@@ -113,13 +111,22 @@ def timestep_analysis(plain_dir: str | Path, rau_dir: str | Path, *, taus: tuple
     return result
 
 
-def choose_tau(rows: list[dict], timesteps: int, fid_tolerance: float) -> dict:
-    """The ``tau`` with the lowest replication whose proxy FID stays within ``fid_tolerance`` of the plain U-Net's."""
-    plain = next((r for r in rows if r["tau"] >= timesteps), None)
-    mixed = [r for r in rows if 0 < r["tau"] < timesteps]
-    if plain is None or not mixed:
+def check_taus(taus: list[int], timesteps: int) -> None:
+    """Every tau lies in 0..timesteps, and the list holds the plain U-Net (``timesteps``) and a tau to choose."""
+    for tau in taus:
+        if not 0 <= tau <= timesteps:
+            raise ConfigError(f"tau {tau} lies outside the schedule's 0..{timesteps} "
+                              f"(0: RAU-Net everywhere, {timesteps}: plain U-Net everywhere)")
+    if timesteps not in taus or not any(0 < tau < timesteps for tau in taus):
         raise ConfigError(f"the taus must include {timesteps} (the plain U-Net) and at least one tau inside the "
                           "schedule to choose from")
+
+
+def choose_tau(rows: list[dict], timesteps: int, fid_tolerance: float) -> dict:
+    """The ``tau`` with the lowest replication whose proxy FID stays within ``fid_tolerance`` of the plain U-Net's."""
+    check_taus([r["tau"] for r in rows], timesteps)
+    plain = next(r for r in rows if r["tau"] == timesteps)
+    mixed = [r for r in rows if 0 < r["tau"] < timesteps]
     ok = [r for r in mixed if r["proxy_fid"] <= (1 + fid_tolerance) * plain["proxy_fid"]]
     if ok:
         best = min(ok, key=lambda r: (r["replication_score"], -r["tau"]))
@@ -184,4 +191,4 @@ def _plot_taus(result: dict, timesteps: int, path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["choose_tau", "score", "skip_ablation", "timestep_analysis"]
+__all__ = ["ABLATION_MODES", "check_taus", "choose_tau", "score", "skip_ablation", "timestep_analysis"]

@@ -65,7 +65,7 @@ class DiffusionConfig:
             raise ConfigError("--caption-dropout must lie in [0, 1) and the EMA decay in (0, 1)")
         if len(self.channels) != 3:
             raise ConfigError("--channels takes three widths, e.g. 32,64,64")
-        check_skips(itb_kinds(self.rau_skips, self.itb), self.skips())
+        check_skips(self.itb_kinds(), self.skips())
         if not 0 <= self.tau < self.timesteps:
             raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{self.timesteps - 1}, not {self.tau}")
         if self.tau and not self.rau_skips:
@@ -73,6 +73,10 @@ class DiffusionConfig:
 
     def skips(self) -> list[Skip]:
         return skips_of(tuple(self.channels), self.layers_per_block, self.data.size)
+
+    def itb_kinds(self) -> dict[int, str]:
+        """The ITB kind of each chosen skip."""
+        return itb_kinds(self.rau_skips, self.itb)
 
     def architecture(self) -> str:
         """``unet``, ``rau-net`` or ``loyal`` (the LoyalDiffusion pair)."""
@@ -94,7 +98,7 @@ def build_denoiser(cfg: DiffusionConfig, text_dim: int) -> torch.nn.Module:
     """The model of ``cfg``: the plain U-Net, a RAU-Net, or the LoyalDiffusion pair (plain below tau)."""
     if not cfg.rau_skips:
         return build_unet(cfg, text_dim)
-    kinds = itb_kinds(cfg.rau_skips, cfg.itb)
+    kinds = cfg.itb_kinds()
     if not cfg.tau:
         return RAUNet(build_unet(cfg, text_dim), kinds, cfg.itb_frozen)
     low = build_unet(cfg, text_dim)
@@ -196,7 +200,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     if step >= cfg.steps:
         if cfg.rau_skips:
             where = f"t >= {cfg.tau} (plain U-Net below)" if cfg.tau else "every timestep"
-            kinds = itb_kinds(cfg.rau_skips, cfg.itb)
+            kinds = cfg.itb_kinds()
             run.write_table("rau-net", [{"skip": s.index, "from": s.origin, "channels": s.channels, "side": s.side,
                                          "itb": kinds[s.index], "weights": "frozen random" if cfg.itb_frozen else "trained",
                                          "timesteps": where} for s in cfg.skips() if s.index in cfg.rau_skips],
