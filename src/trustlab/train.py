@@ -114,7 +114,26 @@ def random_shift(x: torch.Tensor, seed: int, step: int, pad: int = 2) -> torch.T
     rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)
     cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)
     idx = torch.arange(n, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    return standard_strides(padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2))
+
+
+def standard_strides(x: torch.Tensor) -> torch.Tensor:
+    """``x`` laid out with the plain row-major strides of its shape (a copy only when needed).
+
+    ``.contiguous()`` is not enough: a 1-channel batch with strides ``(H*W, 1, W, 1)`` counts
+    as contiguous *and* channels-last, so torch runs the whole network in channels-last, and
+    on AVX2-only CPUs oneDNN's 1x1 stride-2 convolution backward (``jit_1x1:avx2``) then
+    writes past its workspace when a layer has fewer than 8 input channels (oneDNN issue
+    #6035; here the width-1/16 ResNet18 shortcut): heap corruption, SIGABRT or SIGSEGV.
+    Every batch the training loop feeds a model goes through this function.
+    """
+    expected, stride = [], 1
+    for size in reversed(x.shape):
+        expected.insert(0, stride)
+        stride *= size
+    if list(x.stride()) == expected:
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -248,7 +267,7 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             lr = lr_at(cfg, step, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss = loss_fn(wrapped, xb.to(device), yb.to(device))
+            loss = loss_fn(wrapped, standard_strides(xb.to(device)), yb.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
