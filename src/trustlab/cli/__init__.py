@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from trustlab.cli import data as data_cli
@@ -47,6 +46,16 @@ def report(run_dir: str = typer.Argument(..., help="A run folder written by a tr
     print(render_report(run_dir))
 
 
+def _usage_error_type() -> type[Exception]:
+    """The ``ClickException`` class of the click that typer actually runs on.
+
+    typer < 0.2x re-exports ``click``'s exceptions; newer releases vendor their own copy of
+    click (``typer._click``), whose exceptions are not ``click.ClickException``. Both expose
+    ``typer.BadParameter``, whose ancestry names the right base class either way.
+    """
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _debug["on"] = "--debug" in argv
@@ -61,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
+    except _usage_error_type() as e:  # unknown command or option, a word where a number goes, ...
+        e.show()
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
