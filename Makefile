@@ -10,12 +10,17 @@ RUNS ?= runs/demo
 PIPQ = { grep -v "^WARNING: Location" || true; }
 SARIF_SCHEMA := tests/.schemas/sarif-2.1.0.json
 
-.PHONY: setup data demo test bench lint clean
+.PHONY: setup data demo test wheel-test lock bench lint clean
 
-$(VENV)/.setup-done: pyproject.toml
+# torch first (the CPU wheel on this disk), then everything else at the versions in constraints.txt
+define install_from_lock
+	$(1)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | $(PIPQ)
+	$(1)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt $(2) 2>&1 | $(PIPQ)
+endef
+
+$(VENV)/.setup-done: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | $(PIPQ)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[all,dev]' 2>&1 | $(PIPQ)
+	$(call install_from_lock,$(VENV),-e '.[all,dev]')
 	$(PY) -c "import torch, trustlab; assert torch.__version__.startswith('2.13.0')"
 	touch $@
 
@@ -51,6 +56,27 @@ demo: data
 
 test: data $(SARIF_SCHEMA)
 	$(PY) -m pytest
+
+# The wheel a user would install, in a fresh virtualenv outside the source tree, one command per
+# area: catches data files missing from the package, which the editable install of `make` hides.
+WHEEL_DIR := $(shell mktemp -u -d /tmp/trustlab-wheel.XXXXXX)
+wheel-test: data
+	mkdir -p $(WHEEL_DIR)/work
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w $(WHEEL_DIR) . 2>&1 | $(PIPQ)
+	python3 -m venv $(WHEEL_DIR)/venv
+	$(call install_from_lock,$(WHEEL_DIR)/venv,"$$(ls $(WHEEL_DIR)/trustlab-*.whl)[all]")
+	cd $(WHEEL_DIR)/work && export OMP_NUM_THREADS=2 && T=$(WHEEL_DIR)/venv/bin/trustlab \
+	  && $$T tinyml assess stm32f746-discovery --format sarif --out assess.sarif \
+	  && $$T pi count --model resnet18 --input 3x32x32 --classes 100 \
+	  && $$T spn fit --dataset synthetic --out spn \
+	  && $$T replication train --encoder hash --steps 2 --out replication --quiet
+	rm -rf $(WHEEL_DIR)
+	@echo "wheel-test: the installed wheel ran one command per area"
+
+# Rewrite constraints.txt from the current environment (after a deliberate upgrade, then `make test`).
+lock: setup
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --all --exclude-editable --disable-pip-version-check | grep -v '^pip=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) runs tests/.schemas
