@@ -24,21 +24,36 @@ from typing import Any
 
 import yaml
 
-from trustlab.errors import RunError
+from trustlab.errors import ConfigError, RunError
+from trustlab.files import read_json, read_yaml
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed into place.
+
+    A path that cannot be written (a folder in its place, a file where a parent folder should
+    be, no permission, a full disk) is a one-line :class:`ConfigError`, and nothing is left
+    behind: neither a partial file nor the temporary one.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -77,9 +92,14 @@ class RunDir:
         by a repeated command; ``--resume`` is the way to continue one.
         """
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--out {path} is a file: a run needs a folder; choose another --out")
         if (path / "config.yaml").exists() and not overwrite:
             raise RunError(f"run folder {path} already exists: pass --resume to continue it or choose another --out")
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create run folder {path}: {e.strerror or e}") from None
         run = cls(path)
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         doc = {"kind": kind, "config": json.loads(json.dumps(cfg, default=_json_default))}
@@ -114,12 +134,9 @@ class RunDir:
 
     # -- config ---------------------------------------------------------------------------
     def _doc(self) -> dict:
-        try:
-            doc = yaml.safe_load((self.path / "config.yaml").read_text())
-        except yaml.YAMLError as e:
-            raise RunError(f"{self.path / 'config.yaml'} is not valid YAML ({e.__class__.__name__})") from None
-        if not isinstance(doc, dict) or "config" not in doc:
-            raise RunError(f"{self.path / 'config.yaml'} has no 'config' section: was it written by trustlab?")
+        doc = read_yaml(self.path / "config.yaml", "run configuration", RunError)
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise RunError(f"{self.path / 'config.yaml'} has no 'config' mapping: was it written by trustlab?")
         return doc
 
     @property
@@ -188,7 +205,20 @@ class RunDir:
 
     def summary(self) -> dict:
         p = self.path / "summary.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not p.exists():
+            return {}
+        doc = read_json(p, "run summary", RunError)
+        if not isinstance(doc, dict):
+            raise RunError(f"{p} is not a summary (a JSON object): rerun the command that wrote it")
+        return doc
+
+    def table(self, name: str) -> dict:
+        """A table written by :meth:`write_table`: ``{"title": ..., "rows": [...]}``."""
+        p = self.path / "tables" / f"{name}.json"
+        doc = read_json(p, "table", RunError)
+        if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list) or not all(isinstance(r, dict) for r in doc["rows"]):
+            raise RunError(f"{p} is not a trustlab table (title and a list of rows): rerun the command that wrote it")
+        return doc
 
     def write_table(self, name: str, rows: list[dict], title: str | None = None) -> None:
         """A table the HTML report renders (list of dicts with the same keys)."""
@@ -229,12 +259,40 @@ def config_from_dict(cls: type, values: dict) -> Any:
         if f.name not in values:
             continue
         v = values[f.name]
-        if dataclasses.is_dataclass(hints.get(f.name)) and isinstance(v, dict):
-            v = config_from_dict(hints[f.name], v)
+        hint = hints.get(f.name)
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(v, dict):
+                raise RunError(f"configuration field '{f.name}' should be a mapping, not {v!r}: was config.yaml edited?")
+            v = config_from_dict(hint, v)
         elif isinstance(v, list):
             v = tuple(v)
+        _check_type(f.name, v, hint)
         kwargs[f.name] = v
     return cls(**kwargs)
+
+
+_SCALARS = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """Refuse a stored value of the wrong scalar type (a hand-edited or foreign config.yaml).
+
+    Only fields typed as plain scalars (``int``, ``float``, ``str``, ``bool``, optionally
+    ``| None``) are checked; an ``int`` is a valid ``float``, a ``bool`` is not an ``int``.
+    """
+    import types
+    import typing
+
+    is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    options = [o for o in (typing.get_args(hint) if is_union else (hint,)) if o is not type(None)]
+    if value is None and len(options) < len(typing.get_args(hint) if is_union else (hint,)):
+        return
+    if not options or any(o not in _SCALARS for o in options):
+        return
+    accepted = tuple(t for o in options for t in _SCALARS[o])
+    if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in options):
+        raise RunError(f"configuration field '{name}' = {value!r} is not of type "
+                       f"{' or '.join(o.__name__ for o in options)}: was config.yaml edited?")
 
 
 def resumed_config(cls: type, path: Path, kind: str, config: Any, resume: bool) -> Any:

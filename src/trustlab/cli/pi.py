@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from trustlab.errors import ConfigError
+from trustlab.errors import ConfigError, RunError
+from trustlab.files import read_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,7 +26,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 @app.command("count")
 def count_cmd(model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
               input: str = typer.Option("3x32x32", "--input", help="Input shape CxHxW."),
-              classes: int = typer.Option(10, help="Number of classes."),
+              classes: int = typer.Option(10, min=1, help="Number of classes."),
               width: float = typer.Option(1.0, help="Width multiplier (0.25 gives ResNet18 width 16)."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Per-layer ReLUs, MACs and parameters of a model, and totals."""
@@ -57,11 +58,11 @@ def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write
               data_dir: Optional[str] = typer.Option(None, help="Folder with CIFAR batches (cifar10/cifar100)."),
               model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
               width: float = typer.Option(0.25, help="Width multiplier (0.25: ResNet18 width 16)."),
-              epochs: int = typer.Option(3), batch_size: int = typer.Option(128), lr: float = typer.Option(0.05),
-              limit: Optional[int] = typer.Option(None, help="Train on the first N images only."),
-              test_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N test images only."),
+              epochs: int = typer.Option(3, min=1), batch_size: int = typer.Option(128, min=1), lr: float = typer.Option(0.05),
+              limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N images only."),
+              test_limit: Optional[int] = typer.Option(None, min=1, help="Evaluate on the first N test images only."),
               seed: int = typer.Option(0), device: str = typer.Option("auto", help="auto | cpu | cuda"),
-              checkpoint_every: int = typer.Option(200, help="Write a checkpoint every N steps (and at each epoch end)."),
+              checkpoint_every: int = typer.Option(200, min=0, help="Write a checkpoint every N steps (and at each epoch end)."),
               resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
               quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Train the all-ReLU baseline (the teacher of SENet, SNL, layer-drop and shallow)."""
@@ -87,11 +88,11 @@ def _reduction_command(method: str, doc: str) -> None:
                 budget: int = typer.Option(..., help="ReLUs to keep in the whole network."),
                 out: Optional[str] = typer.Option(None, help=f"Run folder to write (default runs/pi-{method}-BUDGET)."),
                 granularity: str = typer.Option("pixel", help="pixel | channel (senet only)."),
-                search_epochs: int = typer.Option(1, help="Epochs to decide where ReLUs stay."),
-                finetune_epochs: int = typer.Option(2, help="Epochs of distillation with the mask fixed."),
-                batch_size: int = typer.Option(128), lr: float = typer.Option(0.01, help="Fine-tuning learning rate."),
+                search_epochs: int = typer.Option(1, min=1, help="Epochs to decide where ReLUs stay."),
+                finetune_epochs: int = typer.Option(2, min=0, help="Epochs of distillation with the mask fixed."),
+                batch_size: int = typer.Option(128, min=1), lr: float = typer.Option(0.01, help="Fine-tuning learning rate."),
                 beta: float = typer.Option(1.0, help="Weight of the post-ReLU activation alignment (senet)."),
-                train_limit: Optional[int] = typer.Option(None, help="Train on the teacher's first N training images only."),
+                train_limit: Optional[int] = typer.Option(None, min=1, help="Train on the teacher's first N training images only."),
                 seed: int = typer.Option(0), device: str = typer.Option("auto"),
                 resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
                 quiet: bool = typer.Option(False)) -> None:
@@ -119,10 +120,10 @@ _reduction_command("layerdrop", "Layer-drop baseline (DeepReDuce-style): lineari
 @app.command("shallow")
 def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab pi train`."),
                 target_relu_reduction: float = typer.Option(1.7, help="Remove inner ReLU layers until ReLUs fall by this factor."),
-                kernel: int = typer.Option(3, help="3: merged blocks become trained 3x3 convolutions (fewer MACs); 0: exact merge (5x5/7x7, more MACs)."),
+                kernel: int = typer.Option(3, min=0, help="3: merged blocks become trained 3x3 convolutions (fewer MACs); 0: exact merge (5x5/7x7, more MACs)."),
                 out: Optional[str] = typer.Option(None, help="Run folder to write (default runs/pi-shallow)."),
-                finetune_epochs: int = typer.Option(2), batch_size: int = typer.Option(128), lr: float = typer.Option(0.01),
-                train_limit: Optional[int] = typer.Option(None, help="Fine-tune on the teacher's first N training images only."),
+                finetune_epochs: int = typer.Option(2, min=0), batch_size: int = typer.Option(128, min=1), lr: float = typer.Option(0.01),
+                train_limit: Optional[int] = typer.Option(None, min=1, help="Fine-tune on the teacher's first N training images only."),
                 seed: int = typer.Option(0), device: str = typer.Option("auto"),
                 resume: bool = typer.Option(False), quiet: bool = typer.Option(False)) -> None:
     """Shallow model: remove the least sensitive inner ReLU layers and merge the convolutions around them."""
@@ -142,7 +143,7 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
 @app.command("secure-infer")
 def secure_infer_cmd(run: str = typer.Argument(..., help="A PI run folder (pi train / shallow / senet / snl / layerdrop)."),
                      protocol: str = typer.Option("semi2k", help="cheetah | semi2k (2 parties) | aby3 (3 parties)"),
-                     images: int = typer.Option(4, help="Test images to infer."),
+                     images: int = typer.Option(4, min=1, help="Test images to infer."),
                      weights: str = typer.Option("secret", help="secret: weights secret-shared; public: compiled in."),
                      relu_mode: str = typer.Option("gather", help="gather: compare kept positions only; naive: mask every element.")) -> None:
     """Run the model under SPU's simulator: check against plaintext, report latency, bytes and rounds."""
@@ -160,7 +161,6 @@ def secure_infer_cmd(run: str = typer.Argument(..., help="A PI run folder (pi tr
 @app.command("cost")
 def cost_cmd(run: str = typer.Argument(..., help="A PI run folder.")) -> None:
     """Garbled-circuit (DELPHI-style) cost from the ReLU count, beside measured SPU figures if any."""
-    import json as _json
     from pathlib import Path
 
     from trustlab.pi.accounting import count
@@ -172,13 +172,15 @@ def cost_cmd(run: str = typer.Argument(..., help="A PI run folder.")) -> None:
     print(f"{c['relus']:,} ReLUs: GC storage {c['storage_bytes'] / 1e6:,.1f} MB, offline garbling {c['offline_garble_seconds']:.2f} s, "
           f"online evaluation {c['online_eval_seconds']:.2f} s per image (DELPHI-style cost model)")
     for p in sorted((Path(run) / "secure").glob("*.json")):
-        m = _json.loads(p.read_text())
+        m = read_json(p, "secure-inference result", RunError)
+        if not isinstance(m, dict) or not {"execution_seconds_per_image", "total_bytes", "rounds"} <= set(m):
+            raise RunError(f"{p} is not a secure-inference result: rerun `trustlab pi secure-infer {run}`")
         print(f"measured SPU {p.stem}: {m['execution_seconds_per_image']:.2f} s/image, {m['total_bytes'] / 1e6:.2f} MB, {m['rounds']} rounds")
 
 
 @app.command("secure-serve")
 def secure_serve_cmd(config: str = typer.Option(..., "--config", help="Nodes file (YAML): protocol, parties, run, images."),
-                     party: int = typer.Option(..., "--party", help="This process's rank: 0 client, 1 server, 2 helper (aby3).")) -> None:
+                     party: int = typer.Option(..., "--party", min=0, help="This process's rank: 0 client, 1 server, 2 helper (aby3).")) -> None:
     """Run one party of a distributed secure inference (start every party with the same nodes file)."""
     from trustlab.pi.serve import serve_party
 

@@ -23,14 +23,14 @@ def _channels(text: str) -> tuple[int, ...]:
 def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to write."),
               dataset: str = typer.Option("emoji", help="emoji, or folder (with --folder)."),
               folder: Optional[str] = typer.Option(None, help="A folder of images with captions.jsonl."),
-              n: int = typer.Option(64, help="Training images (a seeded subset; 0: all)."),
-              size: int = typer.Option(32, help="Image side in pixels (multiple of 8)."),
+              n: int = typer.Option(64, min=0, help="Training images (a seeded subset; 0: all)."),
+              size: int = typer.Option(32, min=1, help="Image side in pixels (multiple of 8)."),
               captions: str = typer.Option("unique", help="unique (per image) | class"),
               duplicate_share: float = typer.Option(0.0, help="Share of the images repeated in the training set."),
-              duplicate_times: int = typer.Option(1, help="Extra copies of each repeated image."),
+              duplicate_times: int = typer.Option(1, min=1, help="Extra copies of each repeated image."),
               encoder: str = typer.Option("minilm", help="minilm (all-MiniLM-L6-v2, offline) | hash (tests)"),
               channels: str = typer.Option("32,64,64", help="U-Net widths of the three levels."),
-              steps: int = typer.Option(2000), batch_size: int = typer.Option(32), lr: float = typer.Option(1e-3),
+              steps: int = typer.Option(2000, min=1), batch_size: int = typer.Option(32, min=1), lr: float = typer.Option(1e-3),
               caption_dropout: float = typer.Option(0.1, help="Share of empty captions (classifier-free guidance)."),
               mitigation: Optional[str] = typer.Option(None, help="Training mitigations, comma-separated: "
                                                        "caption-replace, word-add, word-repeat, embedding-noise."),
@@ -51,7 +51,7 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
               itb_frozen: bool = typer.Option(False, help="Frozen random ITB weights (as the authors' released code)."),
               tau: int = typer.Option(0, help="LoyalDiffusion: RAU-Net for timesteps >= tau, the plain U-Net "
                                               "below (0: RAU-Net everywhere)."),
-              checkpoint_every: int = typer.Option(250), seed: int = typer.Option(0),
+              checkpoint_every: int = typer.Option(250, min=0), seed: int = typer.Option(0),
               device: str = typer.Option("auto", help="auto | cpu | cuda"),
               resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
               quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
@@ -81,8 +81,8 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
 
 @app.command("sample")
 def sample_cmd(run_dir: str = typer.Argument(..., help="A replication train run folder."),
-               n: int = typer.Option(256, help="Generations."), seed: int = typer.Option(0),
-               steps: int = typer.Option(50, help="DDIM steps."),
+               n: int = typer.Option(256, min=1, help="Generations."), seed: int = typer.Option(0),
+               steps: int = typer.Option(50, min=1, help="DDIM steps."),
                guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = conditional only)."),
                eta: float = typer.Option(1.0, help="DDIM eta: 0 deterministic, 1 as stochastic as DDPM."),
                mitigation: Optional[str] = typer.Option(None, help="Inference mitigations: word-add, word-repeat, "
@@ -124,8 +124,8 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
 def skip_ablation_cmd(run_dir: str = typer.Argument(..., help="A plain (no --rau-skips) replication train run."),
                       modes: str = typer.Option("drop,pool", help="Per skip: drop (remove its content) and/or pool "
                                                                   "(max-pool then unpool)."),
-                      choose: int = typer.Option(2, help="How many skips to recommend for the RAU-Net."),
-                      n: int = typer.Option(128, help="Generations per variant."), seed: int = typer.Option(0),
+                      choose: int = typer.Option(2, min=1, help="How many skips to recommend for the RAU-Net."),
+                      n: int = typer.Option(128, min=1, help="Generations per variant."), seed: int = typer.Option(0),
                       pixel_threshold: float = typer.Option(0.9), quiet: bool = typer.Option(False)) -> None:
     """Each skip's role: quality and replication with that skip removed or pooled; recommends RAU-Net skips."""
     from trustlab.replication.rau_analysis import skip_ablation
@@ -147,7 +147,7 @@ def timestep_analysis_cmd(plain_run: str = typer.Argument(..., help="A plain U-N
                           taus: Optional[str] = typer.Option(None, help="Comma-separated taus (default 0,200,...,1000)."),
                           fid_tolerance: float = typer.Option(0.1, help="Proxy FID allowed above the plain U-Net's "
                                                                         "when choosing tau."),
-                          n: int = typer.Option(128, help="Generations per tau."), seed: int = typer.Option(0),
+                          n: int = typer.Option(128, min=1, help="Generations per tau."), seed: int = typer.Option(0),
                           pixel_threshold: float = typer.Option(0.9), quiet: bool = typer.Option(False)) -> None:
     """Replication and quality with the RAU-Net only for t >= tau, for several tau; chooses tau."""
     from trustlab.replication.rau_analysis import timestep_analysis

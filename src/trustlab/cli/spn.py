@@ -26,19 +26,19 @@ def _ranks(text: str) -> tuple[int, ...]:
 def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write."),
             dataset: str = typer.Option("digits", help="digits | mnist | fashion-mnist | emoji | csv"),
             csv: Optional[str] = typer.Option(None, help="With --dataset csv: rows of comma-separated 0/1 values."),
-            size: Optional[int] = typer.Option(None, help="Down-sample images to SIZE x SIZE before binarising."),
+            size: Optional[int] = typer.Option(None, min=1, help="Down-sample images to SIZE x SIZE before binarising."),
             threshold: float = typer.Option(0.5, help="Grey level above which a pixel is 1."),
             classify: bool = typer.Option(True, help="Model the class as variable 0 (generative classifier)."),
             structure: str = typer.Option("learnspn", help="learnspn | rat (random region graph)"),
-            min_instances: int = typer.Option(30, help="LearnSPN: rows below which a node is fully factorised."),
+            min_instances: int = typer.Option(30, min=1, help="LearnSPN: rows below which a node is fully factorised."),
             alpha: float = typer.Option(0.001, help="LearnSPN: independence-test p-value threshold."),
-            depth: int = typer.Option(2, help="rat: splits per repetition."),
-            repetitions: int = typer.Option(4, help="rat: random variable permutations."),
-            sums: int = typer.Option(4, help="rat: sum nodes per region."),
-            leaves: int = typer.Option(4, help="rat: input distributions per leaf region."),
-            em_iterations: int = typer.Option(0, help="EM iterations after structure learning (rat: use ~20)."),
-            limit: Optional[int] = typer.Option(None, help="Use the first N training images only."),
-            test_limit: Optional[int] = typer.Option(None, help="Use the first N test images only."),
+            depth: int = typer.Option(2, min=1, help="rat: splits per repetition."),
+            repetitions: int = typer.Option(4, min=1, help="rat: random variable permutations."),
+            sums: int = typer.Option(4, min=1, help="rat: sum nodes per region."),
+            leaves: int = typer.Option(4, min=1, help="rat: input distributions per leaf region."),
+            em_iterations: int = typer.Option(0, min=0, help="EM iterations after structure learning (rat: use ~20)."),
+            limit: Optional[int] = typer.Option(None, min=1, help="Use the first N training images only."),
+            test_limit: Optional[int] = typer.Option(None, min=1, help="Use the first N test images only."),
             seed: int = typer.Option(0)) -> None:
     """Learn an SPN (per class, under a class variable) and report its likelihood, accuracy and size."""
     from trustlab.report import render_report
@@ -63,11 +63,11 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
                  target_ratio: Optional[float] = typer.Option(None, help="Instead of --rank: the largest rank with "
                                                               "this many times fewer parameters than the exact tSPN."),
                  out: Optional[str] = typer.Option(None, help="Run folder to write (default: RUN_DIR-tspn)."),
-                 distill_samples: int = typer.Option(20000, help="Rows sampled from the SPN for fine-tuning."),
-                 epochs: int = typer.Option(10, help="Fine-tuning epochs per rank."),
-                 lr: float = typer.Option(0.02), batch_size: int = typer.Option(256),
+                 distill_samples: int = typer.Option(20000, min=1, help="Rows sampled from the SPN for fine-tuning."),
+                 epochs: int = typer.Option(10, min=1, help="Fine-tuning epochs per rank."),
+                 lr: float = typer.Option(0.02), batch_size: int = typer.Option(256, min=1),
                  discriminative: float = typer.Option(0.0, help="Weight of log p(class|x) in fine-tuning."),
-                 max_rank: int = typer.Option(4096, help="Refuse exact trains of higher rank."),
+                 max_rank: int = typer.Option(4096, min=1, help="Refuse exact trains of higher rank."),
                  seed: int = typer.Option(0),
                  resume: bool = typer.Option(False, help="Continue: keep the ranks already done."),
                  quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
@@ -99,7 +99,7 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
 
 @app.command("eval")
 def eval_cmd(run_dir: str = typer.Argument(..., help="An spn fit or compress run folder."),
-             rank: Optional[int] = typer.Option(None, help="Of a compress run: the rank to evaluate (default smallest)."),
+             rank: Optional[int] = typer.Option(None, min=1, help="Of a compress run: the rank to evaluate (default smallest)."),
              csv: Optional[str] = typer.Option(None, help="Evaluate on these 0/1 rows instead of the run's test split."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Test log-likelihood, accuracy (with a class variable) and rows per second of a model."""

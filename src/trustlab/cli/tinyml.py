@@ -49,7 +49,9 @@ def score_cmd(vector: str = typer.Argument(..., help="A CVSS 3.1 or 4.0 vector, 
     from trustlab.tinyml.scoring import AV_P_NOTE, base_metrics, score_vector
 
     s = score_vector(vector)
-    print(f"{s.score} {s.severity}  ({s.vector})")
+    print(f"{s.score} {s.severity}  ({s.ranked_by} score of {s.vector})")
+    if s.version == "3.1":
+        print(f"base {s.base}, temporal {s.temporal}, environmental {s.environmental}")
     if s.version == "3.1" and base_metrics(s.vector).get("AV") == "P":
         print(f"note: {AV_P_NOTE}")
 

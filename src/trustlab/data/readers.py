@@ -145,7 +145,7 @@ def read_emoji(root: Path) -> tuple[dict[str, Split], list[str]]:
                 rgba = im.convert("RGBA").resize((64, 64), Image.BICUBIC)
         except FileNotFoundError:
             raise DataError(f"{path} is missing: run `trustlab data fetch emoji`") from None
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise corrupt(path, "emoji", e.__class__.__name__) from None
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         images[i] = np.asarray(Image.alpha_composite(white, rgba).convert("RGB")).transpose(2, 0, 1)

@@ -24,7 +24,10 @@ from trustlab.runs import atomic_write_bytes
 def data_root() -> Path:
     """The root of trustlab's data folder: ``$TRUSTLAB_DATA`` or ``~/.cache/trustlab``."""
     env = os.environ.get("TRUSTLAB_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "trustlab"
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "trustlab"
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the data folder {root} (TRUSTLAB_DATA) is a file: point TRUSTLAB_DATA at a folder")
+    return root
 
 
 def raw_dir(name: str) -> Path:
@@ -44,16 +47,43 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def read_cache(path: Path) -> dict[str, np.ndarray] | None:
-    """Arrays of a cache file, or None when it is absent or unreadable (then it is rebuilt)."""
+    """Arrays of a dataset cache, or None when it is absent, unreadable or not a dataset cache.
+
+    A readable zip with the wrong members or shapes (another program's file, an old layout) is
+    treated like a missing cache and rebuilt, never used.
+    """
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         return None
+    return arrays if _is_dataset(arrays) else None
+
+
+def _is_dataset(arrays: dict[str, np.ndarray]) -> bool:
+    images, labels, classes = arrays.get("images"), arrays.get("labels"), arrays.get("classes")
+    if images is None or labels is None or classes is None:
+        return False
+    n = len(labels) if labels.ndim == 1 else -1
+    captions = arrays.get("captions")
+    return (images.dtype == np.uint8 and images.ndim == 4 and len(images) == n and labels.dtype.kind in "iu"
+            and classes.ndim == 1 and (n == 0 or 0 <= int(labels.min()) <= int(labels.max()) < len(classes))
+            and (captions is None or (captions.ndim == 1 and len(captions) == n)))
 
 
 def corrupt(path: Path, name: str, why: str) -> DataError:
-    """The one error for a raw file that cannot be decoded."""
-    return DataError(f"{path} is truncated or corrupt ({why}): run `trustlab data fetch {name}` to restore it")
+    """The one error for a raw file that cannot be decoded, with the fix that fits where it lies.
+
+    Fetching again only helps for files trustlab fetched itself (under its raw folder): a file
+    from a Debian package or the user's own folder is left alone by ``data fetch``.
+    """
+    path, raw = Path(path), raw_dir(name)
+    if path.is_relative_to(raw):
+        fix = f"delete {raw} and run `trustlab data fetch {name}` to fetch it again"
+    elif path.is_relative_to("/usr/share"):
+        fix = "reinstall the Debian package that holds it (`dpkg -S` names it; then `apt-get install --reinstall`)"
+    else:
+        fix = "replace it with an intact copy"
+    return DataError(f"{path} is truncated or corrupt ({why}): {fix}")

@@ -46,6 +46,7 @@ from trustlab.pi.masks import PartialReLU
 from trustlab.pi.merge import fold_bn
 from trustlab.pi.probe import probe
 
+RELU_MODES = ("gather", "naive")  # ReLU on the kept positions only, or on every element times the mask
 PROTOCOLS = {"semi2k": 2, "cheetah": 2, "aby3": 3}
 NONLINEAR_OPS = {"pphlo.less", "pphlo.greater", "pphlo.less_equal", "pphlo.greater_equal", "pphlo.select",
                  "pphlo.maximum", "pphlo.minimum", "pphlo.multiply"}
@@ -69,8 +70,8 @@ def export_jax(model: nn.Module, input_shape: tuple[int, ...], relu_mode: str = 
     import jax.numpy as jnp
     from jax import lax
 
-    if relu_mode not in ("gather", "naive"):
-        raise ConfigError(f"relu mode must be gather or naive, not '{relu_mode}'")
+    if relu_mode not in RELU_MODES:
+        raise ConfigError(f"relu mode must be {' or '.join(RELU_MODES)}, not '{relu_mode}'")
     model = model.eval()
     graph = _Tracer().trace(model)
     modules = dict(model.named_modules())

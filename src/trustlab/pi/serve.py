@@ -24,15 +24,16 @@ weights, the others only its architecture and masks (their copy's weights are no
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from trustlab.errors import ConfigError, TrustlabError
+from trustlab.files import read_yaml
 
 CLIENT, SERVER = 0, 1
 
@@ -49,15 +50,10 @@ class NodesConfig:
 
 
 def load_nodes(path: str | Path) -> NodesConfig:
-    from trustlab.pi.secure import PROTOCOLS
+    from trustlab.pi.secure import PROTOCOLS, RELU_MODES
 
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"nodes file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML ({e.__class__.__name__})") from None
+    doc = read_yaml(path, "nodes file")
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping with protocol, parties and run")
     unknown = set(doc) - set(NodesConfig.__dataclass_fields__)
@@ -77,8 +73,41 @@ def load_nodes(path: str | Path) -> NodesConfig:
         host, _, port = str(addr).rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{path}: parties[{i}] = '{addr}' is not host:port")
-    return NodesConfig(doc["protocol"], tuple(str(p) for p in parties), str(doc["run"]), int(doc.get("images", 4)),
-                       str(doc.get("relu_mode", "gather")), float(doc.get("timeout_s", 60)), doc.get("out"))
+    images, timeout_s = doc.get("images", 4), doc.get("timeout_s", 60)
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ConfigError(f"{path}: images = {images!r}: give a whole number of test images, 1 or more")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < 86400:
+        raise ConfigError(f"{path}: timeout_s = {timeout_s!r}: give seconds as a positive number")
+    relu_mode = doc.get("relu_mode", "gather")
+    if relu_mode not in RELU_MODES:
+        raise ConfigError(f"{path}: relu_mode = {relu_mode!r}: use {' or '.join(RELU_MODES)}")
+    for key in ("run", "out"):
+        if key in doc and doc[key] is not None and not isinstance(doc[key], str):
+            raise ConfigError(f"{path}: {key} = {doc[key]!r} is not a path")
+    return NodesConfig(doc["protocol"], tuple(str(p) for p in parties), doc["run"], images, relu_mode,
+                       float(timeout_s), doc.get("out"))
+
+
+def _check_can_listen(addr: str, party: int) -> None:
+    """Fail at once, naming the port, when this party cannot listen where the nodes file says."""
+    host, _, port = addr.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as sock:
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError as e:
+            raise ConfigError(f"party {party}: cannot listen on {addr} ({e.strerror or e}): another process holds the port, "
+                              f"or {host} is not an address of this machine") from None
+
+
+def _cause(e: Exception) -> str:
+    """The informative line of an SPU/brpc exception (its text starts with an empty 'what:' line)."""
+    for line in str(e).splitlines():
+        line = line.strip()
+        if line.lower().startswith("what:"):
+            line = line[5:].strip()
+        if line and not line.lower().startswith(("stacktrace", "#")):
+            return line[:200]
+    return type(e).__name__
 
 
 def pack_share(share) -> bytes:
@@ -130,6 +159,7 @@ def serve_party(config_path: str | Path, party: int) -> dict | None:
     desc.recv_timeout_ms = int(cfg.timeout_s * 1000)
     desc.connect_retry_times = max(1, int(cfg.timeout_s))
     desc.connect_retry_interval_ms = 1000
+    _check_can_listen(cfg.parties[party], party)
     t0 = time.time()
     try:
         lctx = libspu.link.create_brpc(desc, party)
@@ -160,8 +190,7 @@ def serve_party(config_path: str | Path, party: int) -> dict | None:
     except TrustlabError:
         raise
     except Exception as e:  # link failures surface as native exceptions
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise TrustlabError(f"party {party}: secure run failed ({first}); check that every party in {config_path} "
+        raise TrustlabError(f"party {party}: secure run failed ({_cause(e)}); check that every party in {config_path} "
                             f"is running and reachable within {cfg.timeout_s:g} s") from None
     result = {"protocol": cfg.protocol, "parties": list(cfg.parties), "images": cfg.images,
               "seconds": time.time() - t0, "logits": logits.tolist(), "top1": logits.argmax(1).tolist()}

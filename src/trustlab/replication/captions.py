@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustlab.errors import ConfigError, DataError
+from trustlab.files import existing_file
 
 MAX_WORDS = 5
 _TOKEN = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|\d+(?:[.,:]\d+)*")
@@ -261,9 +262,7 @@ class CaptionFile:
 
 def read_captions(path: str | Path) -> CaptionFile:
     """Read and check a captions file; every problem names its line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"captions file {path} does not exist")
+    path = existing_file(path, "captions file", DataError)
     records = []
     for i, raw in enumerate(path.read_bytes().splitlines(), 1):
         try:

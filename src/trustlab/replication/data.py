@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from trustlab.errors import ConfigError, DataError
+from trustlab.files import read_image_rgba, read_text
 
 
 @dataclass
@@ -112,15 +113,12 @@ def _from_registry(name: str, size: int) -> CaptionedImages:
 
 def read_folder(folder: Path, size: int) -> CaptionedImages:
     """Images named by ``folder/captions.jsonl``; any size or mode, converted to RGB on white and resized."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     index = folder / "captions.jsonl"
     if not index.is_file():
         raise DataError(f"{index} not found: a folder dataset needs captions.jsonl with {{\"file\", \"caption\"}} lines")
-    try:
-        lines = index.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{index} is not UTF-8 (byte {e.start}): save it as UTF-8") from None
+    lines = read_text(index, "captions index", DataError, max_bytes=256 * 1024 * 1024).splitlines()
     images, captions = [], []
     for no, line in enumerate(lines, 1):
         if not line.strip():
@@ -132,14 +130,7 @@ def read_folder(folder: Path, size: int) -> CaptionedImages:
             raise DataError(f"{index}:{no}: expected a JSON object with \"file\" and \"caption\"") from None
         if not caption:
             raise DataError(f"{index}:{no}: the caption of {file} is empty")
-        path = folder / file
-        try:
-            with Image.open(path) as im:
-                rgba = im.convert("RGBA")
-        except FileNotFoundError:
-            raise DataError(f"{index}:{no}: image {path} does not exist") from None
-        except (UnidentifiedImageError, OSError):
-            raise DataError(f"{index}:{no}: {path} is not an image PIL can read") from None
+        rgba = read_image_rgba(folder / file, DataError, f"{index}:{no}: ")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         rgb = Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.BICUBIC)
         images.append(np.asarray(rgb).transpose(2, 0, 1))

@@ -12,6 +12,8 @@ import html
 import json
 from pathlib import Path
 
+from trustlab.errors import RunError
+from trustlab.files import read_text
 from trustlab.runs import RunDir, atomic_write_text
 
 
@@ -85,8 +87,8 @@ def render_report(run_dir: str | Path) -> Path:
             if isinstance(v, dict):
                 parts += [f"<h3>{html.escape(k)}</h3>", _table([{"figure": a, "value": b} for a, b in v.items()])]
     for path in sorted((run.path / "tables").glob("*.json")):
-        doc = json.loads(path.read_text())
-        parts += [f"<h2>{html.escape(doc.get('title', path.stem))}</h2>", _table(doc.get("rows", []))]
+        doc = run.table(path.stem)
+        parts += [f"<h2>{html.escape(str(doc.get('title', path.stem)))}</h2>", _table(doc["rows"])]
     plots = sorted((run.path / "plots").glob("*.png"))
     if plots:
         parts.append("<h2>Plots</h2>")
@@ -96,7 +98,7 @@ def render_report(run_dir: str | Path) -> Path:
     metrics = run.metrics()
     if metrics:
         parts += ["<h2>Metrics</h2>", _table(metrics)]
-    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape((run.path / 'config.yaml').read_text())}</pre>"]
+    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(read_text(run.path / 'config.yaml', 'run configuration', RunError))}</pre>"]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.path.name)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
     out = run.path / "report.html"
     atomic_write_text(out, page)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from trustlab.errors import DataError
+from trustlab.files import existing_file, read_text
 
 
 @dataclass
@@ -62,20 +63,21 @@ def binarized_images(dataset: str, *, size: int | None = None, threshold: float 
 
 def _read_rows(path: Path) -> np.ndarray:
     rows = []
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                values = [float(v) for v in line.split(",")]
-            except ValueError:
-                raise DataError(f"{path}:{line_no}: not comma-separated numbers: {line[:60]!r}") from None
-            if rows and len(values) != len(rows[0]):
-                raise DataError(f"{path}:{line_no}: {len(values)} values, the first row has {len(rows[0])}")
-            rows.append(values)
+    for line_no, line in enumerate(read_text(path, "CSV file", DataError, max_bytes=2**31).splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            values = [float(v) for v in line.split(",")]
+        except ValueError:
+            raise DataError(f"{path}:{line_no}: not comma-separated numbers: {line[:60]!r}") from None
+        if rows and len(values) != len(rows[0]):
+            raise DataError(f"{path}:{line_no}: {len(values)} values, the first row has {len(rows[0])}")
+        rows.append(values)
     if not rows:
         raise DataError(f"{path} holds no rows")
+    if len(rows[0]) < 2:
+        raise DataError(f"{path}: rows of one value: an SPN needs at least two variables (comma-separated columns)")
     x = np.asarray(rows)
     bad = np.argwhere(~np.isin(x, (0.0, 1.0)))
     if len(bad):
@@ -87,9 +89,7 @@ def _read_rows(path: Path) -> np.ndarray:
 
 def binary_csv(path: str | Path, *, seed: int = 0) -> DiscreteData:
     """Rows of 0/1 from ``path``; the test split is the sibling ``*.test.data`` or a fixed 20%."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"CSV file {path} does not exist")
+    path = existing_file(path, "CSV file", DataError)
     x = _read_rows(path)
     stem = path.name
     for suffix in (".ts.data", ".train.data", ".data", ".csv"):

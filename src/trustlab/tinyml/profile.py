@@ -15,9 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from trustlab.errors import ConfigError
+from trustlab.files import MAX_TEXT_BYTES, parse_yaml, read_text
 
 RADIOS = {"ble", "wifi", "lora", "zigbee", "thread", "nfc", "cellular"}
 
@@ -92,12 +91,9 @@ class DeviceProfile:
 
 
 def parse_profile(text: str, source: str = "profile") -> DeviceProfile:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: malformed YAML{where} ({getattr(e, 'problem', None) or e.__class__.__name__})") from None
+    if len(text) > MAX_TEXT_BYTES:
+        raise ConfigError(f"{source}: {len(text):,} characters, more than a profile may have ({MAX_TEXT_BYTES:,})")
+    doc = parse_yaml(text, source, finite=True)
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: a profile is a mapping of fields (name, processor, memory, ...), not {type(doc).__name__}")
     validate(doc, source)
@@ -123,11 +119,7 @@ def load_profile(path_or_name: str | Path) -> DeviceProfile:
             path = examples[str(path_or_name)]
         else:
             raise ConfigError(f"profile {path_or_name} not found: give a YAML/JSON file or one of {', '.join(sorted(examples))}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    return parse_profile(text, str(path))
+    return parse_profile(read_text(path, "profile"), str(path))
 
 
 # -- conditions the attack catalog refers to ---------------------------------------------

@@ -52,11 +52,17 @@ def to_markdown(a: Assessment) -> str:
     if a.notes:
         lines += [""] + [f"> {n}" for n in a.notes]
     lines += ["", "## Applicable attacks", "",
-              "| id | attack | layer | CVSS 3.1 base | adjusted | CVSS 4.0 base | adjusted | ATLAS |", "|---|---|---|---|---|---|---|---|"]
+              "Attacks are ranked by the adjusted CVSS 3.1 score: the environmental score where the profile sets a "
+              "modified metric, else the temporal score where an exploit maturity is set, else the base score "
+              "(CVSS 3.1 specification, section 7); the three are listed apart.", "",
+              "| id | attack | layer | CVSS 3.1 base | temporal | environmental | adjusted (ranked by) | CVSS 4.0 base | adjusted | ATLAS |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for f in a.findings:
+        adj = f.adjusted31
         lines.append(f"| {f.attack.id} | {f.attack.name} | {f.attack.layer} | {f.base31.score} {f.base31.severity} | "
-                     f"{f.adjusted31.score} {f.adjusted31.severity} | {f.base40.score} {f.base40.severity} | "
-                     f"{f.adjusted40.score} {f.adjusted40.severity} | {', '.join(f.attack.atlas)} |")
+                     f"{adj.temporal} | {adj.environmental} | {adj.score} {adj.severity} ({adj.ranked_by}) | "
+                     f"{f.base40.score} {f.base40.severity} | {f.adjusted40.score} {f.adjusted40.severity} ({f.adjusted40.ranked_by}) | "
+                     f"{', '.join(f.attack.atlas)} |")
     lines += ["", "Adjustments from the profile:", ""]
     lines += [f"- **{f.attack.id}**: {'; '.join(f.adjustments)}" for f in a.findings]
     lines += ["", "## Recommended defenses (within budget, by risk reduction per cost)", "",

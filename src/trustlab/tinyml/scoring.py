@@ -21,17 +21,38 @@ AV_P_NOTE = ("CVSS 3.1 caps physical-access attacks (AV:P) at 6.8 (Medium) with 
 
 
 BASE31 = {"AV", "AC", "PR", "UI", "S", "C", "I", "A"}
+TEMPORAL31 = {"E", "RL", "RC"}
+ENVIRONMENTAL31 = {"CR", "IR", "AR", "MAV", "MAC", "MPR", "MUI", "MS", "MC", "MI", "MA"}
+THREAT40 = {"E"}
+ENVIRONMENTAL40 = {"CR", "IR", "AR", "MAV", "MAC", "MAT", "MPR", "MUI", "MVC", "MVI", "MVA", "MSC", "MSI", "MSA"}
 
 
 @dataclass(frozen=True)
 class Score:
+    """A scored vector. ``score``/``severity`` are the figures a report ranks by (``ranked_by``).
+
+    CVSS 3.1 defines three scores (specification section 7): base, temporal (base times the
+    exploit maturity, remediation level and report confidence) and environmental (recomputed
+    with the modified metrics). The one that applies is the most specific group with a defined
+    value: a metric set to ``X`` ("not defined") does not count, so ``.../RL:X`` keeps the base
+    score. For CVSS 4.0 the one score already includes whatever groups the vector has.
+    """
+
     version: str  # "3.1" | "4.0"
     vector: str
     score: float
     severity: str
+    ranked_by: str = "base"  # 3.1: base | temporal | environmental; 4.0: CVSS-B | CVSS-BT | CVSS-BE | CVSS-BTE
+    base: float | None = None
+    temporal: float | None = None
+    environmental: float | None = None
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "vector": self.vector, "score": self.score, "severity": self.severity}
+        out = {"version": self.version, "vector": self.vector, "score": self.score, "severity": self.severity,
+               "ranked_by": self.ranked_by}
+        if self.version == "3.1":
+            out.update(base=self.base, temporal=self.temporal, environmental=self.environmental)
+        return out
 
 
 def parse_version(vector: str) -> str:
@@ -44,7 +65,7 @@ def parse_version(vector: str) -> str:
 
 
 def score_vector(vector: str) -> Score:
-    """Score a CVSS 3.1 or 4.0 vector; the score includes whatever metric groups it has.
+    """Score a CVSS 3.1 or 4.0 vector, including whatever metric groups it has.
 
     A malformed vector raises ``ConfigError`` naming the metric, from the ``cvss`` package's
     own message.
@@ -56,12 +77,15 @@ def score_vector(vector: str) -> Score:
     try:
         if version == "3.1":
             c = CVSS3(vector.strip())
-            # with temporal/environmental metrics the environmental score is the one that applies
-            # (3.1's environmental formula differs from the base one even without them)
-            i = 2 if set(base_metrics(vector)) - BASE31 else 0
-            return Score(version, c.clean_vector(), float(c.scores()[i]), c.severities()[i])
+            defined = {k for k, v in base_metrics(vector.strip()).items() if v != "X"}
+            i = 2 if defined & ENVIRONMENTAL31 else 1 if defined & TEMPORAL31 else 0
+            scores = [float(x) for x in c.scores()]
+            return Score(version, c.clean_vector(), scores[i], c.severities()[i],
+                         ("base", "temporal", "environmental")[i], *scores)
         c4 = CVSS4(vector.strip())
-        return Score(version, c4.clean_vector(), float(c4.base_score), str(c4.severity))
+        defined = {k for k, v in base_metrics(vector.strip()).items() if v != "X"}
+        name = "CVSS-B" + ("T" if defined & THREAT40 else "") + ("E" if defined & ENVIRONMENTAL40 else "")
+        return Score(version, c4.clean_vector(), float(c4.base_score), str(c4.severity), name)
     except CVSSError as e:
         raise ConfigError(f"invalid CVSS {version} vector: {e}") from None
 
