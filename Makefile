@@ -12,6 +12,7 @@ SARIF_SCHEMA := tests/.schemas/sarif-2.1.0.json
 
 .PHONY: setup data demo test wheel-test lock bench lint clean
 
+EDITABLE := -e '.[all,dev]'
 # torch first (the CPU wheel on this disk), then everything else at the versions in constraints.txt
 define install_from_lock
 	$(1)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | $(PIPQ)
@@ -20,7 +21,7 @@ endef
 
 $(VENV)/.setup-done: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(call install_from_lock,$(VENV),-e '.[all,dev]')
+	$(call install_from_lock,$(VENV),$(EDITABLE))
 	$(PY) -c "import torch, trustlab; assert torch.__version__.startswith('2.13.0')"
 	touch $@
 

@@ -6,7 +6,6 @@ package-data check that keeps a wheel complete.
 
 import fnmatch
 import json
-import os
 import socket
 import struct
 import tomllib
@@ -46,6 +45,20 @@ def test_augmented_one_channel_batch_has_standard_strides():
     assert fixed.stride() == (256, 256, 16, 1) and torch.equal(fixed, ambiguous)
     plain = torch.rand(4, 3, 8, 8)
     assert standard_strides(plain) is plain  # no copy when the layout is already standard
+
+
+def test_channels_last_only_where_onednn_1x1_stride2_backward_is_sound():
+    from trustlab.pi.models import build_model
+    from trustlab.train import in_layout, training_layout
+
+    cpu = torch.device("cpu")
+    assert training_layout(build_model("resnet18", 10, 1, 0.25), cpu) == torch.channels_last  # 16-channel shortcuts
+    for narrow in (0.0625, 0.125):  # shortcuts from 4 and 8 channels: oneDNN #6035
+        assert training_layout(build_model("resnet18", 10, 1, narrow), cpu) == torch.contiguous_format
+    assert training_layout(torch.nn.Linear(4, 2), cpu) == torch.contiguous_format
+    x = torch.rand(4, 1, 8, 8)
+    assert in_layout(x, torch.channels_last).is_contiguous(memory_format=torch.channels_last)
+    assert in_layout(x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), torch.contiguous_format).stride() == (64, 64, 8, 1)
 
 
 def test_narrow_resnet_trains_on_augmented_one_channel_input(cli, tmp_path):

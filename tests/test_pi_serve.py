@@ -62,7 +62,9 @@ def test_a_missing_party_ends_in_an_error_not_a_hang(run, tmp_path):
     client = party(cfg, 0)
     _, err = client.communicate(timeout=120)
     assert client.returncode == 2 and "party 0" in err and "reachable" in err
-    assert time.time() - t < 110
+    assert "connect" in err.splitlines()[-1]  # the cause, not an empty "what:"
+    # start-up and compilation take ~7 s here; SPU's default inner retries made it ~35 s
+    assert time.time() - t < 30
 
 
 @pytest.mark.parametrize("text,needle", [

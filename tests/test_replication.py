@@ -147,3 +147,60 @@ def test_cli_train_sample_measure(cli, tmp_path):
     assert r.returncode == 2 and "TorchScript" in r.stderr and "Traceback" not in r.stderr
     r = cli("replication", "sample", str(run), "--mitigation", "caption-replace")
     assert r.returncode == 2 and "does not apply at inference" in r.stderr
+
+
+def test_frechet_distance_matches_closed_forms_and_the_installed_scipy():
+    """Diagonal covariances have a closed form; a general case agrees with scipy.linalg.sqrtm as installed."""
+    from scipy import linalg
+
+    from trustlab.replication.quality import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, [1.0, 2.0, 0.5], size=(20000, 3))
+    b = rng.normal([1.0, 0.0, 0.0], [3.0, 2.0, 1.5], size=(20000, 3))
+    sa, sb = np.sqrt(np.diag(np.cov(a, rowvar=False))), np.sqrt(np.diag(np.cov(b, rowvar=False)))
+    closed = ((a.mean(0) - b.mean(0)) ** 2).sum() + ((sa - sb) ** 2).sum()
+    assert abs(frechet_distance(a, b) - closed) < 0.02
+    x, y = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)), rng.normal(size=(200, 6))
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = linalg.sqrtm(s1 @ s2)  # the call that works on SciPy before and after 1.18
+    reference = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(root.real)
+    assert abs(frechet_distance(x, y) - reference) < 1e-6 * max(1.0, abs(reference))
+    few = rng.normal(size=(5, 32))  # fewer samples than dimensions: singular covariances
+    assert abs(frechet_distance(few, few)) < 1e-6 * np.trace(np.cov(few, rowvar=False))  # zero up to rounding
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--out", "{tmp}/r", "--duplicate-share", "1", "--encoder", "hash", "--steps", "1"], "must lie in [0, 1)"),
+    (["train", "--out", "{tmp}/r", "--duplicate-share", "-0.1", "--encoder", "hash", "--steps", "1"], "must lie in [0, 1)"),
+    (["measure", "{tmp}/r", "--pixel-threshold", "-1"], "lies in (-1, 1]"),
+    (["skip-ablation", "{tmp}/r", "--pixel-threshold", "1.01"], "lies in (-1, 1]"),
+    (["timestep-analysis", "{tmp}/a", "{tmp}/b", "--taus", ""], "--taus (empty)"),
+    (["timestep-analysis", "{tmp}/a", "{tmp}/b", "--taus", "500,0,1000"], "give increasing timesteps"),
+    (["sample", "{tmp}/r", "--device", "cuda"], "no CUDA device"),
+])
+def test_bad_replication_settings_are_refused_before_any_work(cli, tmp_path, args, needle):
+    if torch.cuda.is_available() and "cuda" in args:
+        pytest.skip("a CUDA device is present")
+    r = cli("replication", *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_replication_result_names_its_device(tmp_path):
+    from trustlab.replication.sampling import load_samples, sample_run
+    from trustlab.replication.training import DiffusionConfig, train_diffusion
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    lines = []
+    for i in range(4):
+        Image.new("RGB", (16, 16), (60 * i, 20, 200 - 40 * i)).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"image number {i}"}))
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = DiffusionConfig(data=CaptionDataConfig(dataset="folder", folder=str(folder), n=0, size=16), encoder="hash",
+                          channels=(8, 16, 16), steps=2, batch_size=2, device="cpu")
+    run = train_diffusion(cfg, tmp_path / "run", quiet=True)
+    assert run.summary()["device"] == "cpu"
+    _, meta = load_samples(sample_run(run.path, n=2, steps=2, quiet=True, device="cpu"))
+    assert meta["device"] == "cpu"

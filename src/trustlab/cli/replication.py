@@ -75,8 +75,8 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
                           itb_frozen=itb_frozen, tau=tau, checkpoint_every=checkpoint_every, seed=seed, device=device)
     run = train_diffusion(cfg, out, resume=resume, quiet=quiet)
     s = run.summary()
-    print(f"{s['architecture']}: {s['steps']} steps in {s['minutes']:.1f} min, {s['parameters']:,} parameters, "
-          f"final loss {s['final_loss']:.4f}: {run.path}")
+    print(f"{s['architecture']}: {s['steps']} steps in {s['minutes']:.1f} min on {s.get('device', 'cpu')}, "
+          f"{s['parameters']:,} parameters, final loss {s['final_loss']:.4f}: {run.path}")
 
 
 @app.command("sample")
@@ -89,12 +89,13 @@ def sample_cmd(run_dir: str = typer.Argument(..., help="A replication train run 
                                                         "embedding-noise."),
                mitigation_p: float = typer.Option(0.1), mitigation_sigma: float = typer.Option(0.1),
                name: Optional[str] = typer.Option(None, help="Samples name (default seed<S>[-mitigations])."),
+               device: str = typer.Option("auto", help="auto | cpu | cuda: where to run (auto: cuda when available)."),
                quiet: bool = typer.Option(False)) -> None:
     """Generate images for training captions (DDIM, classifier-free guidance)."""
     from trustlab.replication.sampling import sample_run
 
     print(sample_run(run_dir, n=n, seed=seed, steps=steps, guidance=guidance, eta=eta, mitigations=mitigation or "",
-                     mitigation_p=mitigation_p, mitigation_sigma=mitigation_sigma, name=name, quiet=quiet))
+                     mitigation_p=mitigation_p, mitigation_sigma=mitigation_sigma, name=name, quiet=quiet, device=device))
 
 
 @app.command("measure")
@@ -103,11 +104,13 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
                 sscd: Optional[str] = typer.Option(None, help="TorchScript SSCD model for the SSCD metric."),
                 inception: Optional[str] = typer.Option(None, help="TorchScript Inception-v3 for standard FID."),
                 pixel_threshold: float = typer.Option(0.9, help="Pixel-similarity share threshold."),
+                device: str = typer.Option("auto", help="auto | cpu | cuda: where to run (auto: cuda when available)."),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Replication (pixel, Carlini, Gu, SSCD) and quality (proxy FID, precision/recall) of generations."""
     from trustlab.replication.measure import measure_run
 
-    r = measure_run(run_dir, samples=samples, sscd=sscd, inception=inception, pixel_threshold=pixel_threshold)
+    r = measure_run(run_dir, samples=samples, sscd=sscd, inception=inception, pixel_threshold=pixel_threshold,
+                    device=device)
     if as_json:
         print(json.dumps(r, indent=2))
         return
@@ -116,7 +119,7 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
               f"(training images among themselves: {r['background'][k]['score']:.3f})")
     q = r["quality"]
     print(f"proxy FID {q['proxy_fid']:.2f} (trustlab encoder, not Inception), precision {q['precision']:.3f}, "
-          f"recall {q['recall']:.3f}, caption match {q['caption_match']:.3f}")
+          f"recall {q['recall']:.3f}, caption match {q['caption_match']:.3f}; measured on {r['device']}")
     print(f"{run_dir}/report.html")
 
 
@@ -126,12 +129,13 @@ def skip_ablation_cmd(run_dir: str = typer.Argument(..., help="A plain (no --rau
                                                                   "(max-pool then unpool)."),
                       choose: int = typer.Option(2, min=1, help="How many skips to recommend for the RAU-Net."),
                       n: int = typer.Option(128, min=1, help="Generations per variant."), seed: int = typer.Option(0),
-                      pixel_threshold: float = typer.Option(0.9), quiet: bool = typer.Option(False)) -> None:
+                      pixel_threshold: float = typer.Option(0.9), device: str = typer.Option("auto", help="auto | cpu | cuda: where to run (auto: cuda when available)."),
+                      quiet: bool = typer.Option(False)) -> None:
     """Each skip's role: quality and replication with that skip removed or pooled; recommends RAU-Net skips."""
     from trustlab.replication.rau_analysis import skip_ablation
 
     r = skip_ablation(run_dir, modes=tuple(m.strip() for m in modes.split(",") if m.strip()), choose=choose, n=n,
-                      seed=seed, pixel_threshold=pixel_threshold, quiet=quiet)
+                      seed=seed, pixel_threshold=pixel_threshold, quiet=quiet, device=device)
     b = r["baseline"]
     print(f"unmodified: replication score {b['replication_score']:.4f}, proxy FID {b['proxy_fid']:.2f}")
     for row in r["rows"]:
@@ -148,16 +152,17 @@ def timestep_analysis_cmd(plain_run: str = typer.Argument(..., help="A plain U-N
                           fid_tolerance: float = typer.Option(0.1, help="Proxy FID allowed above the plain U-Net's "
                                                                         "when choosing tau."),
                           n: int = typer.Option(128, min=1, help="Generations per tau."), seed: int = typer.Option(0),
-                          pixel_threshold: float = typer.Option(0.9), quiet: bool = typer.Option(False)) -> None:
+                          pixel_threshold: float = typer.Option(0.9), device: str = typer.Option("auto", help="auto | cpu | cuda: where to run (auto: cuda when available)."),
+                          quiet: bool = typer.Option(False)) -> None:
     """Replication and quality with the RAU-Net only for t >= tau, for several tau; chooses tau."""
     from trustlab.replication.rau_analysis import timestep_analysis
 
     try:
-        tau_list = tuple(int(v) for v in taus.split(",")) if taus else None
+        tau_list = tuple(int(v) for v in taus.split(",") if v.strip()) if taus is not None else None
     except ValueError:
         raise ConfigError(f"--taus takes integers separated by commas, not '{taus}'") from None
     r = timestep_analysis(plain_run, rau_run, taus=tau_list, fid_tolerance=fid_tolerance, n=n, seed=seed,
-                          pixel_threshold=pixel_threshold, quiet=quiet)
+                          pixel_threshold=pixel_threshold, quiet=quiet, device=device)
     for row in r["rows"]:
         print(f"tau {row['tau']:4d}: replication {row['replication_score']:.4f}, share above "
               f"{row['share_above']:.3f}, proxy FID {row['proxy_fid']:.2f}")

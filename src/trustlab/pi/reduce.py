@@ -36,7 +36,7 @@ from trustlab.pi.distill import DistillationLoss
 from trustlab.pi.masks import install_partial_relus, partial_relus, topk_mask
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
 from trustlab.pi.load import load_pi_model
-from trustlab.runs import RunDir, resumed_config
+from trustlab.runs import RunDir, atomic_save_figure, resumed_config
 from trustlab.train import TrainConfig, evaluate, fit
 
 METHODS = ("senet", "snl", "layerdrop")
@@ -236,7 +236,7 @@ def plot_accuracy_vs_relus(run: RunDir) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run.plot_path("accuracy_vs_relus"), dpi=100)
+    atomic_save_figure(fig, run.plot_path("accuracy_vs_relus"), dpi=100)
     plt.close(fig)
 
 

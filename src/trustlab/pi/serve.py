@@ -24,6 +24,7 @@ weights, the others only its architecture and masks (their copy's weights are no
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import time
@@ -130,17 +131,17 @@ def unpack_share(data: bytes):
 
 def serve_party(config_path: str | Path, party: int) -> dict | None:
     """Run one party; the client returns (and writes) the logits, the others return None."""
+    cfg = load_nodes(config_path)  # a bad nodes file is refused before SPU and JAX load
+    world = len(cfg.parties)
+    if not 0 <= party < world:
+        raise ConfigError(f"--party must be 0..{world - 1} for {cfg.protocol}")
+
     import spu.api as spu_api
     import spu.libspu as libspu
     import spu.utils.frontend as spu_fe
 
     from trustlab.pi.load import load_pi_model
     from trustlab.pi.secure import export_jax, runtime_config
-
-    cfg = load_nodes(config_path)
-    world = len(cfg.parties)
-    if not 0 <= party < world:
-        raise ConfigError(f"--party must be 0..{world - 1} for {cfg.protocol}")
     model, shape, data_cfg = load_pi_model(cfg.run)
     exported = export_jax(model, shape, cfg.relu_mode)
     if party == CLIENT:
@@ -156,9 +157,15 @@ def serve_party(config_path: str | Path, party: int) -> dict | None:
     desc = libspu.link.Desc()
     for i, addr in enumerate(cfg.parties):
         desc.add_party(f"party{i}", addr)
+    # A peer that never comes up must end the run after about timeout_s: one connection attempt
+    # a second, and no inner retries (SPU's default retry_opts add 1 + 3 + 5 s to every attempt,
+    # which made a missing party take about 10x the configured timeout).
     desc.recv_timeout_ms = int(cfg.timeout_s * 1000)
-    desc.connect_retry_times = max(1, int(cfg.timeout_s))
+    desc.connect_retry_times = math.ceil(cfg.timeout_s) + 1
     desc.connect_retry_interval_ms = 1000
+    retry = desc.retry_opts
+    retry.max_retry = 0
+    desc.retry_opts = retry
     _check_can_listen(cfg.parties[party], party)
     t0 = time.time()
     try:

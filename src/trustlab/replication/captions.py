@@ -59,6 +59,25 @@ class Lexicon:
         from trustlab.data.wordnet import wordnet
 
         self.wn = wordnet()
+        stats = self._hierarchy_stats()
+        self.entity_hyponyms, self.deepest_noun = stats["entity_hyponyms"], stats["deepest_noun"]
+
+    def _hierarchy_stats(self) -> dict:
+        """Hyponyms of ``entity`` and the depth of the deepest noun: fixed by the WordNet release.
+
+        Walking all 82,000 noun synsets takes about 20 s, so the two numbers are computed once per
+        WordNet version and kept in the data folder's cache (a damaged cache is recomputed).
+        """
+        from trustlab.data.store import data_root
+        from trustlab.runs import atomic_write_json
+
+        path = data_root() / "cache" / f"wordnet-{self.wn.get_version()}-hierarchy.json"
+        try:
+            stats = json.loads(path.read_text())
+            if isinstance(stats.get("entity_hyponyms"), int) and isinstance(stats.get("deepest_noun"), int):
+                return stats
+        except (OSError, ValueError, AttributeError):
+            pass
         depth = {self.wn.synset("entity.n.01"): 0}  # breadth first: shortest depth of every noun
         frontier = list(depth)
         while frontier:
@@ -69,8 +88,9 @@ class Lexicon:
                         depth[h] = depth[s] + 1
                         nxt.append(h)
             frontier = nxt
-        self.entity_hyponyms = len(depth) - 1
-        self.deepest_noun = max(depth.values())
+        stats = {"entity_hyponyms": len(depth) - 1, "deepest_noun": max(depth.values())}
+        atomic_write_json(path, stats)
+        return stats
 
     @staticmethod
     def _hyponym_count(synset) -> int:

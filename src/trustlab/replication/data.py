@@ -51,8 +51,9 @@ class CaptionDataConfig:
     def validate(self) -> None:
         if self.captions not in ("unique", "class"):
             raise ConfigError(f"--captions {self.captions}: use unique or class")
-        if not 0 <= self.duplicate_share <= 1 or self.duplicate_times < 0:
-            raise ConfigError("--duplicate-share must lie in [0, 1] and --duplicate-times be >= 0")
+        if not 0 <= self.duplicate_share < 1 or self.duplicate_times < 0:
+            raise ConfigError(f"--duplicate-share {self.duplicate_share:g} must lie in [0, 1) (a share of the images) "
+                              "and --duplicate-times be >= 0")
         if self.generalize not in ("", "wordnet", "llm"):
             raise ConfigError(f"--generalize {self.generalize}: use wordnet or llm")
         if self.generalize == "llm":

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from trustlab.replication.captions import generality, generalize, lexicon, read_captions
+from trustlab.runs import atomic_save_figure
 
 
 def _summary(name: str, scores: list[float]) -> str:
@@ -84,8 +85,7 @@ def plot_scores(scores: dict[str, list[float]], path: Path) -> None:
     ax.set_ylabel("captions")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

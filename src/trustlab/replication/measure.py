@@ -10,15 +10,18 @@ from pathlib import Path
 
 import torch
 
-from trustlab.replication.metrics import TorchScriptEmbedder, background, replication
+from trustlab.replication.metrics import TorchScriptEmbedder, background, check_threshold, replication
 from trustlab.replication.quality import quality
 from trustlab.replication.sampling import latest_samples, load_samples
 from trustlab.replication.training import DiffusionConfig
-from trustlab.runs import RunDir, atomic_write_json, config_from_dict
+from trustlab.runs import RunDir, atomic_save_figure, atomic_write_json, config_from_dict
+from trustlab.train import resolve_device
 
 
 def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd: str | None = None,
-                inception: str | None = None, pixel_threshold: float = 0.9) -> dict:
+                inception: str | None = None, pixel_threshold: float = 0.9, device: str = "auto") -> dict:
+    check_threshold(pixel_threshold)
+    dev = resolve_device(device)
     run = RunDir.open(run_dir, kind="replication-train")
     cfg = config_from_dict(DiffusionConfig, run.config)
     sscd_model = TorchScriptEmbedder(sscd, 288, "an SSCD model") if sscd else None
@@ -26,14 +29,14 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     path = Path(samples) if samples else latest_samples(run)
     gen, meta = load_samples(path)
     data = cfg.data.load()
-    rep = replication(gen, data.images, pixel_threshold=pixel_threshold, sscd=sscd_model)
+    rep = replication(gen, data.images, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev)
     result = {"samples": str(path), "generations": len(gen), "train_images": len(data), "data": data.source,
-              "pixel_threshold": pixel_threshold,
+              "pixel_threshold": pixel_threshold, "device": str(dev),
               "replication": {k: v for k, v in rep.items() if k not in ("nearest", "max_similarity")},
-              "background": background(data.images, pixel_threshold=pixel_threshold, sscd=sscd_model),
+              "background": background(data.images, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev),
               "own_prompt_nearest": _own_prompt_share(rep["nearest"], meta.get("train_index"), data.captions),
               "quality": quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.proxy_dataset,
-                                 inception=inc_model),
+                                 inception=inc_model, device=dev),
               "training_minutes": run.summary().get("minutes") if (run.path / "summary.json").exists() else None}
     atomic_write_json(run.path / f"measure-{path.stem}.json", result)
     rows = [{"embedding": k, "replication score (p95)": v["score"], "share flagged": v["share"],
@@ -74,7 +77,7 @@ def copy_grid(gen: torch.Tensor, train: torch.Tensor, rep: dict, path: Path, pai
         ax.set_title(f"{float(sim[i]):.3f}", fontsize=7)
     fig.suptitle("generation | nearest training image (pixel similarity)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

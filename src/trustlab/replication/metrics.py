@@ -48,7 +48,7 @@ def tiled_l2(gen: torch.Tensor, train: torch.Tensor, grid: int = 4, chunk: int =
         return x.reshape(b, c, grid, s, grid, s).permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, -1).double()
 
     tg, tt = tiles(gen), tiles(train)
-    out = torch.empty(g, n, dtype=torch.float64)
+    out = torch.empty(g, n, dtype=torch.float64, device=gen.device)
     for i in range(0, g, chunk):
         d = torch.cdist(tg[i : i + chunk].transpose(0, 1), tt.transpose(0, 1))  # [T, chunk, N]
         out[i : i + chunk] = d.max(0).values
@@ -65,14 +65,23 @@ def _summary(score_values: torch.Tensor, flagged: torch.Tensor) -> dict:
             "median": float(v.median())}
 
 
+def check_threshold(threshold: float) -> None:
+    """A cosine-similarity threshold must lie in (-1, 1]."""
+    if not -1 < threshold <= 1:
+        raise ConfigError(f"--pixel-threshold {threshold:g}: a cosine similarity threshold lies in (-1, 1]")
+
+
 def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: float = 0.9,
-                exclude_self: bool = False, sscd=None) -> dict:
-    """Replication statistics of ``gen`` against ``train`` (both [B, 3, S, S] in [-1, 1])."""
+                exclude_self: bool = False, sscd=None, device: str | torch.device = "cpu") -> dict:
+    """Replication statistics of ``gen`` against ``train`` (both [B, 3, S, S] in [-1, 1]), computed on ``device``."""
+    check_threshold(pixel_threshold)
     if gen.shape[1:] != train.shape[1:]:
         raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(train.shape[1:])}")
+    gen_cpu, train_cpu = gen, train
+    gen, train = gen.to(device), train.to(device)
     mask = None
     if exclude_self:
-        mask = torch.eye(len(gen), len(train), dtype=torch.bool)
+        mask = torch.eye(len(gen), len(train), dtype=torch.bool, device=gen.device)
     sim = pixel_similarity(gen, train)
     if mask is not None:
         sim = sim.masked_fill(mask, -2.0)
@@ -93,7 +102,7 @@ def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: floa
         gu = two[:, 1] / two[:, 0].clamp_min(1e-12)
         out["gu"] = _summary(gu, gu > 3)
     if sscd is not None:
-        s = sscd.similarity(gen, train)
+        s = sscd.similarity(gen_cpu, train_cpu).to(gen.device)
         if mask is not None:
             s = s.masked_fill(mask, -2.0)
         top = s.max(1).values
@@ -141,13 +150,14 @@ class TorchScriptEmbedder:
         return F.normalize(self.embed(gen), dim=1) @ F.normalize(self.embed(train), dim=1).T
 
 
-def background(train: torch.Tensor, *, limit: int = 512, seed: int = 0, pixel_threshold: float = 0.9, sscd=None) -> dict:
+def background(train: torch.Tensor, *, limit: int = 512, seed: int = 0, pixel_threshold: float = 0.9, sscd=None,
+               device: str | torch.device = "cpu") -> dict:
     """The replication statistics of (up to ``limit``) training images against the other training images."""
     idx = np.sort(np.random.default_rng(seed).choice(len(train), size=min(limit, len(train)), replace=False))
     sub = train[idx]
     rest_first = torch.cat([sub, train[np.setdiff1d(np.arange(len(train)), idx)]])
-    res = replication(sub, rest_first, pixel_threshold=pixel_threshold, exclude_self=True, sscd=sscd)
+    res = replication(sub, rest_first, pixel_threshold=pixel_threshold, exclude_self=True, sscd=sscd, device=device)
     return {k: v for k, v in res.items() if k not in ("nearest", "max_similarity")}
 
 
-__all__ = ["TorchScriptEmbedder", "background", "l2", "pixel_similarity", "replication", "tiled_l2"]
+__all__ = ["TorchScriptEmbedder", "background", "check_threshold", "l2", "pixel_similarity", "replication", "tiled_l2"]

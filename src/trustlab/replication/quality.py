@@ -74,21 +74,20 @@ def proxy_encoder(dataset: str = "emoji", size: int = 32, epochs: int = 8, seed:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [n, d]."""
-    import warnings
+    """Fréchet distance between Gaussians fitted to two feature sets [n, d].
 
-    from scipy import linalg
-
+    ``tr √(Σ1 Σ2)`` is computed as the sum of the square roots of the eigenvalues of the
+    symmetric PSD matrix ``Σ1^½ Σ2 Σ1^½`` (the same eigenvalues as ``Σ1 Σ2``): two symmetric
+    eigendecompositions, stable for the singular covariances of fewer samples than dimensions,
+    and independent of ``scipy.linalg.sqrtm``, whose signature changed in SciPy 1.18.
+    """
     mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # fewer samples than dimensions: singular covariances are expected
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-        if not np.isfinite(covmean).all():
-            eps = np.eye(len(s1)) * 1e-6
-            covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    trace_covmean = float(np.sqrt(np.clip(inner, 0, None)).sum())
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_covmean)
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict:
@@ -104,10 +103,10 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
 
 
 def quality(gen: torch.Tensor, train: torch.Tensor, prompts: list[str], train_captions: list[str], *,
-            dataset: str = "emoji", inception=None) -> dict:
-    """Proxy FID, precision/recall and caption consistency of ``gen`` against ``train``."""
-    enc = proxy_encoder(dataset, train.shape[-1])
-    fg, ft = enc.embed(gen), enc.embed(train)
+            dataset: str = "emoji", inception=None, device: str | torch.device = "cpu") -> dict:
+    """Proxy FID, precision/recall and caption consistency of ``gen`` against ``train`` (embedded on ``device``)."""
+    enc = proxy_encoder(dataset, train.shape[-1]).to(device)
+    fg, ft = enc.embed(gen.to(device)).cpu(), enc.embed(train.to(device)).cpu()
     nearest = torch.cdist(fg, ft).argmin(1)
     out = {"proxy_fid": frechet_distance(fg.numpy(), ft.numpy()), **precision_recall(ft, fg),
            "caption_match": float(np.mean([train_captions[int(j)] == p for j, p in zip(nearest, prompts)]))}

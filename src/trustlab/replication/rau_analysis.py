@@ -21,29 +21,33 @@ import copy
 from pathlib import Path
 
 from trustlab.errors import ConfigError
-from trustlab.replication.metrics import replication
+from trustlab.replication.metrics import check_threshold, replication
 from trustlab.replication.quality import quality
 from trustlab.replication.rau import RAUNet, TimestepRouter
 from trustlab.replication.sampling import generate
 from trustlab.replication.training import load_trained
-from trustlab.runs import atomic_write_json
+from trustlab.runs import atomic_save_figure, atomic_write_json
+from trustlab.train import resolve_device
 
 ABLATION_MODES = ("drop", "pool")  # skip modifications that need no training
 
 
-def score(model, cfg, encoder, data, *, n: int, seed: int, pixel_threshold: float, quiet: bool) -> dict:
+def score(model, cfg, encoder, data, *, n: int, seed: int, pixel_threshold: float, quiet: bool,
+          device: str = "cpu") -> dict:
     """Replication (pixel p95, share above the threshold, Gu's share) and proxy FID of ``model``'s generations."""
-    images, meta = generate(model, cfg, encoder, n=n, seed=seed, quiet=quiet)
+    images, meta = generate(model, cfg, encoder, n=n, seed=seed, quiet=quiet, device=device)
     gen = images.float() / 127.5 - 1
-    rep = replication(gen, data.images, pixel_threshold=pixel_threshold)
-    q = quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.proxy_dataset)
+    rep = replication(gen, data.images, pixel_threshold=pixel_threshold, device=device)
+    q = quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.proxy_dataset, device=device)
     return {"replication_score": rep["pixel"]["score"], "share_above": rep["pixel"]["share"],
             "gu_share": rep["gu"]["share"], "proxy_fid": q["proxy_fid"], "sample_seconds": meta["seconds"]}
 
 
 def skip_ablation(run_dir: str | Path, *, modes: tuple[str, ...] = ("drop", "pool"), choose: int = 2, n: int = 128,
-                  seed: int = 0, pixel_threshold: float = 0.9, quiet: bool = False) -> dict:
+                  seed: int = 0, pixel_threshold: float = 0.9, quiet: bool = False, device: str = "auto") -> dict:
     """Every skip of a plain run, modified by each of ``modes``; recommends the ``choose`` least essential skips."""
+    check_threshold(pixel_threshold)
+    dev = str(resolve_device(device))
     unet, cfg, encoder, run = load_trained(run_dir)
     if cfg.architecture() != "unet":
         raise ConfigError(f"{run.path} is a {cfg.architecture()} run: skip ablation takes a plain U-Net run")
@@ -54,7 +58,7 @@ def skip_ablation(run_dir: str | Path, *, modes: tuple[str, ...] = ("drop", "poo
     if not 1 <= choose <= len(skips):
         raise ConfigError(f"--choose must lie in 1..{len(skips)}")
     data = cfg.data.load()
-    kw = dict(n=n, seed=seed, pixel_threshold=pixel_threshold, quiet=quiet)
+    kw = dict(n=n, seed=seed, pixel_threshold=pixel_threshold, quiet=quiet, device=dev)
     base = score(unet, cfg, encoder, data, **kw)
     rows = []
     for s in skips:
@@ -65,7 +69,7 @@ def skip_ablation(run_dir: str | Path, *, modes: tuple[str, ...] = ("drop", "poo
                          "replication_change": r["replication_score"] / base["replication_score"] - 1})
     first = [r for r in rows if r["mode"] == modes[0]]
     recommended = sorted(r["skip"] for r in sorted(first, key=lambda r: r["fid_ratio"])[:choose])
-    result = {"run": str(run.path), "baseline": base, "rows": rows, "modes": list(modes), "n": n, "seed": seed,
+    result = {"run": str(run.path), "baseline": base, "rows": rows, "modes": list(modes), "n": n, "seed": seed, "device": dev,
               "recommended_skips": recommended,
               "rule": f"the {choose} skips whose '{modes[0]}' costs the least proxy FID"}
     atomic_write_json(run.path / "skip-ablation.json", result)
@@ -83,8 +87,12 @@ def skip_ablation(run_dir: str | Path, *, modes: tuple[str, ...] = ("drop", "poo
 
 def timestep_analysis(plain_dir: str | Path, rau_dir: str | Path, *, taus: tuple[int, ...] | None = None,
                       fid_tolerance: float = 0.1, n: int = 128, seed: int = 0, pixel_threshold: float = 0.9,
-                      quiet: bool = False) -> dict:
+                      quiet: bool = False, device: str = "auto") -> dict:
     """Generations with the RAU-Net for ``t >= tau`` and the plain U-Net below, for each ``tau``; picks ``tau``."""
+    check_threshold(pixel_threshold)
+    if taus is not None and (not taus or any(a >= b for a, b in zip(taus, taus[1:]))):
+        raise ConfigError(f"--taus {','.join(map(str, taus)) or '(empty)'}: give increasing timesteps, e.g. 0,200,500,1000")
+    dev = str(resolve_device(device))
     plain, cfg, encoder, _ = load_trained(plain_dir)
     rau, rau_cfg, _, run = load_trained(rau_dir)
     if cfg.architecture() != "unet" or rau_cfg.architecture() != "rau-net":
@@ -93,13 +101,13 @@ def timestep_analysis(plain_dir: str | Path, rau_dir: str | Path, *, taus: tuple
     if _model_and_data(cfg) != _model_and_data(rau_cfg):
         raise ConfigError(f"{plain_dir} and {rau_dir} were trained on different data, encoder or U-Net widths: "
                           "compare runs that differ only in --rau-skips")
-    taus = sorted(set(taus or range(0, cfg.timesteps + 1, cfg.timesteps // 5)))
+    taus = list(taus) if taus is not None else list(range(0, cfg.timesteps + 1, cfg.timesteps // 5))
     check_taus(taus, cfg.timesteps)  # before minutes of sampling
     data = cfg.data.load()
     rows = [{"tau": tau, **score(TimestepRouter(plain, rau, tau), cfg, encoder, data, n=n, seed=seed,
-                                 pixel_threshold=pixel_threshold, quiet=quiet)} for tau in taus]
+                                 pixel_threshold=pixel_threshold, quiet=quiet, device=dev)} for tau in taus]
     chosen = choose_tau(rows, cfg.timesteps, fid_tolerance)
-    result = {"plain_run": str(plain_dir), "rau_run": str(run.path), "taus": taus, "rows": rows, "n": n, "seed": seed,
+    result = {"plain_run": str(plain_dir), "rau_run": str(run.path), "taus": taus, "rows": rows, "n": n, "seed": seed, "device": dev,
               "fid_tolerance": fid_tolerance, "chosen_tau": chosen["tau"], "rule": chosen["rule"]}
     atomic_write_json(run.path / "timestep-analysis.json", result)
     run.write_table("timestep-analysis", rows, title=f"RAU-Net for t >= tau, plain U-Net below ({n} generations "
@@ -165,7 +173,7 @@ def _plot_skips(result: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Skip ablation; recommended RAU-Net skips {result['recommended_skips']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -187,7 +195,7 @@ def _plot_taus(result: dict, timesteps: int, path: Path) -> None:
     ax.axvline(result["chosen_tau"], color="gray", lw=1, ls=":")
     ax.set_title(f"chosen tau = {result['chosen_tau']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -23,24 +23,30 @@ from trustlab.errors import ConfigError, RunError
 from trustlab.replication.mitigations import INFERENCE, Mitigations, parse, vocabulary
 from trustlab.replication.training import load_trained, make_scheduler
 from trustlab.runs import RunDir, atomic_write_bytes
+from trustlab.train import resolve_device
 
 
 def sample_run(run_dir: str | Path, *, n: int = 256, seed: int = 0, steps: int = 50, guidance: float = 2.0,
                eta: float = 1.0, mitigations: str = "", mitigation_p: float = 0.1, mitigation_sigma: float = 0.1,
-               batch_size: int = 64, name: str | None = None, quiet: bool = False) -> Path:
+               batch_size: int = 64, name: str | None = None, quiet: bool = False, device: str = "auto") -> Path:
     """Generate ``n`` images for training captions drawn with ``seed``; returns the samples file."""
     mit = parse(mitigations, mitigation_p, mitigation_sigma).check(INFERENCE, "inference")
+    dev = resolve_device(device)
     unet, cfg, encoder, run = load_trained(run_dir)
     images, meta = generate(unet, cfg, encoder, n=n, seed=seed, steps=steps, guidance=guidance, eta=eta,
-                            mitigations=mit, batch_size=batch_size, quiet=quiet)
+                            mitigations=mit, batch_size=batch_size, quiet=quiet, device=str(dev))
     name = name or f"seed{seed}" + (f"-{'+'.join(mit.names)}" if mit.names else "")
     return save_samples(run.path / "samples" / f"{name}.safetensors", images, meta)
 
 
 def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50, guidance: float = 2.0,
              eta: float = 1.0, mitigations: Mitigations | None = None, batch_size: int = 64,
-             quiet: bool = False) -> tuple[torch.Tensor, dict]:
-    """``n`` uint8 generations of ``unet`` (any denoiser of the testbed) for training captions, and their metadata."""
+             quiet: bool = False, device: str = "cpu") -> tuple[torch.Tensor, dict]:
+    """``n`` uint8 generations of ``unet`` (any denoiser of the testbed) for training captions, and their metadata.
+
+    The noise is drawn on the CPU from ``seed`` and moved to ``device``, so a seed names the same
+    starting noise on every device.
+    """
     from trustlab.progress import progress_bar
 
     if n < 1 or steps < 1 or guidance < 0 or not 0 <= eta <= 1:
@@ -54,8 +60,10 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
     scheduler = make_scheduler(cfg, "ddim")
     scheduler.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
+    dev = resolve_device(device)
+    unet.to(dev)
     started = time.perf_counter()
-    null_states, null_mask = encoder.encode([""])
+    null_states, null_mask = (t.to(dev) for t in encoder.encode([""]))
     out = []
     with torch.no_grad(), progress_bar(quiet) as bar:
         task = bar.add_task("sample", total=n)
@@ -64,17 +72,17 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
             b = len(batch)
             states, mask = encoder.encode(batch)
             states = mit.states(states, g)
-            ctx = torch.cat([null_states.expand(b, -1, -1), states])
-            ctx_mask = torch.cat([null_mask.expand(b, -1), mask])
-            x = torch.randn((b, 3, cfg.data.size, cfg.data.size), generator=g)
+            ctx = torch.cat([null_states.expand(b, -1, -1), states.to(dev)])
+            ctx_mask = torch.cat([null_mask.expand(b, -1), mask.to(dev)])
+            x = torch.randn((b, 3, cfg.data.size, cfg.data.size), generator=g).to(dev)
             for t in scheduler.timesteps:
                 eps = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx, encoder_attention_mask=ctx_mask).sample
                 uncond, cond = eps.chunk(2)
                 x = scheduler.step(uncond + guidance * (cond - uncond), t, x, eta=eta, generator=g).prev_sample
-            out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+            out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
             bar.update(task, advance=b)
     meta = {"prompts": prompts, "used_prompts": used, "train_index": pick.tolist(), "seed": seed, "steps": steps,
-            "guidance": guidance, "eta": eta, "mitigations": list(mit.names),
+            "guidance": guidance, "eta": eta, "mitigations": list(mit.names), "device": str(dev),
             "seconds": time.perf_counter() - started}
     return torch.cat(out), meta
 

@@ -205,7 +205,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
                                          "itb": kinds[s.index], "weights": "frozen random" if cfg.itb_frozen else "trained",
                                          "timesteps": where} for s in cfg.skips() if s.index in cfg.rau_skips],
                             title=f"{'LoyalDiffusion' if cfg.tau else 'RAU-Net'}: information transfer blocks")
-        run.write_summary({"steps": step, "minutes": seconds / 60, "images": len(data), "data": data.source,
+        run.write_summary({"steps": step, "minutes": seconds / 60, "device": str(device), "images": len(data), "data": data.source,
                            "parameters": sum(p.numel() for p in unet.parameters()), "encoder": cfg.encoder,
                            "mitigations": list(mit.names), "fusion": asdict(cfg.fusion), "architecture": cfg.architecture(),
                            "rau_skips": list(cfg.rau_skips), "itb": cfg.itb if cfg.rau_skips else None,

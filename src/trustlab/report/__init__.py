@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trustlab.errors import RunError
 from trustlab.files import read_text
-from trustlab.runs import RunDir, atomic_write_text
+from trustlab.runs import RunDir, atomic_save_figure, atomic_write_text
 
 
 def plot_metric_curves(run: RunDir) -> Path | None:
@@ -41,7 +41,7 @@ def plot_metric_curves(run: RunDir) -> Path | None:
         ax.axis("off")
     fig.tight_layout()
     path = run.plot_path("metrics")
-    fig.savefig(path, dpi=100)
+    atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

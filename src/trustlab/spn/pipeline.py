@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from trustlab.errors import ConfigError, RunError
-from trustlab.runs import RunDir, config_from_dict, resumed_config
+from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, resumed_config
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy
 from trustlab.spn.data import DiscreteData, binarized_images, binary_csv
@@ -270,7 +270,7 @@ def _plot_tradeoff(run: RunDir, summary: dict, classify: bool) -> None:
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(run.plot_path("tradeoff"), dpi=120)
+    atomic_save_figure(fig, run.plot_path("tradeoff"), dpi=120)
     plt.close(fig)
 
 
