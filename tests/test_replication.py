@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trustlab.errors import ConfigError, DataError
+from trustlab.errors import ConfigError, DataError, RunError
 from trustlab.replication.data import CaptionDataConfig, read_folder
 from trustlab.replication.metrics import TorchScriptEmbedder, replication
 from trustlab.replication.mitigations import INFERENCE, parse
@@ -204,3 +204,24 @@ def test_every_replication_result_names_its_device(tmp_path):
     assert run.summary()["device"] == "cpu"
     _, meta = load_samples(sample_run(run.path, n=2, steps=2, quiet=True, device="cpu"))
     assert meta["device"] == "cpu"
+
+
+def test_damaged_proxy_encoder_cache_is_retrained_and_foreign_samples_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from trustlab.data.store import data_root
+    from trustlab.replication.quality import proxy_encoder
+    from trustlab.replication.sampling import load_samples
+
+    path = data_root() / "cache" / "proxy-encoder-emoji-8-e1-s4321.safetensors"  # a seed no other run uses
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"unrelated": torch.zeros(3)}, str(path))
+    try:
+        enc = proxy_encoder("emoji", 8, epochs=1, seed=4321)
+        assert enc.embed(torch.zeros(2, 3, 8, 8)).shape == (2, 128)
+        assert "features.0.0.weight" in load_file(str(path))  # the damaged file was replaced
+    finally:
+        path.unlink(missing_ok=True)
+    save_file({"weights": torch.zeros(2, 2)}, str(tmp_path / "s.safetensors"))
+    with pytest.raises(RunError, match="not a trustlab samples file"):
+        load_samples(tmp_path / "s.safetensors")

@@ -44,6 +44,7 @@ class ProxyEncoder(nn.Module):
 
 def proxy_encoder(dataset: str = "emoji", size: int = 32, epochs: int = 8, seed: int = 0) -> ProxyEncoder:
     """The proxy feature extractor for (``dataset``, ``size``), trained once and cached."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save
 
     from trustlab.data import load_dataset
@@ -55,8 +56,11 @@ def proxy_encoder(dataset: str = "emoji", size: int = 32, epochs: int = 8, seed:
     model = ProxyEncoder(len(d.classes))
     path = data_root() / "cache" / f"proxy-encoder-{dataset}-{size}-e{epochs}-s{seed}.safetensors"
     if path.exists():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
+        try:
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        except (OSError, RuntimeError, ValueError, SafetensorError):
+            pass  # a damaged or foreign cache file: retrain it below and replace it
     torch.manual_seed(seed)
     x = d.images.float() / 127.5 - 1
     y = d.labels

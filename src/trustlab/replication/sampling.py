@@ -102,7 +102,12 @@ def load_samples(path: str | Path) -> tuple[torch.Tensor, dict]:
     if not path.exists():
         raise RunError(f"samples file {path} does not exist: run `trustlab replication sample` first")
     tensors, meta = load_checkpoint_file(path)
-    return tensors["images"].float() / 127.5 - 1, meta
+    images = tensors.get("images")
+    if images is None or images.dim() != 4 or images.shape[1] != 3 or not isinstance(meta.get("prompts"), list) \
+            or len(meta["prompts"]) != len(images):
+        raise RunError(f"{path} is not a trustlab samples file (uint8 images with their prompts): "
+                       "run `trustlab replication sample` again")
+    return images.float() / 127.5 - 1, meta
 
 
 def latest_samples(run: RunDir) -> Path:
