@@ -143,6 +143,13 @@ def test_cli_train_sample_measure(cli, tmp_path):
     m = json.loads(r.stdout)
     assert m["generations"] == 5 and set(m["replication"]) == {"pixel", "carlini", "gu"}
     assert (run / "plots" / "copies.png").exists() and (run / "report.html").exists()
+    c = m["copies"]
+    assert 0 <= c["copy_rate"] <= 1 and -1 < c["threshold"] <= 1 and c["prompts_dup"] + c["prompts_unique"] == 5
+    assert m["distinct_train_images"] == m["train_images"] and "Copies:" in (run / "report.html").read_text()
+    r = cli("replication", "measure", str(run), "--json", "--flip", "--copy-threshold", "0.95")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["flip_invariant"] and m["copies"]["threshold"] == 0.95 and m["copies"]["threshold_source"] == "given"
     r = cli("replication", "measure", str(run), "--sscd", str(folder / "im0.png"))
     assert r.returncode == 2 and "TorchScript" in r.stderr and "Traceback" not in r.stderr
     r = cli("replication", "sample", str(run), "--mitigation", "caption-replace")
@@ -225,3 +232,52 @@ def test_damaged_proxy_encoder_cache_is_retrained_and_foreign_samples_refused(tm
     save_file({"weights": torch.zeros(2, 2)}, str(tmp_path / "s.safetensors"))
     with pytest.raises(RunError, match="not a trustlab samples file"):
         load_samples(tmp_path / "s.safetensors")
+
+
+def test_duplicated_rows_know_their_distinct_image(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    lines = []
+    for i in range(6):
+        Image.new("RGB", (16, 16), (40 * i, 255 - 40 * i, 90)).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"picture {i}"}))
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    data = CaptionDataConfig(dataset="folder", folder=str(folder), n=0, size=16, duplicate_share=0.5,
+                             duplicate_times=2).load()
+    assert len(data) == 6 + 3 * 2 and data.distinct == 6
+    origin = data.origins()
+    assert torch.equal(origin[:6], torch.arange(6))
+    for row in range(6, len(data)):  # every appended row is an exact copy of its distinct image
+        assert torch.equal(data.images[row], data.images[origin[row]]) and data.captions[row] == data.captions[origin[row]]
+    assert int(data.duplicated().sum()) == 3
+
+
+def test_calibrated_threshold_separates_copies_from_look_alikes_and_flip_catches_mirrors():
+    from trustlab.replication.metrics import calibrated_threshold, replication
+
+    g = torch.Generator().manual_seed(0)
+    distinct = torch.rand(64, 3, 16, 16, generator=g) * 2 - 1
+    threshold = calibrated_threshold(distinct)
+    sim = distinct.flatten(1).double() - distinct.flatten(1).double().mean(1, keepdim=True)
+    sim = torch.nn.functional.normalize(sim, dim=1) @ torch.nn.functional.normalize(sim, dim=1).T
+    sim.fill_diagonal_(-2)
+    assert abs(threshold - float(torch.quantile(sim.max(1).values.double(), 0.99))) < 1e-6  # p99 of nearest others
+    copies = distinct[:4] + 0.01 * torch.randn(4, 3, 16, 16, generator=g)
+    assert all(s > threshold for s in replication(copies, distinct)["max_similarity"])
+    mirrored = distinct[:4].flip(-1)
+    assert all(s < threshold for s in replication(mirrored, distinct)["max_similarity"])
+    assert all(s > 0.999 for s in replication(mirrored, distinct, flip=True)["max_similarity"])
+
+
+def test_copy_rates_split_by_duplicated_and_unique_prompts():
+    from trustlab.replication.metrics import copy_rates
+
+    origin = torch.tensor([0, 1, 2, 3, 0, 0])  # image 0 appears three times
+    duplicated = torch.tensor([True, False, False, False])
+    prompt_index = torch.tensor([4, 0, 1, 2, 3])  # two prompts of image 0, three of unique images
+    max_similarity = torch.tensor([0.99, 0.99, 0.99, 0.2, 0.99])
+    nearest = torch.tensor([0, 5, 2, 2, 1])  # the last one copies another image than its prompt's
+    r = copy_rates(max_similarity, nearest, prompt_index, origin, duplicated, threshold=0.9)
+    assert (r["prompts_dup"], r["prompts_unique"]) == (2, 3)
+    assert r["copy_rate"] == 0.8 and r["copy_rate_dup"] == 1.0 and abs(r["copy_rate_unique"] - 2 / 3) < 1e-12
+    assert r["own_prompt_copy_rate"] == 0.4 and r["own_prompt_copy_rate_dup"] == 1.0 and r["own_prompt_copy_rate_unique"] == 0.0

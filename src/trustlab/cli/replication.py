@@ -104,19 +104,29 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
                 sscd: Optional[str] = typer.Option(None, help="TorchScript SSCD model for the SSCD metric."),
                 inception: Optional[str] = typer.Option(None, help="TorchScript Inception-v3 for standard FID."),
                 pixel_threshold: float = typer.Option(0.9, help="Pixel-similarity share threshold."),
+                copy_threshold: Optional[float] = typer.Option(None, help="Copy threshold (default: calibrated, the 99th "
+                                                               "percentile of distinct training images' nearest other)."),
+                flip: bool = typer.Option(False, "--flip", help="Count mirrored copies (max over the mirror image)."),
                 device: str = typer.Option("auto", help="auto | cpu | cuda: where to run (auto: cuda when available)."),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Replication (pixel, Carlini, Gu, SSCD) and quality (proxy FID, precision/recall) of generations."""
     from trustlab.replication.measure import measure_run
 
     r = measure_run(run_dir, samples=samples, sscd=sscd, inception=inception, pixel_threshold=pixel_threshold,
-                    device=device)
+                    device=device, flip=flip, copy_threshold=copy_threshold)
     if as_json:
         print(json.dumps(r, indent=2))
         return
     for k, v in r["replication"].items():
         print(f"{k:8s} replication score {v['score']:.3f}, share flagged {v['share']:.3f} "
               f"(training images among themselves: {r['background'][k]['score']:.3f})")
+    c = r["copies"]
+    if c is not None:
+        def pct(v):
+            return "-" if v is None else f"{v:.1%}"
+        print(f"copy rate {pct(c['copy_rate'])} (prompts of duplicated images {pct(c['copy_rate_dup'])}, of unique ones "
+              f"{pct(c['copy_rate_unique'])}); own prompt's image {pct(c['own_prompt_copy_rate'])}; "
+              f"threshold {c['threshold']:.3f} ({c['threshold_source']})")
     q = r["quality"]
     print(f"proxy FID {q['proxy_fid']:.2f} (trustlab encoder, not Inception), precision {q['precision']:.3f}, "
           f"recall {q['recall']:.3f}, caption match {q['caption_match']:.3f}; measured on {r['device']}")

@@ -22,16 +22,33 @@ from trustlab.files import read_image_rgba, read_text
 
 @dataclass
 class CaptionedImages:
-    """Images [N, 3, S, S] in [-1, 1], one caption and class index per image."""
+    """Images [N, 3, S, S] in [-1, 1], one caption and class index per image.
+
+    ``origin[i]`` is the distinct image row ``i`` shows: duplication appends copies after the
+    distinct images, so rows ``0 .. distinct - 1`` are the distinct images themselves.
+    """
 
     images: torch.Tensor
     captions: list[str]
     labels: torch.Tensor
     classes: list[str]
     source: str
+    origin: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def origins(self) -> torch.Tensor:
+        return self.origin if self.origin is not None else torch.arange(len(self))
+
+    @property
+    def distinct(self) -> int:
+        """How many distinct images the training set holds (its first rows)."""
+        return int(self.origins().max()) + 1 if len(self) else 0
+
+    def duplicated(self) -> torch.Tensor:
+        """[distinct] bool: which distinct images appear more than once."""
+        return torch.bincount(self.origins(), minlength=self.distinct) > 1
 
 
 @dataclass(frozen=True)
@@ -80,7 +97,7 @@ class CaptionDataConfig:
             dup = np.repeat(rng.choice(len(data), size=m, replace=False), self.duplicate_times)
             idx = np.concatenate([np.arange(len(data)), dup])
             data = CaptionedImages(data.images[idx], [data.captions[i] for i in idx], data.labels[idx],
-                                   data.classes, data.source)
+                                   data.classes, data.source, torch.from_numpy(idx))
         data.source += (f", {self.n or 'all'} images at {self.size}x{self.size}, {self.captions} captions"
                         + (f", {self.duplicate_share:.0%} duplicated x{self.duplicate_times}" if self.duplicate_share else "")
                         + (f", generalized ({self.generalize})" if self.generalize else ""))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from trustlab.replication.metrics import TorchScriptEmbedder, background, check_threshold, replication
+from trustlab.replication.metrics import (TorchScriptEmbedder, background, calibrated_threshold, check_threshold,
+                                          copy_rates, replication)
 from trustlab.replication.quality import quality
 from trustlab.replication.sampling import latest_samples, load_samples
 from trustlab.replication.training import DiffusionConfig
@@ -19,8 +20,17 @@ from trustlab.train import resolve_device
 
 
 def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd: str | None = None,
-                inception: str | None = None, pixel_threshold: float = 0.9, device: str = "auto") -> dict:
+                inception: str | None = None, pixel_threshold: float = 0.9, device: str = "auto",
+                flip: bool = False, copy_threshold: float | None = None) -> dict:
+    """Replication, copies and quality of a run's generations.
+
+    The background and the calibrated copy threshold are computed among the *distinct* training
+    images: duplicates of one image would otherwise read as look-alikes of each other. A given
+    ``copy_threshold`` replaces the calibrated one; ``flip`` counts mirrored copies too.
+    """
     check_threshold(pixel_threshold)
+    if copy_threshold is not None:
+        check_threshold(copy_threshold)
     dev = resolve_device(device)
     run = RunDir.open(run_dir, kind="replication-train")
     cfg = config_from_dict(DiffusionConfig, run.config)
@@ -29,11 +39,19 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     path = Path(samples) if samples else latest_samples(run)
     gen, meta = load_samples(path)
     data = cfg.data.load()
-    rep = replication(gen, data.images, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev)
+    rep = replication(gen, data.images, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip)
+    distinct = data.images[: data.distinct]
+    threshold = copy_threshold if copy_threshold is not None else calibrated_threshold(distinct, flip=flip, device=dev)
+    copies = None
+    if meta.get("train_index") is not None:
+        copies = copy_rates(torch.tensor(rep["max_similarity"]), torch.tensor(rep["nearest"]),
+                            torch.tensor(meta["train_index"]), data.origins(), data.duplicated(), threshold)
+        copies["threshold_source"] = "given" if copy_threshold is not None else "p99 of distinct images' nearest other"
     result = {"samples": str(path), "generations": len(gen), "train_images": len(data), "data": data.source,
-              "pixel_threshold": pixel_threshold, "device": str(dev),
+              "pixel_threshold": pixel_threshold, "device": str(dev), "flip_invariant": flip,
+              "distinct_train_images": data.distinct, "copies": copies,
               "replication": {k: v for k, v in rep.items() if k not in ("nearest", "max_similarity")},
-              "background": background(data.images, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev),
+              "background": background(distinct, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip),
               "own_prompt_nearest": _own_prompt_share(rep["nearest"], meta.get("train_index"), data.captions),
               "quality": quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.proxy_dataset,
                                  inception=inc_model, device=dev),
@@ -42,6 +60,12 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     rows = [{"embedding": k, "replication score (p95)": v["score"], "share flagged": v["share"],
              "background score": result["background"][k]["score"]} for k, v in result["replication"].items()]
     run.write_table("replication", rows, title=f"Replication of {len(gen)} generations against {len(data)} training images")
+    if copies is not None:
+        run.write_table("copies", [{"prompts": group, "generations": copies[f"prompts_{key}"] if key else len(gen),
+                                    "copy rate": copies["copy_rate" + (f"_{key}" if key else "")],
+                                    "copies its own prompt's image": copies["own_prompt_copy_rate" + (f"_{key}" if key else "")]}
+                                   for group, key in (("all", ""), ("of duplicated images", "dup"), ("of unique images", "unique"))],
+                        title=f"Copies: nearest training image above {threshold:.3f} ({copies['threshold_source']})")
     run.write_table("quality", [result["quality"]], title="Quality (proxy FID: a trustlab-trained encoder, not Inception)")
     copy_grid(gen, data.images, rep, run.plot_path("copies"))
     from trustlab.report import render_report

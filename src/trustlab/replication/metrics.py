@@ -71,9 +71,59 @@ def check_threshold(threshold: float) -> None:
         raise ConfigError(f"--pixel-threshold {threshold:g}: a cosine similarity threshold lies in (-1, 1]")
 
 
+def pixel_similarity_mirrored(gen: torch.Tensor, train: torch.Tensor, flip: bool) -> torch.Tensor:
+    """[G, N] pixel similarity; with ``flip`` the larger of the generation's and its mirror image's."""
+    sim = pixel_similarity(gen, train)
+    return torch.maximum(sim, pixel_similarity(gen.flip(-1), train)) if flip else sim
+
+
+def calibrated_threshold(distinct: torch.Tensor, *, quantile: float = 0.99, flip: bool = False,
+                         device: str | torch.device = "cpu") -> float:
+    """The copy threshold below which ``quantile`` of distinct training images stay against each other.
+
+    Each distinct image's highest pixel similarity to any *other* distinct image is what a
+    look-alike reaches without copying (emoji: skin tones, white backgrounds, round faces); a
+    generation above the 99th percentile of that is closer to a training image than almost any
+    two different training images are to each other.
+    """
+    x = distinct.to(device)
+    if len(x) < 2:
+        raise ConfigError("a copy threshold needs at least two distinct training images")
+    sim = pixel_similarity_mirrored(x, x, flip)
+    sim.fill_diagonal_(-2.0)
+    return float(torch.quantile(sim.max(1).values, quantile))
+
+
+def copy_rates(max_similarity: torch.Tensor, nearest: torch.Tensor, prompt_index: torch.Tensor,
+               origin: torch.Tensor, duplicated: torch.Tensor, threshold: float) -> dict:
+    """Share of generations that copy: overall, for prompts of duplicated and of unique images.
+
+    A generation *copies* when its nearest training image lies above ``threshold``; it copies
+    *its own prompt's image* when that nearest image shows the same distinct image as the
+    training row its prompt came from (``origin`` maps rows to distinct images).
+    """
+    copied = max_similarity.cpu() > threshold
+    prompt_origin = origin[prompt_index]
+    own = copied & (origin[nearest.cpu()] == prompt_origin)
+    dup = duplicated[prompt_origin]
+
+    def share(flags: torch.Tensor, where: torch.Tensor | None = None) -> float | None:
+        flags = flags if where is None else flags[where]
+        return float(flags.double().mean()) if len(flags) else None
+
+    return {"threshold": threshold, "copy_rate": share(copied), "copy_rate_dup": share(copied, dup),
+            "copy_rate_unique": share(copied, ~dup), "own_prompt_copy_rate": share(own),
+            "own_prompt_copy_rate_dup": share(own, dup), "own_prompt_copy_rate_unique": share(own, ~dup),
+            "prompts_dup": int(dup.sum()), "prompts_unique": int((~dup).sum())}
+
+
 def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: float = 0.9,
-                exclude_self: bool = False, sscd=None, device: str | torch.device = "cpu") -> dict:
-    """Replication statistics of ``gen`` against ``train`` (both [B, 3, S, S] in [-1, 1]), computed on ``device``."""
+                exclude_self: bool = False, sscd=None, device: str | torch.device = "cpu", flip: bool = False) -> dict:
+    """Replication statistics of ``gen`` against ``train`` (both [B, 3, S, S] in [-1, 1]), computed on ``device``.
+
+    ``flip``: the pixel similarity is the larger of the generation's and its mirror image's, so a
+    mirrored copy counts as a copy.
+    """
     check_threshold(pixel_threshold)
     if gen.shape[1:] != train.shape[1:]:
         raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(train.shape[1:])}")
@@ -82,7 +132,7 @@ def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: floa
     mask = None
     if exclude_self:
         mask = torch.eye(len(gen), len(train), dtype=torch.bool, device=gen.device)
-    sim = pixel_similarity(gen, train)
+    sim = pixel_similarity_mirrored(gen, train, flip)
     if mask is not None:
         sim = sim.masked_fill(mask, -2.0)
     best_sim, nearest = sim.max(1)
@@ -151,13 +201,15 @@ class TorchScriptEmbedder:
 
 
 def background(train: torch.Tensor, *, limit: int = 512, seed: int = 0, pixel_threshold: float = 0.9, sscd=None,
-               device: str | torch.device = "cpu") -> dict:
+               device: str | torch.device = "cpu", flip: bool = False) -> dict:
     """The replication statistics of (up to ``limit``) training images against the other training images."""
     idx = np.sort(np.random.default_rng(seed).choice(len(train), size=min(limit, len(train)), replace=False))
     sub = train[idx]
     rest_first = torch.cat([sub, train[np.setdiff1d(np.arange(len(train)), idx)]])
-    res = replication(sub, rest_first, pixel_threshold=pixel_threshold, exclude_self=True, sscd=sscd, device=device)
+    res = replication(sub, rest_first, pixel_threshold=pixel_threshold, exclude_self=True, sscd=sscd, device=device,
+                      flip=flip)
     return {k: v for k, v in res.items() if k not in ("nearest", "max_similarity")}
 
 
-__all__ = ["TorchScriptEmbedder", "background", "check_threshold", "l2", "pixel_similarity", "replication", "tiled_l2"]
+__all__ = ["TorchScriptEmbedder", "background", "calibrated_threshold", "check_threshold", "copy_rates", "l2",
+           "pixel_similarity", "pixel_similarity_mirrored", "replication", "tiled_l2"]
