@@ -171,3 +171,20 @@ def test_teacher_checkpoint_of_another_architecture_is_refused(teacher, tmp_path
     r = cli("pi", "senet", "--teacher", str(other), "--budget", "100", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "another architecture" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_distillation_teacher_follows_the_batch_device_and_the_student_layout():
+    """On a GPU the loop moves the student and the batch; the teacher must follow (meta stands in for cuda)."""
+    from trustlab.pi.distill import DistillationLoss
+    from trustlab.pi.models import build_model
+
+    teacher = build_model("resnet18", 10, 1, 0.25)
+    loss_fn = DistillationLoss(teacher, ["layer1.0.relu1"], beta=1.0)
+    student = build_model("resnet18", 10, 1, 0.25).to("meta")
+    x, y = torch.rand(2, 1, 16, 16, device="meta"), torch.zeros(2, dtype=torch.long, device="meta")
+    loss = loss_fn(student, x, y)
+    assert loss.device.type == "meta" and next(teacher.parameters()).device.type == "meta"
+    cpu_teacher, cpu_student = build_model("resnet18", 10, 1, 0.25), build_model("resnet18", 10, 1, 0.25)
+    cpu_student.to(memory_format=torch.channels_last)
+    DistillationLoss(cpu_teacher, [], beta=0.0)(cpu_student, torch.rand(2, 1, 16, 16), torch.zeros(2, dtype=torch.long))
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in cpu_teacher.parameters() if p.dim() == 4)

@@ -27,13 +27,30 @@ class DistillationLoss:
         self.T = temperature
         self.beta = beta
         self.extra = extra  # optional callable(model) -> tensor added to the loss (e.g. SNL's L1 on α)
+        self._layout = torch.contiguous_format
 
     def _capture(self, model: nn.Module, acts: dict) -> list:
         core = model.module if hasattr(model, "module") else model
         return [core.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o))
                 for n in self.layers]
 
+    def _follow(self, model: nn.Module, x: torch.Tensor) -> None:
+        """Put the teacher where the training loop put the student and its batch (device and layout).
+
+        The loop chooses the device and memory layout for the model it trains; the teacher is
+        only known to this loss, so the loss moves it, at its first use on a new device.
+        """
+        core = model.module if hasattr(model, "module") else model
+        channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                            for p in core.parameters())
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        first = next(self.teacher.parameters(), None)
+        if first is not None and (first.device != x.device or self._layout != layout):
+            self.teacher.to(x.device, memory_format=layout)
+            self._layout = layout
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._follow(model, x)
         s_acts: dict[str, torch.Tensor] = {}
         t_acts: dict[str, torch.Tensor] = {}
         handles = self._capture(model, s_acts) + self._capture(self.teacher, t_acts)
