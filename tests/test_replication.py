@@ -181,6 +181,7 @@ def test_frechet_distance_matches_closed_forms_and_the_installed_scipy():
     (["train", "--out", "{tmp}/r", "--duplicate-share", "1", "--encoder", "hash", "--steps", "1"], "must lie in [0, 1)"),
     (["train", "--out", "{tmp}/r", "--duplicate-share", "-0.1", "--encoder", "hash", "--steps", "1"], "must lie in [0, 1)"),
     (["measure", "{tmp}/r", "--pixel-threshold", "-1"], "lies in (-1, 1]"),
+    (["measure", "{tmp}/r", "--copy-threshold", "2"], "--copy-threshold 2: a cosine similarity threshold"),
     (["skip-ablation", "{tmp}/r", "--pixel-threshold", "1.01"], "lies in (-1, 1]"),
     (["timestep-analysis", "{tmp}/a", "{tmp}/b", "--taus", ""], "--taus (empty)"),
     (["timestep-analysis", "{tmp}/a", "{tmp}/b", "--taus", "500,0,1000"], "give increasing timesteps"),

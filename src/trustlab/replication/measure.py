@@ -30,7 +30,7 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     """
     check_threshold(pixel_threshold)
     if copy_threshold is not None:
-        check_threshold(copy_threshold)
+        check_threshold(copy_threshold, "--copy-threshold")
     dev = resolve_device(device)
     run = RunDir.open(run_dir, kind="replication-train")
     cfg = config_from_dict(DiffusionConfig, run.config)

@@ -65,10 +65,10 @@ def _summary(score_values: torch.Tensor, flagged: torch.Tensor) -> dict:
             "median": float(v.median())}
 
 
-def check_threshold(threshold: float) -> None:
-    """A cosine-similarity threshold must lie in (-1, 1]."""
+def check_threshold(threshold: float, option: str = "--pixel-threshold") -> None:
+    """A cosine-similarity threshold must lie in (-1, 1]; the error names the ``option`` that gave it."""
     if not -1 < threshold <= 1:
-        raise ConfigError(f"--pixel-threshold {threshold:g}: a cosine similarity threshold lies in (-1, 1]")
+        raise ConfigError(f"{option} {threshold:g}: a cosine similarity threshold lies in (-1, 1]")
 
 
 def pixel_similarity_mirrored(gen: torch.Tensor, train: torch.Tensor, flip: bool) -> torch.Tensor:
