@@ -1,22 +1,38 @@
-"""Replication testbed protocol: the unmitigated model and each standard mitigation, in one run.
+"""Replication protocol: partial copying, copy rates, and every mitigation at matched quality.
 
-Protocol (fixed here, reused by later methods): ``--n`` emoji with unique captions at
-``--size``, the diffusers U-Net of ``--channels`` with MiniLM token states, ``--steps``
-training steps of batch ``--batch-size``; ``--samples`` generations for training captions
-(DDIM 50 steps, guidance 2, eta 1, seed 0); replication against the training set (pixel, Carlini,
-Gu), proxy FID and precision/recall. Training mitigations each train their own model;
-inference mitigations sample the unmitigated model. ``gc`` trains on WordNet-generalized
-captions, ``df`` with dual fusion, ``gc+df`` with both (the headline ``gcdf_*`` figures).
+Protocol (CPU, chosen from the calibration curve, see the README): ``--n`` distinct emoji
+(skin-tone variations and near-duplicates dropped, unique captions) at ``--size``, a
+``--duplicate-share`` of them repeated ``--duplicate-times`` more times with their captions
+(``dup_both``); the diffusers U-Net of ``--channels`` with MiniLM token states, ``--steps``
+steps of batch ``--batch-size``. Each evaluation samples ``--samples`` generations for
+training captions (DDIM 50, guidance 2, eta 1) and measures them with flip-invariant pixel
+similarity: the *copy rate* is the share of generations whose nearest training image lies above
+the calibrated threshold (99th percentile of distinct training images' nearest-other similarity),
+split by prompts of duplicated and of unique images; proxy FID measures quality.
 
-RAU-Net and LoyalDiffusion: the skip ablation of the unmitigated run picks the RAU-Net's skips
-(``--rau-skips auto``); ``rau`` trains the RAU-Net for every timestep; the timestep analysis
-(unmitigated + ``rau`` routed at several tau) picks tau (``--tau auto``); ``loyal`` trains the
-LoyalDiffusion pair, ``loyal+gc+df`` the pair with generalized captions and dual fusion. The time
-overhead of the RAU-Net (and of the pair) against the plain U-Net is timed in this process,
-interleaved, on the same batches. Writes ``bench/results/replication.json``, ``replication.png``,
-``replication_copies.png`` (the copy grid of the unmitigated run), ``replication_skips.png`` and
-``replication_taus.png``.
-Resumes: finished runs under ``--runs`` are reused, an interrupted one continues.
+Stages, in order (each resumes from what the run folders under ``--runs`` already hold):
+
+1. ``calibration``: the unmitigated model (training seed 0) trained in segments of
+   ``--calibrate-every`` steps, measured after each until prompts of unique images copy more than
+   ``--unique-bound``: copy rate of duplicated and unique prompts against steps
+   (``replication_calibration.png``), from which ``--steps`` is chosen; then the protocol's
+   unmitigated run.
+2. ``gcdf``: generalized captions (WordNet), dual fusion at two strengths, and both; models
+   trained on generalized captions are evaluated with their training captions and with the
+   original ones (the GC&DF authors' convention).
+3. ``loyal``: the skip ablation of the unmitigated model picks RAU-Net skips, a RAU-Net is
+   trained, the plain U-Net and the RAU-Net are routed at several tau (sampling only), and the
+   LoyalDiffusion pair is trained at the tau with the largest reduction within the quality bound.
+4. ``standard``: the training mitigations (each its own model) and the inference mitigations
+   (on the unmitigated model).
+5. ``seeds``: a second training seed and a second sampling seed for the unmitigated model, the
+   best standard mitigation, GC&DF and LoyalDiffusion at their chosen settings.
+6. ``timing``: the RAU-Net's and the pair's time per training step and per sampling call against
+   the plain U-Net, interleaved in this process.
+
+A method's *chosen* setting is the one with the largest copy-rate reduction whose proxy FID
+stays within ``--fid-tolerance`` of the unmitigated model's (``replication_pareto.png`` shows
+every point). The result file is rewritten after every stage; ``complete`` says whether all ran.
 """
 
 from __future__ import annotations
@@ -35,44 +51,223 @@ from common import RESULTS, write_result
 from trustlab.replication.data import CaptionDataConfig
 from trustlab.replication.fusion import DualFusion
 from trustlab.replication.measure import measure_run
-from trustlab.replication.rau import parse_skips
-from trustlab.replication.rau_analysis import skip_ablation, timestep_analysis
-from trustlab.replication.sampling import load_samples, sample_run
-from trustlab.replication.training import DiffusionConfig, build_denoiser, make_scheduler, train_diffusion
+from trustlab.replication.mitigations import INFERENCE, TRAIN
+from trustlab.replication.rau import TimestepRouter, parse_skips
+from trustlab.replication.rau_analysis import skip_ablation
+from trustlab.replication.sampling import generate, sample_run, save_samples
+from trustlab.replication.training import DiffusionConfig, build_denoiser, load_trained, make_scheduler, train_diffusion
 from trustlab.runs import RunDir
 
-TRAINING = ("caption-replace", "word-add", "word-repeat", "embedding-noise")
-INFERENCE = ("embedding-noise", "word-repeat", "word-add")
+STAGES = ("calibration", "gcdf", "loyal", "standard", "seeds", "timing")
 TEXT_DIM = 384  # MiniLM token states, the width the timed models are built for
+GCDF_VARIANTS = {  # name: (generalize, image weight, text weight)
+    "gc": ("wordnet", 0.0, 0.0), "df": ("", 0.1, 0.5), "gc+df-weak": ("wordnet", 0.05, 0.25), "gc+df": ("wordnet", 0.1, 0.5)}
+COPY_KEYS = ("copy_rate", "copy_rate_dup", "copy_rate_unique", "own_prompt_copy_rate")
 
 
-def train_and_measure(name: str, cfg: DiffusionConfig, runs: Path, args, inference: str = "") -> dict:
-    out = runs / ("none" if inference else name)
-    trained_here = not (out / "summary.json").exists()
-    if trained_here:
-        train_diffusion(cfg, out, resume=(out / "config.yaml").exists(), quiet=args.quiet)
-    samples_name = f"bench-{inference or 'plain'}"
-    path = out / "samples" / f"{samples_name}.safetensors"
-    if not path.exists():
-        sample_run(out, n=args.samples, seed=0, mitigations=inference, name=samples_name, quiet=args.quiet,
-                   mitigation_sigma=args.inference_sigma)
-    m = measure_run(out, samples=path, pixel_threshold=args.pixel_threshold)
-    rep, q = m["replication"], m["quality"]
-    return {"run": str(out), "training_minutes": RunDir(out).summary()["minutes"], "trained_in_this_run": trained_here,
-            "sample_seconds": load_samples(path)[1].get("seconds"),
-            "replication_score": rep["pixel"]["score"], "share_above": rep["pixel"]["share"],
-            "carlini_share": rep["carlini"]["share"], "gu_share": rep["gu"]["share"],
-            "own_prompt_nearest": m["own_prompt_nearest"], "proxy_fid": q["proxy_fid"], "precision": q["precision"],
-            "recall": q["recall"], "caption_match": q["caption_match"], "background": m["background"]["pixel"]["score"]}
+class Bench:
+    """The protocol's settings, run folders and measurements (every measurement is cached on disk)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.runs = Path(args.runs)
+        self.points: dict[str, dict] = {}  # method -> evaluation of training seed 0, sampling seed 0
+        self.analyses: dict = {}
+
+    def config(self, *, seed: int = 0, mitigation: str = "", generalize: str = "", image_weight: float = 0.0,
+               text_weight: float = 0.0, skips: tuple[int, ...] = (), tau: int = 0, steps: int | None = None
+               ) -> DiffusionConfig:
+        a = self.args
+        data = CaptionDataConfig(dataset="emoji", n=a.n, size=a.size, duplicate_share=a.duplicate_share,
+                                 duplicate_times=a.duplicate_times, generalize=generalize, seed=0)
+        return DiffusionConfig(data=data, channels=tuple(int(c) for c in a.channels.split(",")), steps=steps or a.steps,
+                               batch_size=a.batch_size, mitigations=mitigation, device=a.device, seed=seed,
+                               fusion=DualFusion(image_weight=image_weight, text_weight=text_weight),
+                               rau_skips=skips, itb=a.itb if skips else "conv", tau=tau,
+                               checkpoint_every=a.calibrate_every)
+
+    def train(self, name: str, cfg: DiffusionConfig, max_steps: int | None = None) -> Path:
+        out = self.runs / name
+        if not (out / "summary.json").exists():
+            train_diffusion(cfg, out, resume=(out / "config.yaml").exists(), quiet=self.args.quiet, max_steps=max_steps)
+        return out
+
+    def measured(self, run: Path, samples: Path, make) -> dict:
+        """The measurement of ``samples`` in ``run`` (sampled by ``make(path)`` and measured unless stored)."""
+        stored = run / f"measure-{samples.stem}.json"
+        if stored.exists() and samples.exists():
+            m = json.loads(stored.read_text())
+        else:
+            if not samples.exists():
+                make(samples)
+            m = measure_run(run, samples=samples, flip=True, device=self.args.device)
+        rep, q, c = m["replication"], m["quality"], m["copies"]
+        return {**{k: c[k] for k in COPY_KEYS}, "copy_threshold": c["threshold"],
+                "replication_score": rep["pixel"]["score"], "share_above_0.9": rep["pixel"]["share"],
+                "carlini_share": rep["carlini"]["share"], "gu_share": rep["gu"]["share"],
+                "proxy_fid": q["proxy_fid"], "precision": q["precision"], "recall": q["recall"],
+                "background_p95": m["background"]["pixel"]["score"], "training_minutes": m["training_minutes"]}
+
+    def evaluate(self, run: Path, seed: int = 0, inference: str = "", prompts: str = "training") -> dict:
+        name = f"bench-{inference or 'plain'}{'-original' if prompts == 'original' else ''}-seed{seed}"
+        return self.measured(run, run / "samples" / f"{name}.safetensors", lambda path: sample_run(
+            run, n=self.args.samples, seed=seed, mitigations=inference, name=path.stem, quiet=self.args.quiet,
+            device=self.args.device, prompts=prompts))
+
+    # -- stages --------------------------------------------------------------------------------
+    def calibration(self) -> None:
+        """The unmitigated model measured every ``--calibrate-every`` steps until unique prompts copy more than
+        ``--unique-bound`` (or ``--calibrate-steps``), then the protocol's unmitigated run of ``--steps``."""
+        a, curve = self.args, []
+        for step in range(a.calibrate_every, a.calibrate_steps + 1, a.calibrate_every):
+            run = self.train("calibration-s0", self.config(steps=a.calibrate_steps), max_steps=step)
+            point = self.measured(run, run / "samples" / f"calibration-step{step}.safetensors",
+                                  lambda path: sample_run(run, n=a.samples, seed=0, name=path.stem, quiet=a.quiet,
+                                                          device=a.device))
+            curve.append({"step": step, **point})
+            print(f"calibration step {step}: copy rate dup {point['copy_rate_dup']:.3f}, unique "
+                  f"{point['copy_rate_unique']:.3f}, proxy FID {point['proxy_fid']:.2f}", flush=True)
+            if point["copy_rate_unique"] > a.unique_bound:
+                break
+        self.analyses["calibration"] = curve
+        plot_calibration(curve, a.steps, a.unique_bound, RESULTS / "replication_calibration.png")
+        self.points["none"] = self.evaluate(self.train("none-s0", self.config()))
+        self.report("none")
+
+    def gcdf(self) -> None:
+        for name, (gen, iw, tw) in GCDF_VARIANTS.items():
+            run = self.train(name.replace("+", "-") + "-s0", self.config(generalize=gen, image_weight=iw, text_weight=tw))
+            self.points[name] = self.evaluate(run)
+            if gen:
+                self.points[name]["original_prompts"] = self.evaluate(run, prompts="original")
+            self.report(name)
+
+    def loyal(self) -> None:
+        a = self.args
+        none = self.runs / "none-s0"
+        if a.rau_skips == "auto":
+            stored = none / "skip-ablation.json"
+            ablation = json.loads(stored.read_text()) if stored.exists() else skip_ablation(
+                none, n=a.samples // 2, quiet=a.quiet, device=a.device)
+            self.analyses["skips"] = ablation
+            skips = tuple(ablation["recommended_skips"])
+        else:
+            skips = parse_skips(a.rau_skips)
+        tag = f"{a.itb.replace(',', '+').replace(':', '')}-s{''.join(map(str, skips))}"
+        rau = self.train(f"rau-{tag}-s0", self.config(skips=skips))
+        self.points["rau"] = self.evaluate(rau)
+        self.report("rau")
+        sweep = []
+        for tau in sorted({int(v) for v in a.taus.split(",")}):
+            sweep.append({"tau": tau, **self.routed(none, rau, tau)})
+            self.points[f"route-t{tau}"] = sweep[-1]
+            self.report(f"route-t{tau}")
+        self.analyses["taus"] = sweep
+        tau = int(a.tau) if a.tau != "auto" else choose(sweep, self.points["none"], a.fid_tolerance)["tau"]
+        self.analyses["loyal"] = {"skips": list(skips), "tau": tau}
+        self.points["loyal"] = self.evaluate(self.train(f"loyal-{tag}-t{tau}-s0", self.config(skips=skips, tau=tau)))
+        self.report("loyal")
+
+    def routed(self, plain: Path, rau: Path, tau: int) -> dict:
+        """The plain U-Net below ``tau`` and the separately trained RAU-Net above it (sampling only)."""
+        def make(path: Path) -> None:
+            low, cfg, encoder, _ = load_trained(plain)
+            high = load_trained(rau)[0]
+            images, meta = generate(TimestepRouter(low, high, tau), cfg, encoder, n=self.args.samples, seed=0,
+                                    quiet=self.args.quiet, device=self.args.device)
+            save_samples(path, images, {**meta, "router_tau": tau})
+
+        return self.measured(rau, rau / "samples" / f"bench-route-t{tau}-seed0.safetensors", make)
+
+    def standard(self) -> None:
+        for m in TRAIN:
+            self.points[f"train:{m}"] = self.evaluate(self.train(f"train-{m}-s0", self.config(mitigation=m)))
+            self.report(f"train:{m}")
+        for m in INFERENCE:
+            self.points[f"infer:{m}"] = self.evaluate(self.runs / "none-s0", inference=m)
+            self.report(f"infer:{m}")
+
+    def chosen(self) -> dict[str, str]:
+        """Per family, the point with the largest copy-rate reduction within the quality bound."""
+        families = {"standard": [k for k in self.points if k.startswith(("train:", "infer:"))],
+                    "gcdf": [k for k in self.points if k in GCDF_VARIANTS],
+                    "loyal": [k for k in self.points if k == "loyal"]}
+        none, tol = self.points["none"], self.args.fid_tolerance
+        return {fam: choose([{"name": k, **self.points[k]} for k in keys], none, tol)["name"]
+                for fam, keys in families.items() if keys}
+
+    def seeds(self) -> None:
+        """Training seeds x sampling seeds for the unmitigated model and each family's chosen setting."""
+        out = {}
+        for label, name in [("none", "none"), *self.chosen().items()]:
+            rows = []
+            for train_seed in self.args.train_seeds:
+                run = self.runs / self.run_name(name, train_seed)
+                self.train(run.name, self.method_config(name, train_seed))
+                for sample_seed in self.args.sample_seeds:
+                    inference = name.split(":", 1)[1] if name.startswith("infer:") else ""
+                    rows.append({"train_seed": train_seed, "sample_seed": sample_seed,
+                                 **self.evaluate(run, sample_seed, inference=inference)})
+            out[label] = {"method": name, "runs": rows, **spread(rows)}
+            print(f"seeds {label} ({name}): copy rate {out[label]['copy_rate']['mean']:.3f} "
+                  f"± {out[label]['copy_rate']['sd']:.3f}", flush=True)
+            self.analyses["seeds"] = out
+
+    def run_name(self, method: str, seed: int) -> str:
+        if method == "none" or method.startswith("infer:"):
+            return f"none-s{seed}"
+        if method.startswith("train:"):
+            return f"train-{method[6:]}-s{seed}"
+        if method == "loyal":
+            la = self.analyses["loyal"]
+            return f"loyal-{self.args.itb.replace(',', '+').replace(':', '')}-s{''.join(map(str, la['skips']))}-t{la['tau']}-s{seed}"
+        return f"{method.replace('+', '-')}-s{seed}"
+
+    def method_config(self, method: str, seed: int) -> DiffusionConfig:
+        if method == "none" or method.startswith("infer:"):
+            return self.config(seed=seed)
+        if method.startswith("train:"):
+            return self.config(seed=seed, mitigation=method[6:])
+        if method == "loyal":
+            la = self.analyses["loyal"]
+            return self.config(seed=seed, skips=tuple(la["skips"]), tau=la["tau"])
+        gen, iw, tw = GCDF_VARIANTS[method]
+        return self.config(seed=seed, generalize=gen, image_weight=iw, text_weight=tw)
+
+    def timing(self) -> None:
+        la = self.analyses["loyal"]
+        models = {}
+        for name, cfg in (("unet", self.config()), ("rau-net", self.config(skips=tuple(la["skips"]))),
+                          ("loyal", self.config(skips=tuple(la["skips"]), tau=la["tau"]))):
+            torch.manual_seed(0)
+            models[name] = build_denoiser(cfg, TEXT_DIM).train()
+        timing = time_per_step(models, self.config())
+        for name in ("rau-net", "loyal"):
+            for phase in ("train", "sample"):
+                timing[name][f"{phase}_overhead"] = timing[name][phase] / timing["unet"][phase] - 1
+        self.analyses["timing"] = timing
+
+    def report(self, name: str) -> None:
+        p, none = self.points[name], self.points.get("none")
+        ratio = f", FID x{p['proxy_fid'] / none['proxy_fid']:.2f}" if none else ""
+        print(f"{name}: copy rate {p['copy_rate']:.3f} (dup {p['copy_rate_dup']:.3f}, unique "
+              f"{p['copy_rate_unique']:.3f}), proxy FID {p['proxy_fid']:.2f}{ratio}", flush=True)
 
 
-def reused_or(path: Path, same: dict, compute):
-    """The analysis stored at ``path`` when it was made with the same settings, else ``compute()``."""
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if all(stored.get(k) == v for k, v in same.items()):
-            return stored
-    return compute()
+def choose(points: list[dict], none: dict, tolerance: float) -> dict:
+    """The point with the lowest copy rate whose proxy FID is within ``tolerance`` of ``none``'s (else the best-FID one)."""
+    ok = [p for p in points if p["proxy_fid"] <= (1 + tolerance) * none["proxy_fid"]]
+    return min(ok, key=lambda p: p["copy_rate"]) if ok else min(points, key=lambda p: p["proxy_fid"])
+
+
+def spread(rows: list[dict]) -> dict:
+    """Mean and standard deviation over the (training seed, sampling seed) rows of each figure."""
+    out = {}
+    for key in (*COPY_KEYS, "proxy_fid"):
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "n": len(values)}
+    return out
 
 
 def time_per_step(models: dict, cfg: DiffusionConfig, rounds: int = 10, steps: int = 6) -> dict:
@@ -110,179 +305,178 @@ def time_per_step(models: dict, cfg: DiffusionConfig, rounds: int = 10, steps: i
                    **{k: statistics.median(v) for k, v in d.items()}} for name, d in times.items()}
 
 
-def plot(methods: dict, path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    axes[0].bar(names, [methods[n]["replication_score"] for n in names], color="tab:red")
-    axes[0].set_ylabel("replication score (pixel, p95)")
-    axes[1].bar(names, [methods[n]["proxy_fid"] for n in names], color="tab:blue")
-    axes[1].set_ylabel("proxy FID (lower is better)")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=35, labelsize=8)
+    return plt
+
+
+def plot_calibration(curve: list[dict], protocol_steps: int, unique_bound: float, path: Path) -> None:
+    plt = _pyplot()
+    steps = [c["step"] for c in curve]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(steps, [c["copy_rate_dup"] for c in curve], "o-", color="tab:red", label="prompts of duplicated images")
+    ax.plot(steps, [c["copy_rate_unique"] for c in curve], "s-", color="tab:blue", label="prompts of unique images")
+    ax.axhline(0.5, color="tab:red", ls=":", lw=1)
+    ax.axhline(unique_bound, color="tab:blue", ls=":", lw=1)
+    ax.axvline(protocol_steps, color="gray", lw=1, label=f"protocol: {protocol_steps} steps")
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("copy rate (calibrated threshold)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Calibration: copy rate of the unmitigated model against training steps", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def plot_pareto(points: dict, chosen: dict, seeds: dict, path: Path) -> None:
+    """Copy rate against proxy FID ratio, one marker per family; chosen settings circled; seed spread as error bars."""
+    plt = _pyplot()
+    none = points["none"]
+    style = {"train:": ("tab:gray", "s", "training mitigation"), "infer:": ("tab:gray", "^", "inference mitigation"),
+             "g": ("tab:green", "o", "GC&DF"), "d": ("tab:green", "o", "GC&DF"), "rau": ("tab:purple", "D", "RAU-Net"),
+             "route": ("tab:purple", "v", "plain + RAU-Net routed at tau"), "loyal": ("tab:purple", "*", "LoyalDiffusion"),
+             "none": ("k", "X", "unmitigated")}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    seen = set()
+    for name, p in points.items():
+        key = next(k for k in style if name.startswith(k))
+        color, marker, label = style[key]
+        ax.scatter(p["proxy_fid"] / none["proxy_fid"], p["copy_rate"], color=color, marker=marker, s=60,
+                   label=None if label in seen else label)
+        seen.add(label)
+        ax.annotate(name.replace("train:", "t:").replace("infer:", "i:"), (p["proxy_fid"] / none["proxy_fid"], p["copy_rate"]),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for label, s in seeds.items():
+        ax.errorbar(s["proxy_fid"]["mean"] / seeds["none"]["proxy_fid"]["mean"], s["copy_rate"]["mean"],
+                    xerr=s["proxy_fid"]["sd"] / seeds["none"]["proxy_fid"]["mean"], yerr=s["copy_rate"]["sd"],
+                    color="k", lw=1, capsize=3)
+    for name in chosen.values():
+        p = points[name]
+        ax.scatter(p["proxy_fid"] / none["proxy_fid"], p["copy_rate"], s=220, facecolors="none", edgecolors="tab:orange")
+    ax.axvline(1.10, color="tab:orange", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("proxy FID / unmitigated proxy FID (log; dotted: 1.10)")
+    ax.set_ylabel("copy rate (share of generations copying)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def headline(b: Bench) -> dict:
+    none, h = b.points["none"], {}
+    h["none_copy_rate"] = none["copy_rate"]
+    h["none_copy_rate_dup"] = none["copy_rate_dup"]
+    h["none_copy_rate_unique"] = none["copy_rate_unique"]
+    h["copy_threshold"] = none["copy_threshold"]
+    h["run_minutes"] = none["training_minutes"]
+    seeds = b.analyses.get("seeds", {})
+
+    def rate(label: str, name: str) -> tuple[float, float]:
+        """Copy rate and proxy FID: means over seeds where the seed stage ran, else the seed-0 point."""
+        if label in seeds:
+            return seeds[label]["copy_rate"]["mean"], seeds[label]["proxy_fid"]["mean"]
+        return b.points[name]["copy_rate"], b.points[name]["proxy_fid"]
+
+    base_rate, base_fid = rate("none", "none")
+    chosen = b.chosen()
+    h["chosen"] = chosen
+    for label, name in chosen.items():
+        r, fid = rate(label, name)
+        h[f"{label}_reduction_vs_none"] = 1 - r / base_rate if base_rate else None
+        h[f"{label}_fid_ratio"] = fid / base_fid
+    if "standard" in chosen and "loyal" in chosen:
+        std = rate("standard", chosen["standard"])[0]
+        h["loyal_reduction_vs_best_baseline"] = 1 - rate("loyal", "loyal")[0] / std if std else None
+    if "gc+df" in b.points:
+        h["gcdf_default_reduction_vs_none"] = 1 - b.points["gc+df"]["copy_rate"] / none["copy_rate"]
+        h["gcdf_default_fid_ratio"] = b.points["gc+df"]["proxy_fid"] / none["proxy_fid"]
+        orig = b.points["gc+df"]["original_prompts"]
+        h["gcdf_default_reduction_vs_none_original_prompts"] = 1 - orig["copy_rate"] / none["copy_rate"]
+    if seeds:
+        h["seed_spread"] = {label: {"copy_rate_sd": s["copy_rate"]["sd"], "proxy_fid_sd": s["proxy_fid"]["sd"],
+                                    "runs": s["copy_rate"]["n"]} for label, s in seeds.items()}
+    if "timing" in b.analyses:
+        t = b.analyses["timing"]
+        h["rau_time_overhead"] = max(t["rau-net"]["train_overhead"], t["rau-net"]["sample_overhead"])
+        h["rau_parameter_overhead"] = t["rau-net"]["parameters"] / t["unet"]["parameters"] - 1
+    return h
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", default="runs/bench-replication")
-    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--runs", default="runs/bench-replication-v2")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated, from " + ",".join(STAGES))
+    ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--duplicate-share", type=float, default=0.1)
+    ap.add_argument("--duplicate-times", type=int, default=10)
     ap.add_argument("--channels", default="32,64,64")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--pixel-threshold", type=float, default=0.9)
-    ap.add_argument("--inference-sigma", type=float, default=0.1)
-    ap.add_argument("--methods", default="none," + ",".join(f"train:{m}" for m in TRAINING) + ","
-                    + ",".join(f"infer:{m}" for m in INFERENCE) + ",gc,df,gc+df,rau,loyal,loyal+gc+df")
+    ap.add_argument("--steps", type=int, default=800, help="the protocol's training steps (chosen from the calibration)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--calibrate-every", type=int, default=400)
+    ap.add_argument("--calibrate-steps", type=int, default=2400, help="the calibration run's longest training")
+    ap.add_argument("--unique-bound", type=float, default=0.15,
+                    help="the calibration stops once prompts of unique images copy more than this")
+    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--fid-tolerance", type=float, default=0.10)
+    ap.add_argument("--train-seeds", default="0,1")
+    ap.add_argument("--sample-seeds", default="0,1")
     ap.add_argument("--rau-skips", default="auto", help="RAU-Net skips, or auto: the skip ablation's recommendation")
     ap.add_argument("--itb", default="conv")
-    ap.add_argument("--tau", default="auto", help="LoyalDiffusion tau, or auto: the timestep analysis' choice")
-    ap.add_argument("--taus", default="0,200,400,500,600,800,1000")
+    ap.add_argument("--tau", default="auto", help="LoyalDiffusion tau, or auto: the routed sweep's choice")
+    ap.add_argument("--taus", default="200,400,600,800")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
+    args.train_seeds = [int(v) for v in args.train_seeds.split(",")]
+    args.sample_seeds = [int(v) for v in args.sample_seeds.split(",")]
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        ap.error(f"unknown stages {sorted(unknown)}")
+    b = Bench(args)
     t0 = time.time()
-    runs = Path(args.runs)
-
-    def config(mitigation: str = "", generalize: str = "", fusion: bool = False, skips: tuple[int, ...] = (),
-               tau: int = 0) -> DiffusionConfig:
-        return DiffusionConfig(data=CaptionDataConfig(dataset="emoji", n=args.n, size=args.size, generalize=generalize),
-                               channels=tuple(int(c) for c in args.channels.split(",")), steps=args.steps,
-                               batch_size=args.batch_size, mitigations=mitigation, device=args.device,
-                               fusion=DualFusion(image_weight=0.1, text_weight=0.5) if fusion else DualFusion(),
-                               rau_skips=skips, itb=args.itb if skips else "conv", tau=tau)
-
-    analyses: dict = {}
-
-    def rau_skips() -> tuple[int, ...]:
-        if args.rau_skips != "auto":
-            return parse_skips(args.rau_skips)
-        if "skips" not in analyses:
-            if "none" not in methods:
-                methods["none"] = train_and_measure("none", config(), runs, args)
-            analyses["skips"] = reused_or(runs / "none" / "skip-ablation.json", {"n": args.samples, "seed": 0},
-                                          lambda: skip_ablation(runs / "none", n=args.samples, quiet=args.quiet))
-        return tuple(analyses["skips"]["recommended_skips"])
-
-    def itb_tag() -> str:
-        return args.itb.replace(",", "+").replace(":", "")
-
-    def rau_name(skips) -> str:
-        return f"rau-{itb_tag()}-s{''.join(map(str, skips))}"
-
-    def loyal_tau() -> int:
-        if args.tau != "auto":
-            return int(args.tau)
-        if "taus" not in analyses:
-            skips = rau_skips()
-            if "rau" not in methods:
-                methods["rau"] = train_and_measure(rau_name(skips), config(skips=skips), runs, args)
-            taus = sorted({int(v) for v in args.taus.split(",")})
-            analyses["taus"] = reused_or(runs / rau_name(skips) / "timestep-analysis.json",
-                                         {"n": args.samples, "seed": 0, "plain_run": str(runs / "none"), "taus": taus},
-                                         lambda: timestep_analysis(runs / "none", runs / rau_name(skips), taus=tuple(taus),
-                                                                   n=args.samples, quiet=args.quiet))
-        return int(analyses["taus"]["chosen_tau"])
-
-    methods = {}
-    for spec in args.methods.split(","):
-        kind, _, name = spec.partition(":")
-        if kind == "none":
-            methods["none"] = train_and_measure("none", config(), runs, args)
-        elif kind == "train":
-            methods[f"train:{name}"] = train_and_measure(f"train-{name}", config(name), runs, args)
-        elif kind == "rau":
-            if "rau" not in methods:
-                methods["rau"] = train_and_measure(rau_name(rau_skips()), config(skips=rau_skips()), runs, args)
-        elif kind in ("loyal", "loyal+gc+df"):
-            skips, tau = rau_skips(), loyal_tau()
-            gcdf = kind != "loyal"
-            name = f"loyal{'-gc-df' if gcdf else ''}-{itb_tag()}-s{''.join(map(str, skips))}-t{tau}"
-            methods[kind] = train_and_measure(name, config(generalize="wordnet" if gcdf else "", fusion=gcdf,
-                                                           skips=skips, tau=tau), runs, args)
-        elif kind in ("gc", "df", "gc+df"):
-            cfg = config(generalize="wordnet" if "gc" in kind else "", fusion="df" in kind)
-            methods[kind] = train_and_measure(kind.replace("+", "-"), cfg, runs, args)
-        else:
-            methods[f"infer:{name}"] = train_and_measure("none", config(), runs, args, inference=name)
-        print(spec, {k: round(v, 4) if isinstance(v, float) else v for k, v in methods[next(reversed(methods))].items()},
-              flush=True)
-    plot(methods, RESULTS / "replication.png")
-    shutil.copyfile(runs / "none" / "plots" / "copies.png", RESULTS / "replication_copies.png")
-    none = methods["none"]
-    headline = {"none_replication_score": none["replication_score"], "none_share_above": none["share_above"],
-                "run_minutes": none["training_minutes"],
-                "methods": {k: {"replication_score": v["replication_score"], "share_above": v["share_above"],
-                                "proxy_fid": v["proxy_fid"], "training_minutes": v["training_minutes"]}
-                            for k, v in methods.items() if k != "none"}}
-    standard = [k for k in methods if k.startswith(("train:", "infer:"))]
-    if standard:
-        best = min(standard, key=lambda k: methods[k]["replication_score"])
-        headline["best_standard_mitigation"] = best
-        headline["best_standard_reduction_vs_none"] = 1 - methods[best]["replication_score"] / none["replication_score"]
-    if "gc+df" in methods:
-        headline["gcdf_reduction_vs_none"] = 1 - methods["gc+df"]["replication_score"] / none["replication_score"]
-        headline["gcdf_fid_ratio"] = methods["gc+df"]["proxy_fid"] / none["proxy_fid"]
-    if "gc" in methods:
-        headline["gc_reduction_vs_none"] = 1 - methods["gc"]["replication_score"] / none["replication_score"]
-    for key in ("rau", "loyal", "loyal+gc+df"):
-        if key not in methods:
+    done = []
+    for stage in STAGES:
+        if stage not in stages:
             continue
-        stem = key.replace("+", "_")
-        headline[f"{stem}_reduction_vs_none"] = 1 - methods[key]["replication_score"] / none["replication_score"]
-        headline[f"{stem}_fid_ratio"] = methods[key]["proxy_fid"] / none["proxy_fid"]
-        if standard:
-            headline[f"{stem}_reduction_vs_best_baseline"] = (1 - methods[key]["replication_score"]
-                                                              / methods[headline["best_standard_mitigation"]]["replication_score"])
-    timing = {}
-    if "rau" in methods or "loyal" in methods:
-        skips = rau_skips()
-        models = {}
-        for name, cfg in (("unet", config()), ("rau-net", config(skips=skips)),
-                          ("loyal", config(skips=skips, tau=loyal_tau() if "loyal" in methods else 500))):
-            torch.manual_seed(0)
-            models[name] = build_denoiser(cfg, TEXT_DIM).train()
-        timing = time_per_step(models, config())
-        for name in ("rau-net", "loyal"):
-            for phase in ("train", "sample"):
-                timing[name][f"{phase}_overhead"] = timing[name][phase] / timing["unet"][phase] - 1
-        headline["rau_train_overhead"] = timing["rau-net"]["train_overhead"]
-        headline["rau_sample_overhead"] = timing["rau-net"]["sample_overhead"]
-        headline["rau_time_overhead"] = max(headline["rau_train_overhead"], headline["rau_sample_overhead"])
-        headline["rau_parameter_overhead"] = timing["rau-net"]["parameters"] / timing["unet"]["parameters"] - 1
-    if "skips" in analyses:
-        headline["rau_skips"] = analyses["skips"]["recommended_skips"]
-        shutil.copyfile(runs / "none" / "plots" / "skip-ablation.png", RESULTS / "replication_skips.png")
-    if "taus" in analyses:
-        headline["loyal_tau"] = analyses["taus"]["chosen_tau"]
-        shutil.copyfile(Path(analyses["taus"]["rau_run"]) / "plots" / "timestep-analysis.png",
-                        RESULTS / "replication_taus.png")
-    settings = {"data": f"emoji, {args.n} images, unique captions, {args.size}x{args.size}", "encoder": "minilm",
-                "channels": args.channels, "steps": args.steps, "batch_size": args.batch_size, "lr": 1e-3,
-                "samples": args.samples, "sampler": "DDIM 50 steps, guidance 2, eta 1, seed 0",
-                "pixel_threshold": args.pixel_threshold, "mitigation_p": 0.1, "mitigation_sigma": 0.1,
-                "inference_sigma": args.inference_sigma,
-                "gc": "captions generalized offline (WordNet: main subject's head noun, one hypernym up); "
-                      "prompts are the captions each model was trained with",
-                "df": "dual fusion: image weight 0.1 (Fashion-MNIST auxiliary pool), text weight 0.5 (mix with "
-                      "'with <category>')",
-                "proxy_fid": "Frechet distance in a trustlab-trained emoji classifier's 128-d features (not Inception)",
-                "rau": f"RAU-Net, {args.itb} ITBs (trained) on skips {args.rau_skips}, every timestep",
-                "loyal": "plain U-Net for t < tau, RAU-Net for t >= tau, trained jointly with per-sample routing",
-                "timing": "median of 10 interleaved rounds (order reversed every other round, one warm-up round) of 6 "
-                          "training steps (batch --batch-size) and 6 sampling calls (batch 64 with the unconditional "
-                          "half) per model, random inputs and text states"}
-    headline["minutes"] = (time.time() - t0) / 60
-    print(write_result("replication", headline, settings, methods=methods, timing=timing,
-                       skip_ablation=analyses.get("skips"), timestep_analysis=analyses.get("taus")))
+        if stage != "calibration" and "none" not in b.points:
+            b.calibration()
+        if stage in ("seeds", "timing") and "loyal" not in b.analyses:
+            b.loyal()
+        getattr(b, stage)()
+        done.append(stage)
+        write(b, done, time.time() - t0)
+
+
+def write(b: Bench, done: list[str], seconds: float) -> None:
+    a = b.args
+    chosen = b.chosen()
+    plot_pareto(b.points, chosen, b.analyses.get("seeds", {}), RESULTS / "replication.png")
+    none_copies = b.runs / "none-s0" / "plots" / "copies.png"
+    if none_copies.exists():
+        shutil.copyfile(none_copies, RESULTS / "replication_copies.png")
+    h = {**headline(b), "complete": done == list(STAGES), "stages_done": done, "minutes_this_invocation": seconds / 60}
+    settings = {"data": f"emoji, {a.n} distinct images (skin tones and near-duplicates > 0.9 dropped), unique captions, "
+                        f"{a.size}x{a.size}, {a.duplicate_share:.0%} duplicated x{a.duplicate_times} (dup_both), data seed 0",
+                "encoder": "minilm", "channels": a.channels, "steps": a.steps, "batch_size": a.batch_size, "lr": 1e-3,
+                "samples": a.samples, "sampler": "DDIM 50 steps, guidance 2, eta 1",
+                "copy_rate": "share of generations whose nearest training image (flip-invariant pixel similarity) lies "
+                             "above the calibrated threshold: p99 of distinct training images' nearest-other similarity",
+                "fid_tolerance": a.fid_tolerance, "train_seeds": a.train_seeds, "sample_seeds": a.sample_seeds,
+                "gcdf_variants": {k: {"generalize": g, "image_weight": i, "text_weight": t}
+                                  for k, (g, i, t) in GCDF_VARIANTS.items()},
+                "mitigation_p": 0.1, "mitigation_sigma": 0.1, "taus": a.taus, "itb": a.itb,
+                "proxy_fid": "Frechet distance in a trustlab-trained emoji classifier's 128-d features (not Inception), "
+                             f"{a.samples} generations against the training set",
+                "timing": "median of 10 interleaved rounds of 6 training steps and 6 sampling calls per model"}
+    print(write_result("replication", h, settings, points=b.points, **b.analyses), flush=True)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,9 @@ def test_frechet_distance_matches_closed_forms_and_the_installed_scipy():
 @pytest.mark.parametrize("args,needle", [
     (["train", "--out", "{tmp}/r", "--duplicate-share", "1", "--encoder", "hash", "--steps", "1"], "must lie in [0, 1)"),
     (["train", "--out", "{tmp}/r", "--duplicate-share", "-0.1", "--encoder", "hash", "--steps", "1"], "must lie in [0, 1)"),
+    (["train", "--out", "{tmp}/r", "--near-duplicate", "0", "--encoder", "hash", "--steps", "1"], "lies in (0, 1]"),
+    (["train", "--out", "{tmp}/r", "--duplicate-scheme", "both", "--encoder", "hash", "--steps", "1"], "dup_both or dup_image"),
+    (["sample", "{tmp}/r", "--prompts", "generalized"], "use training or original"),
     (["measure", "{tmp}/r", "--pixel-threshold", "-1"], "lies in (-1, 1]"),
     (["measure", "{tmp}/r", "--copy-threshold", "2"], "--copy-threshold 2: a cosine similarity threshold"),
     (["skip-ablation", "{tmp}/r", "--pixel-threshold", "1.01"], "lies in (-1, 1]"),
@@ -282,3 +285,110 @@ def test_copy_rates_split_by_duplicated_and_unique_prompts():
     assert (r["prompts_dup"], r["prompts_unique"]) == (2, 3)
     assert r["copy_rate"] == 0.8 and r["copy_rate_dup"] == 1.0 and abs(r["copy_rate_unique"] - 2 / 3) < 1e-12
     assert r["own_prompt_copy_rate"] == 0.4 and r["own_prompt_copy_rate_dup"] == 1.0 and r["own_prompt_copy_rate_unique"] == 0.0
+
+
+def _coloured_folder(folder, n=6):
+    folder.mkdir()
+    lines = []
+    for i in range(n):
+        Image.new("RGB", (16, 16), (40 * i, 255 - 40 * i, 90)).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"picture {i}"}))
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_near_duplicates_and_mirrors_are_dropped_in_order():
+    from trustlab.replication.data import distinct_rows
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    images = torch.stack([a, b, a.flip(-1), b + 0.01 * torch.randn(3, 16, 16, generator=g), -a])
+    assert distinct_rows(images, 0.9).tolist() == [True, True, False, False, True]
+    assert distinct_rows(images, 1.0).all()
+
+
+def test_emoji_keep_one_skin_tone_and_no_near_duplicates():
+    from trustlab.data.readers import SKIN_TONES
+    from trustlab.replication.metrics import pixel_similarity_mirrored
+
+    data = CaptionDataConfig(dataset="emoji", n=0, size=8).load()
+    assert not any(c.endswith(tuple(SKIN_TONES.values())) for c in data.captions)
+    assert "skin-tone variations" in data.source and "near-duplicates" in data.source
+    sim = pixel_similarity_mirrored(data.images, data.images, True).fill_diagonal_(-2)
+    assert float(sim.max()) <= 0.9
+    everything = CaptionDataConfig(dataset="emoji", n=0, size=8, skin_tones=True, near_duplicate=1.0).load()
+    assert len(everything) > len(data) and "dropping" not in everything.source
+    assert any(c.endswith(tuple(SKIN_TONES.values())) for c in everything.captions)
+
+
+def test_dup_image_repeats_images_under_other_captions(tmp_path):
+    folder = _coloured_folder(tmp_path / "imgs", 8)
+    both = CaptionDataConfig(dataset="folder", folder=str(folder), n=4, size=16, duplicate_share=0.5, duplicate_times=3).load()
+    image = CaptionDataConfig(dataset="folder", folder=str(folder), n=4, size=16, duplicate_share=0.5, duplicate_times=3,
+                              duplicate_scheme="dup_image").load()
+    assert torch.equal(both.images, image.images) and torch.equal(both.origins(), image.origins())
+    origin = image.origins()
+    for row in range(4, len(image)):
+        assert both.captions[row] == both.captions[origin[row]]
+        assert image.captions[row] not in image.captions[:4]  # captions of pool images left out of the subset
+    with pytest.raises(ConfigError, match="dup_both or dup_image"):
+        CaptionDataConfig(duplicate_scheme="both").validate()
+
+
+def test_configs_written_before_the_near_duplicate_filter_keep_every_image():
+    from dataclasses import asdict
+
+    from trustlab.runs import config_from_dict
+
+    old = config_from_dict(CaptionDataConfig, {"dataset": "emoji", "n": 16})
+    assert old.skin_tones and old.near_duplicate == 1.0
+    new = CaptionDataConfig()
+    assert config_from_dict(CaptionDataConfig, asdict(new)) == new and not new.skin_tones
+
+
+def test_generalized_models_sample_with_training_or_original_captions(tmp_path):
+    from trustlab.replication.sampling import load_samples, sample_run
+
+    folder = _coloured_folder(tmp_path / "imgs", 4)
+    lines = [json.dumps({"file": f"{i}.png", "caption": c}) for i, c in
+             enumerate(["a red apple on a table", "a small dog", "a tall oak tree", "a blue car"])]
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = DiffusionConfig(data=CaptionDataConfig(dataset="folder", folder=str(folder), n=0, size=16, generalize="wordnet"),
+                          encoder="hash", channels=(8, 16, 16), steps=1, batch_size=2)
+    run = train_diffusion(cfg, tmp_path / "run", quiet=True)
+    data = cfg.data.load()
+    assert data.original_captions[0] == "a red apple on a table" and data.captions != data.original_captions
+    for prompts, captions in (("training", data.captions), ("original", data.original_captions)):
+        _, meta = load_samples(sample_run(run.path, n=3, steps=1, quiet=True, device="cpu", prompts=prompts))
+        assert meta["prompts"] == [captions[i] for i in meta["train_index"]] and meta["prompt_captions"] == prompts
+    plain = tiny_config(folder, steps=1)
+    train_diffusion(plain, tmp_path / "plain", quiet=True)
+    with pytest.raises(ConfigError, match="--prompts original"):
+        sample_run(tmp_path / "plain", n=2, steps=1, quiet=True, prompts="original")
+
+
+def test_copies_of_a_duplicated_image_are_flagged_by_gu_and_carlini(tmp_path):
+    """Generations are compared with distinct images: a duplicate cannot hide a copy as its own second-nearest."""
+    from trustlab.replication.measure import measure_run
+    from trustlab.replication.sampling import save_samples
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    lines = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").save(folder / f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"picture {i}"}))
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = DiffusionConfig(data=CaptionDataConfig(dataset="folder", folder=str(folder), n=0, size=16, duplicate_share=0.25,
+                                                 duplicate_times=3), encoder="hash", channels=(8, 16, 16), steps=1,
+                          batch_size=2)
+    run = train_diffusion(cfg, tmp_path / "run", quiet=True)
+    data = cfg.data.load()
+    rows = [int(r) for r in torch.nonzero(data.origins() != torch.arange(len(data))).flatten()[:4]]
+    gen = ((data.images[rows] + 1) * 127.5).round().to(torch.uint8).contiguous()
+    path = save_samples(run.path / "samples" / "copies.safetensors", gen,
+                        {"prompts": [data.captions[r] for r in rows], "train_index": rows})
+    m = measure_run(run.path, samples=path, device="cpu")
+    assert m["replication"]["gu"]["share"] == 1.0 and m["replication"]["carlini"]["share"] == 1.0
+    assert m["copies"]["copy_rate_dup"] == 1.0 and m["copies"]["own_prompt_copy_rate"] == 1.0

@@ -260,13 +260,20 @@ def load_checkpoint_file(path: Path) -> tuple[dict, dict]:
 
 
 def config_from_dict(cls: type, values: dict) -> Any:
-    """Rebuild a (possibly nested) frozen config dataclass from its resolved YAML form."""
+    """Rebuild a (possibly nested) frozen config dataclass from its resolved YAML form.
+
+    A field missing from ``values`` takes the class's ``LEGACY`` value when it has one (what
+    configurations written before the field existed meant), else its default.
+    """
     import typing
 
     hints = typing.get_type_hints(cls)
+    legacy = getattr(cls, "LEGACY", {})
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in values:
+            if f.name in legacy:
+                kwargs[f.name] = legacy[f.name]
             continue
         v = values[f.name]
         hint = hints.get(f.name)

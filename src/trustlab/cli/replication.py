@@ -28,6 +28,12 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
               captions: str = typer.Option("unique", help="unique (per image) | class"),
               duplicate_share: float = typer.Option(0.0, help="Share of the images repeated in the training set."),
               duplicate_times: int = typer.Option(1, min=1, help="Extra copies of each repeated image."),
+              duplicate_scheme: str = typer.Option("dup_both", help="dup_both (image and caption repeated) | dup_image "
+                                                                "(the image repeated under other images' captions)."),
+              skin_tones: bool = typer.Option(False, "--skin-tones", help="emoji: keep the skin-tone variations "
+                                                                            "(dropped by default: near-identical images)."),
+              near_duplicate: float = typer.Option(0.9, help="Drop a source image whose flip-invariant pixel similarity "
+                                                             "to an earlier one exceeds this (1: keep all)."),
               encoder: str = typer.Option("minilm", help="minilm (all-MiniLM-L6-v2, offline) | hash (tests)"),
               channels: str = typer.Option("32,64,64", help="U-Net widths of the three levels."),
               steps: int = typer.Option(2000, min=1), batch_size: int = typer.Option(32, min=1), lr: float = typer.Option(1e-3),
@@ -66,7 +72,8 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
                         text_mode=fusion_text_mode)
     cfg = DiffusionConfig(data=CaptionDataConfig(dataset=dataset, folder=folder, n=n, size=size, captions=captions,
                                                  duplicate_share=duplicate_share, duplicate_times=duplicate_times,
-                                                 generalize=generalize or "", llm_url=llm_url or "",
+                                                 duplicate_scheme=duplicate_scheme, skin_tones=skin_tones,
+                                                 near_duplicate=near_duplicate, generalize=generalize or "", llm_url=llm_url or "",
                                                  llm_model=llm_model or "", seed=seed), fusion=fusion,
                           encoder=encoder, channels=_channels(channels), steps=steps, batch_size=batch_size, lr=lr,
                           caption_dropout=caption_dropout, mitigations=mitigation or "", mitigation_p=mitigation_p,
@@ -88,14 +95,17 @@ def sample_cmd(run_dir: str = typer.Argument(..., help="A replication train run 
                mitigation: Optional[str] = typer.Option(None, help="Inference mitigations: word-add, word-repeat, "
                                                         "embedding-noise."),
                mitigation_p: float = typer.Option(0.1), mitigation_sigma: float = typer.Option(0.1),
-               name: Optional[str] = typer.Option(None, help="Samples name (default seed<S>[-mitigations])."),
+               prompts: str = typer.Option("training", help="training (the captions the model learned) | original (before "
+                                                            "--generalize: how GC&DF models are also evaluated)."),
+               name: Optional[str] = typer.Option(None, help="Samples name (default seed<S>[-mitigations][-original])."),
                device: str = typer.Option("auto", help="auto | cpu | cuda: where to run (auto: cuda when available)."),
                quiet: bool = typer.Option(False)) -> None:
     """Generate images for training captions (DDIM, classifier-free guidance)."""
     from trustlab.replication.sampling import sample_run
 
     print(sample_run(run_dir, n=n, seed=seed, steps=steps, guidance=guidance, eta=eta, mitigations=mitigation or "",
-                     mitigation_p=mitigation_p, mitigation_sigma=mitigation_sigma, name=name, quiet=quiet, device=device))
+                     mitigation_p=mitigation_p, mitigation_sigma=mitigation_sigma, name=name, quiet=quiet, device=device,
+                     prompts=prompts))
 
 
 @app.command("measure")

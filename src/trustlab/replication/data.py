@@ -5,6 +5,16 @@ three are options: a seeded subset of ``n`` images from the ``emoji`` registry d
 folder of images with a ``captions.jsonl`` of ``{"file": ..., "caption": ...}`` lines),
 captions per image (``unique``, the default) or per class (``class``), and a share of the
 images repeated ``duplicate_times`` times. Images are RGB in [-1, 1] at ``size``×``size``.
+
+A copy detector can only tell copies from look-alikes if the training images are not
+look-alikes of each other, so a registry dataset drops its near-duplicate sources before the
+subset is drawn: emoji keep one skin tone per base emoji (the base one), and of any two
+images whose flip-invariant pixel similarity exceeds ``near_duplicate`` the later is dropped.
+
+Duplication follows the literature's schemes (Somepalli et al. 2023): ``dup_both`` repeats
+image and caption; ``dup_image`` repeats the image under other captions (captions of pool
+images left out of the subset), a positive control where the image, not the prompt, is what
+is repeated.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +45,7 @@ class CaptionedImages:
     classes: list[str]
     source: str
     origin: torch.Tensor | None = None
+    original_captions: list[str] | None = None  # before generalization (None: the captions are the originals)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -60,12 +72,23 @@ class CaptionDataConfig:
     captions: str = "unique"  # unique | class
     duplicate_share: float = 0.0  # share of the n images repeated
     duplicate_times: int = 1  # extra copies of each repeated image
+    duplicate_scheme: str = "dup_both"  # dup_both (image and caption repeated) | dup_image (other captions)
+    skin_tones: bool = False  # emoji: keep the skin-tone variations (near-identical to their base emoji)
+    near_duplicate: float = 0.9  # registry data: drop an image this similar to an earlier one (1: keep all)
     generalize: str = ""  # "", wordnet or llm: train on generalized captions
     llm_url: str = ""  # with generalize=llm: an OpenAI-compatible endpoint and model
     llm_model: str = ""
     seed: int = 0
 
+    # run folders written before the near-duplicate filter kept every source image
+    LEGACY: ClassVar[dict] = {"skin_tones": True, "near_duplicate": 1.0}
+
     def validate(self) -> None:
+        if self.duplicate_scheme not in ("dup_both", "dup_image"):
+            raise ConfigError(f"--duplicate-scheme {self.duplicate_scheme}: use dup_both or dup_image")
+        if not 0 < self.near_duplicate <= 1:
+            raise ConfigError(f"--near-duplicate {self.near_duplicate:g}: a pixel similarity bound lies in (0, 1] "
+                              "(1 keeps every image)")
         if self.captions not in ("unique", "class"):
             raise ConfigError(f"--captions {self.captions}: use unique or class")
         if not 0 <= self.duplicate_share < 1 or self.duplicate_times < 0:
@@ -80,8 +103,13 @@ class CaptionDataConfig:
 
     def load(self) -> CaptionedImages:
         self.validate()
-        data = read_folder(Path(self.folder), self.size) if self.dataset == "folder" else _from_registry(self.dataset, self.size)
+        if self.dataset == "folder":
+            data, dropped = read_folder(Path(self.folder), self.size), ""
+        else:
+            data, dropped = _from_registry(self.dataset, self.size, self.skin_tones, self.near_duplicate)
+        pool = data
         rng = np.random.default_rng(self.seed)
+        keep = np.arange(len(data))
         if self.n and self.n < len(data):
             keep = np.sort(rng.choice(len(data), size=self.n, replace=False))
             data = CaptionedImages(data.images[keep], [data.captions[i] for i in keep], data.labels[keep],
@@ -91,17 +119,36 @@ class CaptionDataConfig:
         if self.generalize:
             from trustlab.replication.captions import generalize
 
+            data.original_captions = data.captions
             data.captions = generalize(data.captions, self.generalize, self.llm_client())[0]
         if self.duplicate_share and self.duplicate_times:
-            m = int(round(self.duplicate_share * len(data)))
-            dup = np.repeat(rng.choice(len(data), size=m, replace=False), self.duplicate_times)
-            idx = np.concatenate([np.arange(len(data)), dup])
-            data = CaptionedImages(data.images[idx], [data.captions[i] for i in idx], data.labels[idx],
-                                   data.classes, data.source, torch.from_numpy(idx))
-        data.source += (f", {self.n or 'all'} images at {self.size}x{self.size}, {self.captions} captions"
-                        + (f", {self.duplicate_share:.0%} duplicated x{self.duplicate_times}" if self.duplicate_share else "")
+            data = self._duplicated(data, pool, keep, rng)
+        data.source += (f", {self.n or 'all'} images at {self.size}x{self.size}{dropped}, {self.captions} captions"
+                        + (f", {self.duplicate_share:.0%} duplicated x{self.duplicate_times} ({self.duplicate_scheme})"
+                           if self.duplicate_share else "")
                         + (f", generalized ({self.generalize})" if self.generalize else ""))
         return data
+
+    def _duplicated(self, data: CaptionedImages, pool: CaptionedImages, keep: np.ndarray,
+                    rng: np.random.Generator) -> CaptionedImages:
+        """``data`` with a share of its images appended ``duplicate_times`` more times (see the module doc)."""
+        m = int(round(self.duplicate_share * len(data)))
+        dup = np.repeat(rng.choice(len(data), size=m, replace=False), self.duplicate_times)
+        idx = np.concatenate([np.arange(len(data)), dup])
+        captions = [data.captions[i] for i in idx]
+        original = None if data.original_captions is None else [data.original_captions[i] for i in idx]
+        if self.duplicate_scheme == "dup_image":
+            others = np.setdiff1d(np.arange(len(pool)), keep)
+            if not len(others):  # the whole pool is in the subset: borrow the captions of other training images
+                others = keep
+            borrowed = rng.choice(others, size=len(dup), replace=len(dup) > len(others))
+            captions[len(data):] = [pool.captions[i] for i in borrowed]
+            if original is not None:
+                original[len(data):] = captions[len(data):]
+        out = CaptionedImages(data.images[idx], captions, data.labels[idx], data.classes, data.source,
+                              torch.from_numpy(idx))
+        out.original_captions = original
+        return out
 
     @property
     def proxy_dataset(self) -> str:
@@ -116,8 +163,10 @@ class CaptionDataConfig:
         return ChatClient(self.llm_url, self.llm_model)
 
 
-def _from_registry(name: str, size: int) -> CaptionedImages:
+def _from_registry(name: str, size: int, skin_tones: bool, near_duplicate: float) -> tuple[CaptionedImages, str]:
+    """The dataset without its near-duplicate sources, and a phrase saying what was dropped."""
     from trustlab.data import load_dataset
+    from trustlab.data.readers import SKIN_TONES
     from trustlab.data.registry import get_spec
 
     spec = get_spec(name)
@@ -126,7 +175,34 @@ def _from_registry(name: str, size: int) -> CaptionedImages:
         raise DataError(f"dataset {name} has no captions: use emoji, or --dataset folder with a captions.jsonl")
     if d.images.shape[1] != 3:
         raise DataError(f"dataset {name} is not RGB")
-    return CaptionedImages(d.images.float() / 127.5 - 1, list(d.captions), d.labels, d.classes, f"{name}")
+    images, captions = d.images.float() / 127.5 - 1, list(d.captions)
+    keep = np.ones(len(captions), dtype=bool)
+    if not skin_tones:
+        keep &= [not c.endswith(tuple(SKIN_TONES.values())) for c in captions]
+    tones = int((~keep).sum())
+    keep[keep] = distinct_rows(images[torch.from_numpy(keep)], near_duplicate)
+    dropped = []
+    if tones:
+        dropped.append(f"{tones} skin-tone variations")
+    if int((~keep).sum()) > tones:
+        dropped.append(f"{int((~keep).sum()) - tones} near-duplicates (flip-invariant pixel similarity > {near_duplicate:g})")
+    rows = torch.from_numpy(np.flatnonzero(keep))
+    data = CaptionedImages(images[rows], [captions[i] for i in rows], d.labels[rows], d.classes, name)
+    return data, f" (of {len(rows)} after dropping {' and '.join(dropped)})" if dropped else ""
+
+
+def distinct_rows(images: torch.Tensor, bound: float) -> np.ndarray:
+    """[N] bool: greedily, in order, the images whose flip-invariant pixel similarity to every kept one is <= ``bound``."""
+    from trustlab.replication.metrics import pixel_similarity_mirrored
+
+    keep = np.ones(len(images), dtype=bool)
+    if bound >= 1 or len(images) < 2:
+        return keep
+    close = (pixel_similarity_mirrored(images, images, True) > bound).numpy()
+    for i in range(len(images)):
+        if keep[i]:
+            keep[i + 1:] &= ~close[i, i + 1:]
+    return keep
 
 
 def read_folder(folder: Path, size: int) -> CaptionedImages:
@@ -159,4 +235,4 @@ def read_folder(folder: Path, size: int) -> CaptionedImages:
     return CaptionedImages(x, captions, torch.zeros(len(captions), dtype=torch.long), ["image"], str(folder))
 
 
-__all__ = ["CaptionDataConfig", "CaptionedImages", "read_folder"]
+__all__ = ["CaptionDataConfig", "CaptionedImages", "distinct_rows", "read_folder"]

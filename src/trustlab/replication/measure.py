@@ -24,8 +24,10 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
                 flip: bool = False, copy_threshold: float | None = None) -> dict:
     """Replication, copies and quality of a run's generations.
 
-    The background and the calibrated copy threshold are computed among the *distinct* training
-    images: duplicates of one image would otherwise read as look-alikes of each other. A given
+    Generations are compared with the *distinct* training images, and the background and the
+    calibrated copy threshold are computed among them: duplicates of one image would otherwise
+    read as look-alikes of each other, and would sit nearest and second-nearest to a copy of
+    that image, so that Gu's ratio (nearest over second-nearest) could never flag it. A given
     ``copy_threshold`` replaces the calibrated one; ``flip`` counts mirrored copies too.
     """
     check_threshold(pixel_threshold)
@@ -39,8 +41,9 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     path = Path(samples) if samples else latest_samples(run)
     gen, meta = load_samples(path)
     data = cfg.data.load()
-    rep = replication(gen, data.images, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip)
+    captions = data.original_captions if meta.get("prompt_captions") == "original" else data.captions
     distinct = data.images[: data.distinct]
+    rep = replication(gen, distinct, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip)
     threshold = copy_threshold if copy_threshold is not None else calibrated_threshold(distinct, flip=flip, device=dev)
     copies = None
     if meta.get("train_index") is not None:
@@ -48,12 +51,14 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
                             torch.tensor(meta["train_index"]), data.origins(), data.duplicated(), threshold)
         copies["threshold_source"] = "given" if copy_threshold is not None else "p99 of distinct images' nearest other"
     result = {"samples": str(path), "generations": len(gen), "train_images": len(data), "data": data.source,
+              "compared_with": "distinct training images",
               "pixel_threshold": pixel_threshold, "device": str(dev), "flip_invariant": flip,
               "distinct_train_images": data.distinct, "copies": copies,
               "replication": {k: v for k, v in rep.items() if k not in ("nearest", "max_similarity")},
               "background": background(distinct, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip),
-              "own_prompt_nearest": _own_prompt_share(rep["nearest"], meta.get("train_index"), data.captions),
-              "quality": quality(gen, data.images, meta["prompts"], data.captions, dataset=cfg.data.proxy_dataset,
+              "own_prompt_nearest": _own_prompt_share(rep["nearest"], meta.get("train_index"), captions),
+              "prompt_captions": meta.get("prompt_captions", "training"),
+              "quality": quality(gen, data.images, meta["prompts"], captions, dataset=cfg.data.proxy_dataset,
                                  inception=inc_model, device=dev),
               "training_minutes": run.summary().get("minutes") if (run.path / "summary.json").exists() else None}
     atomic_write_json(run.path / f"measure-{path.stem}.json", result)

@@ -28,35 +28,43 @@ from trustlab.train import resolve_device
 
 def sample_run(run_dir: str | Path, *, n: int = 256, seed: int = 0, steps: int = 50, guidance: float = 2.0,
                eta: float = 1.0, mitigations: str = "", mitigation_p: float = 0.1, mitigation_sigma: float = 0.1,
-               batch_size: int = 64, name: str | None = None, quiet: bool = False, device: str = "auto") -> Path:
+               batch_size: int = 64, name: str | None = None, quiet: bool = False, device: str = "auto",
+               prompts: str = "training") -> Path:
     """Generate ``n`` images for training captions drawn with ``seed``; returns the samples file."""
     mit = parse(mitigations, mitigation_p, mitigation_sigma).check(INFERENCE, "inference")
+    check_prompts(prompts)
     dev = resolve_device(device)
     unet, cfg, encoder, run = load_trained(run_dir)
     images, meta = generate(unet, cfg, encoder, n=n, seed=seed, steps=steps, guidance=guidance, eta=eta,
-                            mitigations=mit, batch_size=batch_size, quiet=quiet, device=str(dev))
-    name = name or f"seed{seed}" + (f"-{'+'.join(mit.names)}" if mit.names else "")
+                            mitigations=mit, batch_size=batch_size, quiet=quiet, device=str(dev), prompts=prompts)
+    name = name or f"seed{seed}" + (f"-{'+'.join(mit.names)}" if mit.names else "") + ("-original" if prompts == "original" else "")
     return save_samples(run.path / "samples" / f"{name}.safetensors", images, meta)
 
 
 def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50, guidance: float = 2.0,
              eta: float = 1.0, mitigations: Mitigations | None = None, batch_size: int = 64,
-             quiet: bool = False, device: str = "cpu") -> tuple[torch.Tensor, dict]:
+             quiet: bool = False, device: str = "cpu", prompts: str = "training") -> tuple[torch.Tensor, dict]:
     """``n`` uint8 generations of ``unet`` (any denoiser of the testbed) for training captions, and their metadata.
 
     The noise is drawn on the CPU from ``seed`` and moved to ``device``, so a seed names the same
-    starting noise on every device.
+    starting noise on every device. ``prompts``: ``training`` (the captions the model was
+    trained with) or ``original`` (for a model trained on generalized captions, the captions
+    before generalization: the GC&DF authors evaluate with both).
     """
     from trustlab.progress import progress_bar
 
     if n < 1 or steps < 1 or guidance < 0 or not 0 <= eta <= 1:
         raise ConfigError("--n and --steps must be positive, --guidance >= 0 and --eta in [0, 1]")
+    check_prompts(prompts)
     mit = mitigations if mitigations is not None else parse("")
     data = cfg.data.load()
+    if prompts == "original" and data.original_captions is None:
+        raise ConfigError("--prompts original: this model was trained on its original captions (no --generalize)")
+    captions = data.original_captions if prompts == "original" else data.captions
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data), size=n, replace=n > len(data))
-    prompts = [data.captions[i] for i in pick]
-    used = mit.captions(prompts, vocabulary(data.captions), random.Random(seed))
+    chosen = [captions[i] for i in pick]
+    used = mit.captions(chosen, vocabulary(captions), random.Random(seed))
     scheduler = make_scheduler(cfg, "ddim")
     scheduler.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
@@ -81,10 +89,16 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
                 x = scheduler.step(uncond + guidance * (cond - uncond), t, x, eta=eta, generator=g).prev_sample
             out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
             bar.update(task, advance=b)
-    meta = {"prompts": prompts, "used_prompts": used, "train_index": pick.tolist(), "seed": seed, "steps": steps,
+    meta = {"prompts": chosen, "prompt_captions": prompts, "used_prompts": used, "train_index": pick.tolist(),
+            "seed": seed, "steps": steps,
             "guidance": guidance, "eta": eta, "mitigations": list(mit.names), "device": str(dev),
             "seconds": time.perf_counter() - started}
     return torch.cat(out), meta
+
+
+def check_prompts(prompts: str) -> None:
+    if prompts not in ("training", "original"):
+        raise ConfigError(f"--prompts {prompts}: use training or original")
 
 
 def save_samples(path: Path, images: torch.Tensor, meta: dict) -> Path:
@@ -117,4 +131,4 @@ def latest_samples(run: RunDir) -> Path:
     return files[-1]
 
 
-__all__ = ["generate", "latest_samples", "load_samples", "sample_run", "save_samples"]
+__all__ = ["check_prompts", "generate", "latest_samples", "load_samples", "sample_run", "save_samples"]
