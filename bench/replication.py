@@ -95,9 +95,8 @@ class Bench:
     def measured(self, run: Path, samples: Path, make) -> dict:
         """The measurement of ``samples`` in ``run`` (sampled by ``make(path)`` and measured unless stored)."""
         stored = run / f"measure-{samples.stem}.json"
-        if stored.exists() and samples.exists():
-            m = json.loads(stored.read_text())
-        else:
+        m = json.loads(stored.read_text()) if stored.exists() and samples.exists() else {}
+        if m.get("compared_with") != "distinct training images":  # measured by an earlier version: measure again
             if not samples.exists():
                 make(samples)
             m = measure_run(run, samples=samples, flip=True, device=self.args.device)
@@ -121,9 +120,15 @@ class Bench:
         a, curve = self.args, []
         for step in range(a.calibrate_every, a.calibrate_steps + 1, a.calibrate_every):
             run = self.train("calibration-s0", self.config(steps=a.calibrate_steps), max_steps=step)
-            point = self.measured(run, run / "samples" / f"calibration-step{step}.safetensors",
-                                  lambda path: sample_run(run, n=a.samples, seed=0, name=path.stem, quiet=a.quiet,
-                                                          device=a.device))
+
+            def make(path: Path, run=run, step=step) -> None:
+                at = RunDir(run).load_checkpoint()[1]["step"]
+                if at != step:
+                    raise SystemExit(f"{run} is at step {at}, its samples of step {step} are gone: delete {run} to "
+                                     "calibrate again")
+                sample_run(run, n=a.samples, seed=0, name=path.stem, quiet=a.quiet, device=a.device)
+
+            point = self.measured(run, run / "samples" / f"calibration-step{step}.safetensors", make)
             curve.append({"step": step, **point})
             print(f"calibration step {step}: copy rate dup {point['copy_rate_dup']:.3f}, unique "
                   f"{point['copy_rate_unique']:.3f}, proxy FID {point['proxy_fid']:.2f}", flush=True)
@@ -326,7 +331,10 @@ def plot_calibration(curve: list[dict], protocol_steps: int, unique_bound: float
     ax.set_xlabel("training steps")
     ax.set_ylabel("copy rate (calibrated threshold)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center right")
+    fid = ax.twinx()
+    fid.plot(steps, [c["proxy_fid"] for c in curve], "^--", color="tab:gray", lw=1)
+    fid.set_ylabel("proxy FID (grey, dashed)", color="tab:gray")
     ax.set_title("Calibration: copy rate of the unmitigated model against training steps", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

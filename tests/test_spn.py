@@ -3,6 +3,8 @@
 import itertools
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +271,40 @@ def test_bad_rank_and_bad_structure_file_exit_2(cli, tmp_path):
     (run / "spn.json").write_text('{"format": "trustlab-spn/1", "nodes": [}')
     r = cli("spn", "compress", str(run), "--rank", "2")
     assert r.returncode == 2 and "not JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+DEBD = Path(os.environ.get("TRUSTLAB_DEBD", Path(__file__).resolve().parents[2] / "shared" / "data" / "debd"))
+
+
+@pytest.mark.skipif(not (DEBD / "nltcs.train.data").is_file(), reason=f"the DEBD sets are not at {DEBD} (TRUSTLAB_DEBD)")
+def test_learnspn_on_nltcs_reaches_the_published_likelihood(cli, tmp_path):
+    r = cli("spn", "fit", "--dataset", "debd", "--name", "nltcs", "--data-dir", str(DEBD), "--out", str(tmp_path / "fit"))
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert (s["train_rows"], s["test_rows"], s["variables"]) == (16181, 3236, 16) and "valid_ll" in s
+    assert s["test_ll"] > -6.11 - 0.5  # LearnSPN as published (Gens & Domingos 2013), within 0.5 nats per row
+
+
+def _debd_folder(root, train="0,1\n1,1\n", valid="1,0\n", test="0,0\n"):
+    root.mkdir()
+    for split, text in (("train", train), ("valid", valid), ("test", test)):
+        if text is not None:
+            (root / f"toy.{split}.data").write_text(text)
+    return root
+
+
+def test_debd_reader_keeps_the_fixed_splits(tmp_path):
+    from trustlab.spn.data import debd
+
+    d = debd("toy", _debd_folder(tmp_path / "d"))
+    assert d.x_train.tolist() == [[0, 1], [1, 1]] and d.x_valid.tolist() == [[1, 0]] and d.x_test.tolist() == [[0, 0]]
+
+
+@pytest.mark.parametrize("files, message", [({"valid": None}, "toy.valid.data is missing"),
+                                            ({"test": "0,1,1\n"}, "3 columns"), ({"train": "0,1\n1,2\n"}, "toy.train.data:2"),
+                                            ({"valid": ""}, "holds no rows"), ({"train": "0,1\n1\n"}, "toy.train.data:2")])
+def test_bad_debd_folder_is_a_one_line_error(cli, tmp_path, files, message):
+    folder = _debd_folder(tmp_path / "d", **files)
+    r = cli("spn", "fit", "--dataset", "debd", "--name", "toy", "--data-dir", str(folder), "--out", str(tmp_path / "fit"))
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "fit").exists()

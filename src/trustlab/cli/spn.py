@@ -24,8 +24,11 @@ def _ranks(text: str) -> tuple[int, ...]:
 
 @app.command("fit")
 def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write."),
-            dataset: str = typer.Option("digits", help="digits | mnist | fashion-mnist | emoji | csv"),
+            dataset: str = typer.Option("digits", help="digits | mnist | fashion-mnist | emoji | csv | debd"),
             csv: Optional[str] = typer.Option(None, help="With --dataset csv: rows of comma-separated 0/1 values."),
+            name: Optional[str] = typer.Option(None, help="With --dataset debd: the set, e.g. nltcs, plants, jester, dna."),
+            data_dir: Optional[str] = typer.Option(None, help="With --dataset debd: the folder holding "
+                                                              "NAME.train.data, NAME.valid.data, NAME.test.data."),
             size: Optional[int] = typer.Option(None, min=1, help="Down-sample images to SIZE x SIZE before binarising."),
             threshold: float = typer.Option(0.5, help="Grey level above which a pixel is 1."),
             classify: bool = typer.Option(True, help="Model the class as variable 0 (generative classifier)."),
@@ -44,8 +47,9 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
     from trustlab.report import render_report
     from trustlab.spn.pipeline import FitConfig, SPNDataConfig, fit_spn
 
-    cfg = FitConfig(data=SPNDataConfig(dataset=dataset, csv=csv, size=size, threshold=threshold,
-                                       with_class=classify and dataset != "csv", limit=limit, test_limit=test_limit),
+    cfg = FitConfig(data=SPNDataConfig(dataset=dataset, csv=csv, name=name, data_dir=data_dir, size=size,
+                                       threshold=threshold, with_class=classify and dataset not in ("csv", "debd"),
+                                       limit=limit, test_limit=test_limit),
                     structure=structure, min_instances=min_instances, alpha=alpha, depth=depth,
                     repetitions=repetitions, sums=sums, leaves=leaves, em_iterations=em_iterations, seed=seed)
     run = fit_spn(cfg, out)
@@ -53,7 +57,8 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
     acc = f", accuracy {s['accuracy']:.4f}" if "accuracy" in s else ""
     tt = (f"; exact tSPN: rank {s['exact_tt_max_rank']:,}, {s['exact_tt_parameters']:,} parameters"
           if "exact_tt_parameters" in s else "")
-    print(f"SPN: {s['nodes']:,} nodes, {s['parameters']:,} parameters; test log-likelihood {s['test_ll']:.3f}{acc}{tt}")
+    valid = f"valid log-likelihood {s['valid_ll']:.3f}, " if "valid_ll" in s else ""
+    print(f"SPN: {s['nodes']:,} nodes, {s['parameters']:,} parameters; {valid}test log-likelihood {s['test_ll']:.3f}{acc}{tt}")
     print(render_report(run.path))
 
 

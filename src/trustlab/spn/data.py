@@ -5,7 +5,10 @@ one binary variable per pixel. With labels, the class becomes variable 0 (a cate
 variable), so one SPN models p(class, pixels). CSV files follow the density-estimation
 benchmark layout (one row of comma-separated 0/1 values per example, as in
 ``nltcs.ts.data`` / ``nltcs.test.data``): give the training file; a sibling ``.test.data``
-is the test split, otherwise a fixed 80/20 split is made.
+is the test split, otherwise a fixed 80/20 split is made. A DEBD folder (the twenty binary
+density-estimation sets of Lowd & Davis and Van Haaren & Davis) holds
+``NAME.{train,valid,test}.data`` with fixed splits: every choice is made on ``valid`` and
+``test`` is only reported.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class DiscreteData:
     source: str
     class_var: int | None = None
     classes: list[str] | None = None
+    x_valid: torch.Tensor | None = None  # a fixed validation split, where the data set has one
 
     @property
     def num_vars(self) -> int:
@@ -112,4 +116,27 @@ def binary_csv(path: str | Path, *, seed: int = 0) -> DiscreteData:
     return DiscreteData(torch.from_numpy(x).float(), torch.from_numpy(xt).float(), [2] * x.shape[1], source)
 
 
-__all__ = ["DiscreteData", "binarized_images", "binary_csv"]
+DEBD_SPLITS = ("train", "valid", "test")
+
+
+def debd(name: str, folder: str | Path) -> DiscreteData:
+    """The DEBD set ``name`` from ``folder`` (``NAME.train.data``, ``NAME.valid.data``, ``NAME.test.data``)."""
+    if not name or Path(name).name != name or name.startswith("."):
+        raise DataError(f"--name '{name}': give a DEBD set's name, such as nltcs (the files are NAME.train.data, ...)")
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} is not a folder: give the folder that holds {name}.train.data")
+    splits = {}
+    for split in DEBD_SPLITS:
+        path = root / f"{name}.{split}.data"
+        if not path.is_file():
+            raise DataError(f"{path} is missing: a DEBD folder holds {name}.train.data, {name}.valid.data and "
+                            f"{name}.test.data")
+        splits[split] = _read_rows(path)
+        if splits[split].shape[1] != splits["train"].shape[1]:
+            raise DataError(f"{path} has {splits[split].shape[1]} columns, {name}.train.data has {splits['train'].shape[1]}")
+    x = {k: torch.from_numpy(v).float() for k, v in splits.items()}
+    return DiscreteData(x["train"], x["test"], [2] * x["train"].shape[1], f"DEBD {name} ({root})", x_valid=x["valid"])
+
+
+__all__ = ["DEBD_SPLITS", "DiscreteData", "binarized_images", "binary_csv", "debd"]

@@ -21,7 +21,7 @@ from trustlab.errors import ConfigError, RunError
 from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, resumed_config
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy
-from trustlab.spn.data import DiscreteData, binarized_images, binary_csv
+from trustlab.spn.data import DiscreteData, binarized_images, binary_csv, debd
 from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
 from trustlab.spn.structure import Graph
 from trustlab.spn.tensor_train import TensorTrain, exact_ranks, dfs_order, spn_to_tensor_train
@@ -31,8 +31,10 @@ STRUCTURES = ("learnspn", "rat")
 
 @dataclass(frozen=True)
 class SPNDataConfig:
-    dataset: str = "digits"  # a registry dataset, or "csv" with csv=PATH
+    dataset: str = "digits"  # a registry dataset, "csv" with csv=PATH, or "debd" with name and data_dir
     csv: str | None = None
+    name: str | None = None  # debd: the set's name (nltcs, plants, ...)
+    data_dir: str | None = None  # debd: the folder holding NAME.{train,valid,test}.data
     size: int | None = None  # down-sample images to size x size before binarising
     threshold: float = 0.5
     with_class: bool = True  # the class as variable 0 (generative classifier)
@@ -44,6 +46,10 @@ class SPNDataConfig:
             if not self.csv:
                 raise ConfigError("--dataset csv needs --csv PATH")
             return binary_csv(self.csv)
+        if self.dataset == "debd":
+            if not self.name or not self.data_dir:
+                raise ConfigError("--dataset debd needs --name NAME and --data-dir DIR")
+            return debd(self.name, self.data_dir)
         return binarized_images(self.dataset, size=self.size, threshold=self.threshold, with_class=self.with_class,
                                 limit=self.limit, test_limit=self.test_limit)
 
@@ -139,6 +145,8 @@ def fit_spn(cfg: FitConfig, out: str | Path) -> RunDir:
     summary = {"data": data.source, "variables": data.num_vars, "train_rows": len(data.x_train),
                "test_rows": len(data.x_test), "fit_seconds": seconds, **graph.counts(),
                "train_ll": float(circuit.log_prob(data.x_train).mean()), **evaluate(circuit, data)}
+    if data.x_valid is not None:
+        summary["valid_ll"] = float(circuit.log_prob(data.x_valid).mean())
     if all(c > 0 for c in data.cardinality):
         order = dfs_order(graph)
         summary.update(exact_tt_max_rank=max(exact_ranks(graph, order)), exact_tt_parameters=tt_parameters(graph, order))
