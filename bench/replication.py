@@ -158,8 +158,7 @@ class Bench:
             skips = tuple(ablation["recommended_skips"])
         else:
             skips = parse_skips(a.rau_skips)
-        tag = f"{a.itb.replace(',', '+').replace(':', '')}-s{''.join(map(str, skips))}"
-        rau = self.train(f"rau-{tag}-s0", self.config(skips=skips))
+        rau = self.train(f"rau-{self.skips_tag(skips)}-s0", self.config(skips=skips))
         self.points["rau"] = self.evaluate(rau)
         self.report("rau")
         sweep = []
@@ -170,7 +169,7 @@ class Bench:
         self.analyses["taus"] = sweep
         tau = int(a.tau) if a.tau != "auto" else choose(sweep, self.points["none"], a.fid_tolerance)["tau"]
         self.analyses["loyal"] = {"skips": list(skips), "tau": tau}
-        self.points["loyal"] = self.evaluate(self.train(f"loyal-{tag}-t{tau}-s0", self.config(skips=skips, tau=tau)))
+        self.points["loyal"] = self.evaluate(self.train(self.run_name("loyal", 0), self.config(skips=skips, tau=tau)))
         self.report("loyal")
 
     def routed(self, plain: Path, rau: Path, tau: int) -> dict:
@@ -216,7 +215,7 @@ class Bench:
             out[label] = {"method": name, "runs": rows, **spread(rows)}
             print(f"seeds {label} ({name}): copy rate {out[label]['copy_rate']['mean']:.3f} "
                   f"± {out[label]['copy_rate']['sd']:.3f}", flush=True)
-            self.analyses["seeds"] = out
+        self.analyses["seeds"] = out
 
     def run_name(self, method: str, seed: int) -> str:
         if method == "none" or method.startswith("infer:"):
@@ -225,8 +224,12 @@ class Bench:
             return f"train-{method[6:]}-s{seed}"
         if method == "loyal":
             la = self.analyses["loyal"]
-            return f"loyal-{self.args.itb.replace(',', '+').replace(':', '')}-s{''.join(map(str, la['skips']))}-t{la['tau']}-s{seed}"
+            return f"loyal-{self.skips_tag(la['skips'])}-t{la['tau']}-s{seed}"
         return f"{method.replace('+', '-')}-s{seed}"
+
+    def skips_tag(self, skips) -> str:
+        """The ITB kinds and skips of a RAU-Net in a run folder's name, e.g. ``conv-s25``."""
+        return f"{self.args.itb.replace(',', '+').replace(':', '')}-s{''.join(map(str, skips))}"
 
     def method_config(self, method: str, seed: int) -> DiffusionConfig:
         if method == "none" or method.startswith("infer:"):
@@ -402,10 +405,11 @@ def headline(b: Bench) -> dict:
         std = rate("standard", chosen["standard"])[0]
         h["loyal_reduction_vs_best_baseline"] = 1 - rate("loyal", "loyal")[0] / std if std else None
     if "gc+df" in b.points:
-        h["gcdf_default_reduction_vs_none"] = 1 - b.points["gc+df"]["copy_rate"] / none["copy_rate"]
-        h["gcdf_default_fid_ratio"] = b.points["gc+df"]["proxy_fid"] / none["proxy_fid"]
         orig = b.points["gc+df"]["original_prompts"]
-        h["gcdf_default_reduction_vs_none_original_prompts"] = 1 - orig["copy_rate"] / none["copy_rate"]
+        h["gcdf_default_reduction_vs_none"] = 1 - b.points["gc+df"]["copy_rate"] / none["copy_rate"] if none["copy_rate"] else None
+        h["gcdf_default_fid_ratio"] = b.points["gc+df"]["proxy_fid"] / none["proxy_fid"]
+        h["gcdf_default_reduction_vs_none_original_prompts"] = (1 - orig["copy_rate"] / none["copy_rate"]
+                                                                if none["copy_rate"] else None)
     if seeds:
         h["seed_spread"] = {label: {"copy_rate_sd": s["copy_rate"]["sd"], "proxy_fid_sd": s["proxy_fid"]["sd"],
                                     "runs": s["copy_rate"]["n"]} for label, s in seeds.items()}

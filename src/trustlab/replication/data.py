@@ -58,6 +58,14 @@ class CaptionedImages:
         """How many distinct images the training set holds (its first rows)."""
         return int(self.origins().max()) + 1 if len(self) else 0
 
+    def captions_for(self, prompts: str) -> list[str]:
+        """The captions prompts are drawn from: ``training`` ones, or the ``original`` ones before generalization."""
+        if prompts != "original":
+            return self.captions
+        if self.original_captions is None:
+            raise ConfigError("--prompts original: this model was trained on its original captions (no --generalize)")
+        return self.original_captions
+
     def duplicated(self) -> torch.Tensor:
         """[distinct] bool: which distinct images appear more than once."""
         return torch.bincount(self.origins(), minlength=self.distinct) > 1
@@ -145,10 +153,8 @@ class CaptionDataConfig:
             captions[len(data):] = [pool.captions[i] for i in borrowed]
             if original is not None:
                 original[len(data):] = captions[len(data):]
-        out = CaptionedImages(data.images[idx], captions, data.labels[idx], data.classes, data.source,
-                              torch.from_numpy(idx))
-        out.original_captions = original
-        return out
+        return CaptionedImages(data.images[idx], captions, data.labels[idx], data.classes, data.source,
+                               torch.from_numpy(idx), original)
 
     @property
     def proxy_dataset(self) -> str:

@@ -41,7 +41,7 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     path = Path(samples) if samples else latest_samples(run)
     gen, meta = load_samples(path)
     data = cfg.data.load()
-    captions = data.original_captions if meta.get("prompt_captions") == "original" else data.captions
+    captions = data.captions_for(meta.get("prompt_captions", "training"))
     distinct = data.images[: data.distinct]
     rep = replication(gen, distinct, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip)
     threshold = copy_threshold if copy_threshold is not None else calibrated_threshold(distinct, flip=flip, device=dev)

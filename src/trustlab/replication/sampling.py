@@ -58,9 +58,7 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
     check_prompts(prompts)
     mit = mitigations if mitigations is not None else parse("")
     data = cfg.data.load()
-    if prompts == "original" and data.original_captions is None:
-        raise ConfigError("--prompts original: this model was trained on its original captions (no --generalize)")
-    captions = data.original_captions if prompts == "original" else data.captions
+    captions = data.captions_for(prompts)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data), size=n, replace=n > len(data))
     chosen = [captions[i] for i in pick]
