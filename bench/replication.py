@@ -29,6 +29,9 @@ Stages, in order (each resumes from what the run folders under ``--runs`` alread
    best standard mitigation, GC&DF and LoyalDiffusion at their chosen settings.
 6. ``timing``: the RAU-Net's and the pair's time per training step and per sampling call against
    the plain U-Net, interleaved in this process.
+7. ``controls``: the unmitigated model trained on ``dup_image`` duplication (a positive control:
+   duplicated images must be copied under other captions too) and the LoyalDiffusion pair
+   trained for twice the steps (is its FID cost under-training?).
 
 A method's *chosen* setting is the one with the largest copy-rate reduction whose proxy FID
 stays within ``--fid-tolerance`` of the unmitigated model's (``replication_pareto.png`` shows
@@ -58,7 +61,7 @@ from trustlab.replication.sampling import generate, sample_run, save_samples
 from trustlab.replication.training import DiffusionConfig, build_denoiser, load_trained, make_scheduler, train_diffusion
 from trustlab.runs import RunDir
 
-STAGES = ("calibration", "gcdf", "loyal", "standard", "seeds", "timing")
+STAGES = ("calibration", "gcdf", "loyal", "standard", "seeds", "timing", "controls")
 TEXT_DIM = 384  # MiniLM token states, the width the timed models are built for
 GCDF_VARIANTS = {  # name: (generalize, image weight, text weight)
     "gc": ("wordnet", 0.0, 0.0), "df": ("", 0.1, 0.5), "gc+df-weak": ("wordnet", 0.05, 0.25), "gc+df": ("wordnet", 0.1, 0.5)}
@@ -75,11 +78,11 @@ class Bench:
         self.analyses: dict = {}
 
     def config(self, *, seed: int = 0, mitigation: str = "", generalize: str = "", image_weight: float = 0.0,
-               text_weight: float = 0.0, skips: tuple[int, ...] = (), tau: int = 0, steps: int | None = None
-               ) -> DiffusionConfig:
+               text_weight: float = 0.0, skips: tuple[int, ...] = (), tau: int = 0, steps: int | None = None,
+               scheme: str = "dup_both") -> DiffusionConfig:
         a = self.args
         data = CaptionDataConfig(dataset="emoji", n=a.n, size=a.size, duplicate_share=a.duplicate_share,
-                                 duplicate_times=a.duplicate_times, generalize=generalize, seed=0)
+                                 duplicate_times=a.duplicate_times, duplicate_scheme=scheme, generalize=generalize, seed=0)
         return DiffusionConfig(data=data, channels=tuple(int(c) for c in a.channels.split(",")), steps=steps or a.steps,
                                batch_size=a.batch_size, mitigations=mitigation, device=a.device, seed=seed,
                                fusion=DualFusion(image_weight=image_weight, text_weight=text_weight),
@@ -254,6 +257,22 @@ class Bench:
             for phase in ("train", "sample"):
                 timing[name][f"{phase}_overhead"] = timing[name][phase] / timing["unet"][phase] - 1
         self.analyses["timing"] = timing
+
+    def controls(self) -> None:
+        """Two checks of the protocol, kept off the Pareto plot: duplicated images under other captions
+        (``dup_image``) must still be copied (a positive control for the metric), and the LoyalDiffusion pair
+        trained twice as long shows how much of its FID cost is under-training."""
+        la, none = self.analyses["loyal"], self.points["none"]
+        runs = {"dup_image": self.train("none-dup-image-s0", self.config(scheme="dup_image")),
+                "loyal_2x_steps": self.train(self.run_name("loyal", 0) + "-x2", self.config(
+                    skips=tuple(la["skips"]), tau=la["tau"], steps=2 * self.args.steps))}
+        out = {}
+        for name, run in runs.items():
+            p = self.evaluate(run)
+            out[name] = {**p, "fid_ratio_vs_none": p["proxy_fid"] / none["proxy_fid"]}
+            print(f"control {name}: copy rate {p['copy_rate']:.3f} (dup {p['copy_rate_dup']:.3f}, unique "
+                  f"{p['copy_rate_unique']:.3f}), FID x{out[name]['fid_ratio_vs_none']:.2f}", flush=True)
+        self.analyses["controls"] = out
 
     def report(self, name: str) -> None:
         p, none = self.points[name], self.points.get("none")
@@ -460,7 +479,7 @@ def main() -> None:
             continue
         if stage != "calibration" and "none" not in b.points:
             b.calibration()
-        if stage in ("seeds", "timing") and "loyal" not in b.analyses:
+        if stage in ("seeds", "timing", "controls") and "loyal" not in b.analyses:
             b.loyal()
         getattr(b, stage)()
         done.append(stage)

@@ -1,17 +1,28 @@
-"""Learned SPN vs its tSPN at several ranks, with SPFlow as the peer, on binarised images.
+"""tSPNs against the SPN they come from: size, likelihood and speed on the standard binary sets.
 
-For each dataset (binarised 8x8 digits; Fashion-MNIST down-sampled to 7x7 and binarised) in
-one run: LearnSPN per class under a class variable; the exact tSPN (checked against the SPN);
-nonnegative truncation + fine-tuning at each rank (``trustlab spn compress``); then test
-log-likelihood, accuracy, parameters and inference throughput of every model, and the same
-SPN's throughput in SPFlow on the same rows. Writes ``bench/results/spn.json`` and ``.png``.
-Resumes: fitted and compressed run folders under ``--runs`` are reused (``minutes`` is this
-invocation's wall time; ``fit_and_compress_minutes`` the recorded time of the fits and ranks).
+Per data set (the DEBD sets read from ``--debd``, binarised 8x8 digits with a validation split
+carved from the training rows, MNIST 14x14, and a wide RAT-SPN on NLTCS): the SPN (LearnSPN,
+its independence threshold chosen on validation where several are given), then at each rank
+two tensor trains of the same rank and variable order:
+
+* ``spn``: starts from the SPN (its exact train truncated where that train can be built, else
+  a random train) and is fitted to the training rows plus rows sampled from the SPN;
+* ``direct``: the ablation, a random train fitted to the training rows alone (never sees the SPN),
+  for as many gradient steps as the ``spn`` route takes over its larger set of rows.
+
+Each keeps the epoch with the best validation likelihood. The *chosen* rank is the one with the
+largest SPN/tSPN parameter ratio whose validation log-likelihood is within 1% of the SPN's
+(labelled sets: validation accuracy within 1 point); its test figures are reported. Speed:
+the SPN's own circuit and the chosen tSPN on the same test rows (batch 4096, float32, the same
+threads), interleaved, best of ``--repeats``; SPFlow on ``--spflow-rows`` rows, the tSPN on
+the same rows. Writes ``bench/results/spn.json`` and ``spn_<set>.png``. Resumes: fitted and
+compressed run folders under ``--runs`` are reused; speed is measured again on every invocation.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -23,16 +34,62 @@ from trustlab.spn.circuit import Circuit
 from trustlab.spn.pipeline import CompressConfig, FitConfig, SPNDataConfig, compress_spn, fit_spn, load_model
 from trustlab.spn.spflow_bridge import spflow_log_prob, to_spflow
 from trustlab.spn.structure import Graph
-from trustlab.spn.tensor_train import spn_to_tensor_train
 
-DATASETS = {
-    "digits": dict(data=SPNDataConfig(dataset="digits"), min_instances=30, ranks=(8, 16, 24, 32, 48, 64)),
-    "fashion-mnist-7x7": dict(data=SPNDataConfig(dataset="fashion-mnist", size=7, limit=10000), min_instances=100,
-                              ranks=(16, 32, 64)),
+PUBLISHED_LEARNSPN = {"nltcs": -6.11, "plants": -12.98, "jester": -53.48, "dna": -82.52}  # Gens & Domingos 2013
+SETS = {  # name: data, fit options (alpha: a list chosen on validation), ranks
+    "nltcs": dict(data=dict(dataset="debd", name="nltcs"), fit=dict(), ranks=(2, 4, 8, 16)),
+    "plants": dict(data=dict(dataset="debd", name="plants"), fit=dict(), ranks=(4, 8, 16, 32)),
+    "jester": dict(data=dict(dataset="debd", name="jester"), fit=dict(), ranks=(4, 8, 16)),
+    "dna": dict(data=dict(dataset="debd", name="dna"), fit=dict(alpha=(1e-3, 1e-5)), ranks=(4, 8, 16)),
+    "nltcs-rat": dict(data=dict(dataset="debd", name="nltcs"),
+                      fit=dict(structure="rat", depth=2, repetitions=10, sums=40, leaves=10, em_iterations=10),
+                      ranks=(2, 4, 8, 16)),
+    "digits": dict(data=dict(dataset="digits"), fit=dict(), ranks=(8, 16, 32)),
+    "mnist-14": dict(data=dict(dataset="mnist", size=14, limit=20000), fit=dict(min_instances=100), ranks=(16, 32)),
 }
+DEBD_SETS = tuple(PUBLISHED_LEARNSPN)
+ROUTES = {"spn": {"init": "auto"}, "direct": {"init": "random", "distill_samples": 0}}
 
 
-def rows_per_second(fn, x: torch.Tensor, repeats: int = 3) -> float:
+def fit_set(name: str, spec: dict, root: Path, args) -> Path:
+    """The set's SPN run folder; with several alphas, the one with the best validation likelihood."""
+    data = SPNDataConfig(**spec["data"], data_dir=args.debd if spec["data"]["dataset"] == "debd" else None)
+    opts = dict(spec["fit"])
+    alphas = opts.pop("alpha", (FitConfig.alpha,))
+    alphas = alphas if isinstance(alphas, tuple) else (alphas,)
+    best = None
+    for alpha in alphas:
+        out = root / (f"fit-a{alpha:g}" if len(alphas) > 1 else "fit")
+        if not (out / "summary.json").exists():
+            fit_spn(FitConfig(data=data, alpha=alpha, **opts), out)
+        valid = RunDir(out).summary()["valid_ll"]
+        if best is None or valid > best[0]:
+            best = (valid, out)
+    return best[1]
+
+
+def compress_set(fit: Path, spec: dict, root: Path, route: str, args) -> dict:
+    """The set's tSPNs of one route; the direct route gets as many gradient steps as the distilled one."""
+    out = root / f"tspn-{route}"
+    if not (out / "summary.json").exists():
+        opts = {"distill_samples": args.distill_samples, **ROUTES[route]}
+        n = RunDir(fit).summary()["train_rows"]
+        epochs = math.ceil(args.epochs * (n + args.distill_samples) / (n + opts["distill_samples"]))
+        cfg = CompressConfig(source=str(fit), ranks=spec["ranks"], epochs=epochs, lr=args.lr,
+                             batch_size=args.batch_size, **opts)
+        compress_spn(cfg, out, resume=(out / "config.yaml").exists(), quiet=args.quiet)
+    return RunDir(out).summary()
+
+
+def within(row: dict, spn: dict) -> bool:
+    """Validation log-likelihood within 1% of the SPN's (and, labelled, validation accuracy within 1 point)."""
+    ok = row["valid_ll"] >= spn["valid_ll"] - 0.01 * abs(spn["valid_ll"])
+    if "valid_accuracy" in spn:
+        ok = ok and row["valid_accuracy"] >= spn["valid_accuracy"] - 0.01
+    return ok
+
+
+def best_rows_per_s(fn, x: torch.Tensor, repeats: int) -> float:
     best = float("inf")
     with torch.no_grad():
         for _ in range(repeats):
@@ -42,102 +99,147 @@ def rows_per_second(fn, x: torch.Tensor, repeats: int = 3) -> float:
     return len(x) / best
 
 
-def bench_dataset(name: str, spec: dict, runs: Path, args) -> dict:
-    fit_dir, tspn_dir = runs / name / "fit", runs / name / "tspn"
-    if not (fit_dir / "summary.json").exists():
-        fit_spn(FitConfig(data=spec["data"], min_instances=spec["min_instances"]), fit_dir)
-    fit = RunDir(fit_dir).summary()
-    if not (tspn_dir / "summary.json").exists():
-        compress_spn(CompressConfig(source=str(fit_dir), ranks=spec["ranks"], epochs=args.epochs,
-                                    distill_samples=args.distill_samples), tspn_dir,
-                     resume=(tspn_dir / "config.yaml").exists(), quiet=args.quiet)
-    comp = RunDir(tspn_dir).summary()
-    graph = Graph.load(fit_dir / "spn.json")
-    _, data, _ = load_model(fit_dir)
-    x = data.x_test.repeat(max(1, args.speed_rows // len(data.x_test) + 1), 1)[: args.speed_rows]
-    spflow = to_spflow(graph)
-    speed = {"spflow": rows_per_second(lambda b: spflow_log_prob(spflow, b), x[: args.spflow_rows]),
-             "spn": rows_per_second(Circuit(graph).log_prob, x)}
-    exact = spn_to_tensor_train(graph, dtype=torch.float32)
-    speed["exact_tspn"] = rows_per_second(exact.log_prob, x)
-    comp["exact_tspn"]["rows_per_s"] = speed["exact_tspn"]
-    for row in comp["ranks"]:
-        tt, _, _ = load_model(tspn_dir, row["rank"])
-        speed[f"tspn_rank{row['rank']}"] = rows_per_second(tt.log_prob, x)
-        row["rows_per_s"] = speed[f"tspn_rank{row['rank']}"]
-        row["speedup_vs_spflow"] = row["rows_per_s"] / speed["spflow"]
-    ok = [r for r in comp["ranks"] if r["accuracy_drop_points"] <= 1.0]
-    best = max(ok, key=lambda r: r["ratio_vs_exact_tspn"]) if ok else None
-    return {"data": fit["data"], "train_rows": fit["train_rows"], "test_rows": fit["test_rows"],
-            "spn": {"nodes": fit["nodes"], "parameters": fit["parameters"], "test_ll": fit["test_ll"],
-                    "accuracy": fit["accuracy"], "rows_per_s": speed["spn"], "fit_seconds": fit["fit_seconds"]},
-            "spflow_rows_per_s": speed["spflow"], "exact_tspn": comp["exact_tspn"], "ranks": comp["ranks"],
-            "best_at_1pt": best}
+def speed(fit: Path, tspn_run: Path, rank: int, args) -> dict:
+    """Rows/s of the SPN's circuit and the tSPN, interleaved on the same test rows; SPFlow and the tSPN on fewer."""
+    circuit, data, _ = load_model(fit)
+    tt, _, _ = load_model(tspn_run, rank)
+    x = data.x_test
+    spn, tspn = [], []
+    for _ in range(args.repeats):
+        spn.append(best_rows_per_s(circuit.log_prob, x, 1))
+        tspn.append(best_rows_per_s(tt.log_prob, x, 1))
+    few = x.repeat(args.spflow_rows // len(x) + 1, 1)[: args.spflow_rows]
+    spflow = to_spflow(Graph.load(fit / "spn.json"))
+    spflow_rate = best_rows_per_s(lambda b: spflow_log_prob(spflow, b), few, 2)
+    tspn_few = best_rows_per_s(tt.log_prob, few, args.repeats)
+    return {"rows": len(x), "spn_rows_per_s": max(spn), "tspn_rows_per_s": max(tspn),
+            "speedup_vs_spn_circuit": max(tspn) / max(spn), "spflow_rows": len(few), "spflow_rows_per_s": spflow_rate,
+            "speedup_vs_spflow": tspn_few / spflow_rate}
 
 
-def plot(results: dict, path: Path) -> None:
+def bench_set(name: str, spec: dict, args) -> dict:
+    root = Path(args.runs) / name
+    t0 = time.time()
+    fit = fit_set(name, spec, root, args)
+    s = RunDir(fit).summary()
+    routes = {route: compress_set(fit, spec, root, route, args) for route in ROUTES}
+    spn = routes["spn"]["spn"]
+    ok = [r for r in routes["spn"]["ranks"] if within(r, spn)]
+    chosen = max(ok, key=lambda r: r["ratio_vs_spn"]) if ok else None
+    out = {"data": s["data"], "train_rows": s["train_rows"], "test_rows": s["test_rows"], "variables": s["variables"],
+           "spn": {"structure": RunDir(fit).config["structure"], "nodes": s["nodes"], **spn, "fit_seconds": s["fit_seconds"]},
+           "exact_tspn": routes["spn"]["exact_tspn"], "route_from_spn": routes["spn"]["route"],
+           "ranks": {route: r["ranks"] for route, r in routes.items()}, "chosen_rank": chosen and chosen["rank"]}
+    if name in PUBLISHED_LEARNSPN and out["spn"]["structure"] == "learnspn":
+        out["published_learnspn_test_ll"] = PUBLISHED_LEARNSPN[name]
+        out["learnspn_gap"] = PUBLISHED_LEARNSPN[name] - spn["test_ll"]
+    if chosen:
+        direct = next(r for r in routes["direct"]["ranks"] if r["rank"] == chosen["rank"])
+        out["at_chosen"] = {"rank": chosen["rank"], "parameters": chosen["parameters"], "ratio_vs_spn": chosen["ratio_vs_spn"],
+                            "ratio_vs_exact_tspn": chosen["ratio_vs_exact_tspn"], "test_ll": chosen["test_ll"],
+                            "test_ll_direct": direct["test_ll"], **speed(fit, root / "tspn-spn", chosen["rank"], args)}
+        if "accuracy" in chosen:
+            out["at_chosen"].update(accuracy=chosen["accuracy"], accuracy_direct=direct["accuracy"])
+    out["minutes_recorded"] = (s["fit_seconds"] + sum(r["seconds"] for rr in routes.values() for r in rr["ranks"])) / 60
+    plot_set(name, out, RESULTS / f"spn_{name}.png")
+    report(name, out)
+    print(f"({(time.time() - t0) / 60:.1f} min this invocation)", flush=True)
+    return out
+
+
+def report(name: str, r: dict) -> None:
+    spn = r["spn"]
+    pub = f" (published LearnSPN {r['published_learnspn_test_ll']})" if "published_learnspn_test_ll" in r else ""
+    print(f"{name}: SPN ({spn['structure']}) {spn['parameters']:,} params, valid {spn['valid_ll']:.3f}, test "
+          f"{spn['test_ll']:.3f}{pub}; exact tSPN {r['exact_tspn']['parameters']:,} params", flush=True)
+    for route, rows in r["ranks"].items():
+        for x in rows:
+            print(f"  {route:6s} rank {x['rank']:3d}: {x['parameters']:8,} params ({x['ratio_vs_spn']:7.2f}x vs SPN) "
+                  f"valid {x['valid_ll']:.3f} test {x['test_ll']:.3f} ({x['seconds']:.0f} s)", flush=True)
+    if "at_chosen" in r:
+        c = r["at_chosen"]
+        print(f"  chosen rank {c['rank']}: {c['ratio_vs_spn']:.2f}x fewer parameters than the SPN, "
+              f"{c['speedup_vs_spn_circuit']:.1f}x its circuit's rows/s, {c['speedup_vs_spflow']:.1f}x SPFlow's", flush=True)
+    else:
+        print("  no rank within 1% of the SPN's validation likelihood", flush=True)
+
+
+def plot_set(name: str, r: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in results.items():
-        rows = sorted(r["ranks"], key=lambda x: x["parameters"])
-        line, = axes[0].plot([x["parameters"] for x in rows], [x["accuracy"] for x in rows], "o-", label=f"{name} tSPN")
-        axes[0].axhline(r["spn"]["accuracy"], color=line.get_color(), ls="--", lw=1, label=f"{name} SPN")
-        axes[0].axvline(r["exact_tspn"]["parameters"], color=line.get_color(), ls=":", lw=1)
-        axes[1].plot([x["parameters"] for x in rows], [x["speedup_vs_spflow"] for x in rows], "o-", label=name)
-    axes[0].set(xscale="log", xlabel="tSPN parameters (dotted: exact tSPN)", ylabel="test accuracy",
-                title="accuracy vs size (dashed: the SPN)")
-    axes[1].set(xscale="log", yscale="log", xlabel="tSPN parameters", ylabel="rows/s relative to SPFlow",
-                title="inference speed vs SPFlow on the same SPN")
-    for ax in axes:
-        ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    style = {"spn": ("o-", "tSPN from the SPN"), "direct": ("s--", "TT on the data alone (ablation)")}
+    for route, rows in r["ranks"].items():
+        rows = sorted(rows, key=lambda x: x["parameters"])
+        ax.plot([x["parameters"] for x in rows], [x["test_ll"] for x in rows], style[route][0], label=style[route][1])
+        for x in rows:
+            ax.annotate(f"r{x['rank']}", (x["parameters"], x["test_ll"]), fontsize=7, xytext=(2, 2), textcoords="offset points")
+    spn = r["spn"]
+    ax.plot([spn["parameters"]], [spn["test_ll"]], "k*", ms=14, label=f"SPN ({spn['structure']})")
+    ax.axhline(spn["test_ll"] - 0.01 * abs(spn["test_ll"]), color="k", ls=":", lw=1, label="SPN - 1%")
+    if "published_learnspn_test_ll" in r:
+        ax.axhline(r["published_learnspn_test_ll"], color="tab:red", ls=":", lw=1, label="published LearnSPN")
+    ax.set(xscale="log", xlabel="parameters", ylabel="test log-likelihood (nats/row)", title=f"{name}: tSPN vs its SPN")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def headline(results: dict) -> dict:
+    debd = {n: r for n, r in results.items() if n in DEBD_SETS}
+    h = {"sets": list(results)}
+    if debd:
+        h["learnspn_ll_gap_max"] = max(r["learnspn_gap"] for r in debd.values())
+        ratios = {n: r["at_chosen"]["ratio_vs_spn"] if "at_chosen" in r else None for n, r in debd.items()}
+        h["compression_vs_spn_by_set"] = ratios
+        h["compression_vs_spn_at_1pct"] = None if None in ratios.values() else min(ratios.values())
+        chosen = [r["at_chosen"] for r in debd.values() if "at_chosen" in r]
+        if chosen:
+            h["speedup_vs_spn_circuit"] = min(c["speedup_vs_spn_circuit"] for c in chosen)
+            h["speedup_vs_spflow"] = min(c["speedup_vs_spflow"] for c in chosen)
+    wide = {n: r["at_chosen"]["ratio_vs_spn"] for n, r in results.items() if r["spn"]["structure"] == "rat" and "at_chosen" in r}
+    if wide:
+        h["compression_vs_wide_rat_spn"] = wide
+    h["direct_ablation_gap"] = {n: r["at_chosen"]["test_ll"] - r["at_chosen"]["test_ll_direct"]
+                                for n, r in results.items() if "at_chosen" in r}
+    return h
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", default="runs/bench-spn")
-    ap.add_argument("--datasets", default=",".join(DATASETS))
-    ap.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per rank")
+    ap.add_argument("--runs", default="runs/bench-spn-v2")
+    ap.add_argument("--sets", default=",".join(SETS), help="comma-separated, from " + ",".join(SETS))
+    ap.add_argument("--debd", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "debd"),
+                    help="the folder holding NAME.{train,valid,test}.data")
+    ap.add_argument("--epochs", type=int, default=15, help="most fine-tuning epochs per rank (best on validation kept)")
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--distill-samples", type=int, default=20000)
-    ap.add_argument("--speed-rows", type=int, default=20000, help="rows timed for the SPN and the tSPNs")
-    ap.add_argument("--spflow-rows", type=int, default=2000, help="rows timed for SPFlow (slower)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--spflow-rows", type=int, default=1000)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
-    t0 = time.time()
+    names = [n for n in args.sets.split(",") if n]
+    unknown = set(names) - set(SETS)
+    if unknown:
+        ap.error(f"unknown sets {sorted(unknown)}: choose from {','.join(SETS)}")
     torch.manual_seed(0)
-    results = {n: bench_dataset(n, DATASETS[n], Path(args.runs), args) for n in args.datasets.split(",")}
-    plot(results, RESULTS / "spn.png")
-    digits = results.get("digits") or next(iter(results.values()))
-    best = digits["best_at_1pt"]
-    headline = {"dataset": "digits" if "digits" in results else next(iter(results)),
-                "compression_ratio_at_1pt": best["ratio_vs_exact_tspn"] if best else None,
-                "compression_ratio_at_1pt_vs_spn_parameters": best["ratio_vs_spn"] if best else None,
-                "rank_at_1pt": best["rank"] if best else None,
-                "speedup_vs_spflow": best["speedup_vs_spflow"] if best else
-                max(r["speedup_vs_spflow"] for r in digits["ranks"]),
-                "minutes": (time.time() - t0) / 60,
-                "fit_and_compress_minutes": sum(r["spn"]["fit_seconds"] + r["exact_tspn"]["map_seconds"]
-                                                + sum(x["seconds"] for x in r["ranks"]) for r in results.values()) / 60}
-    settings = {"datasets": {n: {"data": DATASETS[n]["data"].__dict__, "min_instances": DATASETS[n]["min_instances"],
-                                 "ranks": DATASETS[n]["ranks"]} for n in results},
-                "epochs": args.epochs, "distill_samples": args.distill_samples, "speed_rows": args.speed_rows,
-                "spflow_rows": args.spflow_rows, "ratio": "parameters of the exact tSPN / parameters at the rank",
-                "accuracy_drop": "SPN accuracy - tSPN accuracy, in points, on the test split"}
-    path = write_result("spn", headline, settings, results=results)
-    print(path)
-    for n, r in results.items():
-        print(f"{n}: SPN {r['spn']['parameters']:,} params acc {r['spn']['accuracy']:.4f}; exact tSPN "
-              f"{r['exact_tspn']['parameters']:,}; SPFlow {r['spflow_rows_per_s']:,.0f} rows/s")
-        for x in r["ranks"]:
-            print(f"  rank {x['rank']}: {x['parameters']:,} params ({x['ratio_vs_exact_tspn']:.1f}x vs exact, "
-                  f"{x['ratio_vs_spn']:.2f}x vs SPN) acc {x['accuracy']:.4f} ({x['accuracy_drop_points']:+.2f} pts) "
-                  f"ll {x['test_ll']:.3f} {x['rows_per_s']:,.0f} rows/s ({x['speedup_vs_spflow']:.1f}x SPFlow)")
+    t0, results = time.time(), {}
+    settings = {"sets": {n: SETS[n] for n in names}, "debd": args.debd, "epochs": args.epochs, "lr": args.lr,
+                "batch_size": args.batch_size, "distill_samples": args.distill_samples, "repeats": args.repeats,
+                "spflow_rows": args.spflow_rows, "routes": ROUTES,
+                "parameters": "SPN: sum weights + leaf probabilities (K-1 per leaf); tSPN: entries of its dense cores",
+                "chosen_rank": "largest SPN/tSPN ratio with validation LL within 1% of the SPN's (labelled: and "
+                               "validation accuracy within 1 point); test figures reported",
+                "speed": "test rows, batch 4096, float32, same threads, interleaved, best of repeats"}
+    for n in names:
+        results[n] = bench_set(n, SETS[n], args)
+        print(write_result("spn", {**headline(results), "complete": len(results) == len(SETS),
+                                   "minutes_this_invocation": (time.time() - t0) / 60}, settings, results=results), flush=True)
 
 
 if __name__ == "__main__":

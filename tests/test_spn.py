@@ -213,7 +213,38 @@ def test_truncation_caps_ranks_keeps_a_distribution_and_fine_tuning_recovers_lik
     xt = torch.from_numpy(x).float()
     before = small.log_prob(xt).mean().item()
     hist = fine_tune(small.float(), xt, epochs=4, lr=0.05)
-    assert hist[-1] > before and small.num_parameters() < tt.num_parameters()
+    assert hist[-1]["train_ll"] > before and small.num_parameters() < tt.num_parameters()
+
+
+def test_random_train_is_normalised_and_capped():
+    from trustlab.spn.tensor_train import TensorTrain, capped_ranks
+
+    assert capped_ranks([2, 2, 2, 2, 2], 5) == [2, 4, 4, 2] and capped_ranks([3, 2], 8) == [2]
+    tt = TensorTrain.random([2, 0, 1, 3], [2, 3, 2, 2], 4, seed=1)
+    assert tt.ranks() == [2, 4, 2]  # cards in order 2, 2, 3, 2
+    assert tt.log_prob(all_assignments([2, 3, 2, 2])).exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fine_tune_keeps_the_best_validation_epoch():
+    from trustlab.spn.tensor_train import TensorTrain
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy((rng.random((400, 6)) < 0.3).astype(np.float32))
+    tt = TensorTrain.random(list(range(6)), [2] * 6, 3)
+    hist = fine_tune(tt, x[:40], epochs=12, lr=0.3, batch_size=8, valid=x[200:])  # a tiny set: it over-fits
+    best = max(h["valid_ll"] for h in hist)
+    assert tt.log_prob(x[200:]).mean().item() == pytest.approx(best, abs=1e-5)
+
+
+def test_validation_split_is_carved_from_training_rows(cli, tmp_path):
+    from trustlab.spn.data import DiscreteData, with_valid_split
+
+    d = DiscreteData(torch.arange(20.0).view(10, 2), torch.zeros(3, 2), [2, 2], "toy")
+    v = with_valid_split(d, 0.2)
+    assert len(v.x_valid) == 2 and len(v.x_train) == 8 and v.x_test is d.x_test
+    assert sorted(torch.cat([v.x_train, v.x_valid])[:, 0].tolist()) == sorted(d.x_train[:, 0].tolist())
+    r = cli("spn", "fit", "--dataset", "digits", "--valid-share", "1.5", "--out", str(tmp_path / "fit"))
+    assert r.returncode == 2 and "--valid-share" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_rank_below_one_is_refused():
@@ -235,12 +266,38 @@ def test_fit_compress_eval_on_digits(cli, tmp_path):
     assert c["exact_tspn"]["max_abs_log_prob_gap"] < 1e-6
     assert [row["rank"] for row in c["ranks"]] == [4, 8]
     assert c["ranks"][0]["parameters"] < c["ranks"][1]["parameters"] < c["exact_tspn"]["parameters"]
+    assert c["route"] == "exact" and c["spn_parameters"] == s["parameters"] and "valid_ll" in s  # a 10% validation split
+    for row in c["ranks"]:
+        assert row["ratio_vs_spn"] == pytest.approx(s["parameters"] / row["parameters"]) and "valid_ll" in row
+        assert row["speedup_vs_spn"] == pytest.approx(row["rows_per_s"] / c["spn"]["rows_per_s"])
     assert (tmp_path / "fit-tspn" / "report.html").exists() and (tmp_path / "fit-tspn" / "plots" / "tradeoff.png").exists()
     r = cli("spn", "eval", str(tmp_path / "fit-tspn"), "--rank", "8", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["accuracy"] == pytest.approx(c["ranks"][1]["accuracy"])
     again = cli("spn", "compress", str(fit), "--rank", "4,8", "--resume", "--quiet")  # both ranks done: reused
     assert again.returncode == 0 and json.loads((tmp_path / "fit-tspn" / "summary.json").read_text())["ranks"] == c["ranks"]
+
+
+def test_target_ratio_is_against_the_spn_and_random_trains_need_no_exact_map(cli, tmp_path):
+    rows = (np.random.default_rng(0).random((300, 10)) < 0.4).astype(int)
+    np.savetxt(tmp_path / "toy.ts.data", rows, fmt="%d", delimiter=",")
+    fit = tmp_path / "fit"
+    r = cli("spn", "fit", "--dataset", "csv", "--csv", str(tmp_path / "toy.ts.data"), "--out", str(fit),
+            "--structure", "rat", "--repetitions", "3", "--sums", "3", "--leaves", "3")
+    assert r.returncode == 0, r.stderr
+    spn_params = json.loads((fit / "summary.json").read_text())["parameters"]
+    r = cli("spn", "compress", str(fit), "--target-ratio", "2", "--init", "random", "--distill-samples", "0",
+            "--epochs", "2", "--quiet", "--out", str(tmp_path / "tt"))
+    assert r.returncode == 0, r.stderr
+    c = json.loads((tmp_path / "tt" / "summary.json").read_text())
+    (row,) = c["ranks"]
+    assert c["route"] == "random" and not c["exact_tspn"]["built"] and "no SPN samples" in c["fitted_on"]
+    assert row["parameters"] <= spn_params / 2 and row["ratio_vs_spn"] >= 2 and "fewer than the SPN" in r.stdout
+    bigger = rows.shape[1] * 2 * (row["rank"] + 1) ** 2  # the next rank would break the budget
+    assert bigger > spn_params / 2 or row["rank"] == 2 ** 5
+    for bad, message in (("0.5", "below 1"), ("1e9", "ask for a ratio of at most")):
+        r = cli("spn", "compress", str(fit), "--target-ratio", bad, "--init", "random")
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_binary_csv_density_model(cli, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Optional
 
@@ -42,6 +43,8 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
             em_iterations: int = typer.Option(0, min=0, help="EM iterations after structure learning (rat: use ~20)."),
             limit: Optional[int] = typer.Option(None, min=1, help="Use the first N training images only."),
             test_limit: Optional[int] = typer.Option(None, min=1, help="Use the first N test images only."),
+            valid_share: float = typer.Option(0.1, help="Training rows held out for validation where the data has "
+                                                        "no fixed split (debd has one)."),
             seed: int = typer.Option(0)) -> None:
     """Learn an SPN (per class, under a class variable) and report its likelihood, accuracy and size."""
     from trustlab.report import render_report
@@ -49,7 +52,7 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
 
     cfg = FitConfig(data=SPNDataConfig(dataset=dataset, csv=csv, name=name, data_dir=data_dir, size=size,
                                        threshold=threshold, with_class=classify and dataset not in ("csv", "debd"),
-                                       limit=limit, test_limit=test_limit),
+                                       limit=limit, test_limit=test_limit, valid_share=valid_share),
                     structure=structure, min_instances=min_instances, alpha=alpha, depth=depth,
                     repetitions=repetitions, sums=sums, leaves=leaves, em_iterations=em_iterations, seed=seed)
     run = fit_spn(cfg, out)
@@ -57,49 +60,63 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
     acc = f", accuracy {s['accuracy']:.4f}" if "accuracy" in s else ""
     tt = (f"; exact tSPN: rank {s['exact_tt_max_rank']:,}, {s['exact_tt_parameters']:,} parameters"
           if "exact_tt_parameters" in s else "")
-    valid = f"valid log-likelihood {s['valid_ll']:.3f}, " if "valid_ll" in s else ""
-    print(f"SPN: {s['nodes']:,} nodes, {s['parameters']:,} parameters; {valid}test log-likelihood {s['test_ll']:.3f}{acc}{tt}")
+    print(f"SPN: {s['nodes']:,} nodes, {s['parameters']:,} parameters; {_lls(s)}{acc}{tt}")
     print(render_report(run.path))
 
 
 @app.command("compress")
 def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written by `trustlab spn fit`."),
-                 rank: Optional[str] = typer.Option(None, help="Rank(s) to truncate to, e.g. 32 or 8,16,32."),
+                 rank: Optional[str] = typer.Option(None, help="Rank(s) of the tSPN, e.g. 32 or 8,16,32."),
                  target_ratio: Optional[float] = typer.Option(None, help="Instead of --rank: the largest rank with "
-                                                              "this many times fewer parameters than the exact tSPN."),
+                                                              "this many times fewer parameters than the SPN."),
                  out: Optional[str] = typer.Option(None, help="Run folder to write (default: RUN_DIR-tspn)."),
-                 distill_samples: int = typer.Option(20000, min=1, help="Rows sampled from the SPN for fine-tuning."),
-                 epochs: int = typer.Option(10, min=1, help="Fine-tuning epochs per rank."),
+                 init: str = typer.Option("auto", help="exact: truncate the exact tensor train; random: fit a random "
+                                                       "train (SPNs whose exact train is too large); auto: exact "
+                                                       "when its rank is at most --max-rank."),
+                 distill_samples: int = typer.Option(20000, min=0, help="Rows sampled from the SPN added to the "
+                                                                        "training rows (0: the data alone)."),
+                 epochs: int = typer.Option(10, min=1, help="Most fine-tuning epochs per rank (the best on validation is kept)."),
                  lr: float = typer.Option(0.02), batch_size: int = typer.Option(256, min=1),
                  discriminative: float = typer.Option(0.0, help="Weight of log p(class|x) in fine-tuning."),
-                 max_rank: int = typer.Option(4096, min=1, help="Refuse exact trains of higher rank."),
+                 max_rank: int = typer.Option(4096, min=1, help="The largest exact train that is built."),
                  seed: int = typer.Option(0),
                  resume: bool = typer.Option(False, help="Continue: keep the ranks already done."),
                  quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
-    """Map the SPN exactly onto a tensor train, then compress it (nonnegative truncation + fine-tuning)."""
+    """Compress an SPN into tensor trains (from its exact train, or fitted to it) and compare them with the SPN."""
     from trustlab.report import render_report
-    from trustlab.spn.pipeline import CompressConfig, compress_spn, load_fit, ranks_for_ratio
+    from trustlab.spn.pipeline import CompressConfig, compress_spn, load_fit, rank_for_ratio
     from trustlab.spn.tensor_train import dfs_order
 
     if (rank is None) == (target_ratio is None):
         raise ConfigError("give exactly one of --rank and --target-ratio")
+    cfg = CompressConfig(source=run_dir, init=init, distill_samples=distill_samples, epochs=epochs, lr=lr,
+                         batch_size=batch_size, discriminative=discriminative, max_rank=max_rank, seed=seed)
     if rank is not None:
         ranks = _ranks(rank)
     else:
+        cfg.validate()
         _, _, graph, _ = load_fit(run_dir)
-        ranks = (ranks_for_ratio(graph, dfs_order(graph), target_ratio),)
-    cfg = CompressConfig(source=run_dir, ranks=ranks, distill_samples=distill_samples, epochs=epochs, lr=lr,
-                         batch_size=batch_size, discriminative=discriminative, max_rank=max_rank, seed=seed)
-    run = compress_spn(cfg, out or f"{run_dir.rstrip('/')}-tspn", resume=resume, quiet=quiet)
+        order = dfs_order(graph)
+        ranks = (rank_for_ratio(graph, order, target_ratio, exact=cfg.route(graph, order) == "exact"),)
+    run = compress_spn(dataclasses.replace(cfg, ranks=ranks), out or f"{run_dir.rstrip('/')}-tspn", resume=resume,
+                       quiet=quiet)
     s = run.summary()
-    ex = s["exact_tspn"]
-    print(f"exact tSPN: {ex['parameters']:,} parameters (rank {ex['max_rank']}), max |log p gap| to the SPN "
-          f"{ex['max_abs_log_prob_gap']:.2e}")
+    ex, spn = s["exact_tspn"], s["spn"]
+    gap = f", max |log p gap| to the SPN {ex['max_abs_log_prob_gap']:.2e}" if ex["built"] else " (not built)"
+    print(f"SPN: {s['spn_parameters']:,} parameters, {_lls(spn)}, {spn['rows_per_s']:,.0f} rows/s; exact tSPN: "
+          f"{ex['parameters']:,} parameters (rank {ex['max_rank']:,}){gap}; tSPN from the {s['route']} route, "
+          f"fitted on {s['fitted_on']}")
     for r in s["ranks"]:
         acc = f", accuracy {r['accuracy']:.4f} ({r['accuracy_drop_points']:+.2f} points lost)" if "accuracy" in r else ""
-        print(f"rank {r['rank']}: {r['parameters']:,} parameters ({r['ratio_vs_exact_tspn']:.1f}x fewer than the exact "
-              f"tSPN), test log-likelihood {r['test_ll']:.3f}{acc}")
+        print(f"rank {r['rank']}: {r['parameters']:,} parameters ({r['ratio_vs_spn']:.2f}x fewer than the SPN, "
+              f"{r['ratio_vs_exact_tspn']:.1f}x fewer than the exact tSPN), {_lls(r)}{acc}, "
+              f"{r['speedup_vs_spn']:.1f}x the SPN's rows/s, {r['seconds']:.0f} s")
     print(render_report(run.path))
+
+
+def _lls(figures: dict) -> str:
+    valid = f"valid log-likelihood {figures['valid_ll']:.3f}, " if "valid_ll" in figures else ""
+    return f"{valid}test log-likelihood {figures['test_ll']:.3f}"
 
 
 @app.command("eval")
@@ -108,8 +125,6 @@ def eval_cmd(run_dir: str = typer.Argument(..., help="An spn fit or compress run
              csv: Optional[str] = typer.Option(None, help="Evaluate on these 0/1 rows instead of the run's test split."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Test log-likelihood, accuracy (with a class variable) and rows per second of a model."""
-    import dataclasses
-
     import torch
 
     from trustlab.spn.data import binary_csv
@@ -122,7 +137,7 @@ def eval_cmd(run_dir: str = typer.Argument(..., help="An spn fit or compress run
         other = binary_csv(csv)
         if other.num_vars != data.num_vars:
             raise ConfigError(f"{csv} has {other.num_vars} columns, the model is over {data.num_vars} variables")
-        data = dataclasses.replace(data, x_test=torch.cat([other.x_train, other.x_test]), source=csv)
+        data = dataclasses.replace(data, x_test=torch.cat([other.x_train, other.x_test]), x_valid=None, source=csv)
     res = {"model": name, "data": data.source, **evaluate(model, data)}
     if as_json:
         print(json.dumps(res, indent=2))

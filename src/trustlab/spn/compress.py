@@ -75,20 +75,23 @@ def truncate(tt: TensorTrain, rank: int, *, iterations: int = 1500, seed: int = 
 
 
 def fine_tune(tt: TensorTrain, x: torch.Tensor, *, epochs: int = 5, batch_size: int = 256, lr: float = 0.02,
-              class_var: int | None = None, discriminative: float = 0.0, seed: int = 0,
-              callback=None) -> list[float]:
-    """Maximise the mean log-likelihood of ``x`` over the (log) cores; returns it per epoch.
+              class_var: int | None = None, discriminative: float = 0.0, valid: torch.Tensor | None = None,
+              seed: int = 0, callback=None) -> list[dict]:
+    """Maximise the mean log-likelihood of ``x`` over the (log) cores; returns per epoch ``train_ll``
+    (and ``valid_ll``).
 
     With ``class_var`` and ``discriminative`` = λ > 0 the objective is the hybrid
     ``log p(class, x) + λ log p(class | x)``, which keeps a compressed generative classifier
-    discriminative; the returned figure is still the mean joint log-likelihood.
+    discriminative; the returned figure is still the mean joint log-likelihood. With ``valid``
+    rows, the train ends holding the cores of the epoch with the best validation likelihood
+    (early stopping chosen on validation data, never on the test split).
     """
     x = tt.check_data(x)
     if discriminative and class_var is None:
         raise ConfigError("a discriminative weight needs the class variable")
     opt = torch.optim.Adam(tt.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
-    history = []
+    history, best, best_state = [], -float("inf"), None
     for epoch in range(epochs):
         total = 0.0
         for idx in torch.randperm(len(x), generator=g).split(batch_size):
@@ -104,9 +107,17 @@ def fine_tune(tt: TensorTrain, x: torch.Tensor, *, epochs: int = 5, batch_size: 
             loss.backward()
             opt.step()
             total += float(ll.detach()) * len(idx)
-        history.append(total / len(x))
+        history.append({"train_ll": total / len(x)})
+        if valid is not None:
+            history[-1]["valid_ll"] = v = float(tt.log_prob(valid).mean())
+            if v > best:
+                best, best_state = v, [c.detach().clone() for c in tt.log_cores]
         if callback is not None:
             callback(epoch, history[-1])
+    if best_state is not None:
+        with torch.no_grad():
+            for c, b in zip(tt.log_cores, best_state):
+                c.copy_(b)
     return history
 
 

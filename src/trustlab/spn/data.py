@@ -116,6 +116,26 @@ def binary_csv(path: str | Path, *, seed: int = 0) -> DiscreteData:
     return DiscreteData(torch.from_numpy(x).float(), torch.from_numpy(xt).float(), [2] * x.shape[1], source)
 
 
+def with_valid_split(data: DiscreteData, share: float, *, seed: int = 0) -> DiscreteData:
+    """``data`` with a validation split of ``share`` of its training rows (fixed by ``seed``), where it has none.
+
+    Every choice (rank, epochs) is then made on rows that neither training nor the test
+    figures use.
+    """
+    if not 0 <= share < 1:
+        raise DataError(f"--valid-share {share:g} must lie in [0, 1)")
+    if data.x_valid is not None or share == 0:
+        return data
+    n = len(data.x_train)
+    k = int(round(n * share))
+    if k < 1 or k >= n:
+        raise DataError(f"{n} training rows cannot give a {share:.0%} validation split: use more rows or --valid-share 0")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return DiscreteData(data.x_train[order[k:]], data.x_test, data.cardinality,
+                        f"{data.source}, {share:.0%} of training rows held out for validation", data.class_var,
+                        data.classes, x_valid=data.x_train[order[:k]])
+
+
 DEBD_SPLITS = ("train", "valid", "test")
 
 
@@ -139,4 +159,4 @@ def debd(name: str, folder: str | Path) -> DiscreteData:
     return DiscreteData(x["train"], x["test"], [2] * x["train"].shape[1], f"DEBD {name} ({root})", x_valid=x["valid"])
 
 
-__all__ = ["DEBD_SPLITS", "DiscreteData", "binarized_images", "binary_csv", "debd"]
+__all__ = ["DEBD_SPLITS", "DiscreteData", "binarized_images", "binary_csv", "debd", "with_valid_split"]

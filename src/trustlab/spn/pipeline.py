@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -21,12 +22,13 @@ from trustlab.errors import ConfigError, RunError
 from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, resumed_config
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy
-from trustlab.spn.data import DiscreteData, binarized_images, binary_csv, debd
+from trustlab.spn.data import DiscreteData, binarized_images, binary_csv, debd, with_valid_split
 from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
 from trustlab.spn.structure import Graph
-from trustlab.spn.tensor_train import TensorTrain, exact_ranks, dfs_order, spn_to_tensor_train
+from trustlab.spn.tensor_train import TensorTrain, capped_ranks, dfs_order, exact_ranks, spn_to_tensor_train
 
 STRUCTURES = ("learnspn", "rat")
+INITS = ("auto", "exact", "random")
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,14 @@ class SPNDataConfig:
     with_class: bool = True  # the class as variable 0 (generative classifier)
     limit: int | None = None
     test_limit: int | None = None
+    valid_share: float = 0.1  # training rows held out for validation where the data set has no fixed split
+
+    LEGACY: ClassVar[dict] = {"valid_share": 0.0}  # runs written before the split trained on every row
 
     def load(self) -> DiscreteData:
+        return with_valid_split(self._load(), self.valid_share)
+
+    def _load(self) -> DiscreteData:
         if self.dataset == "csv":
             if not self.csv:
                 raise ConfigError("--dataset csv needs --csv PATH")
@@ -117,18 +125,32 @@ def throughput(model: Circuit | TensorTrain, x: torch.Tensor, repeats: int = 3) 
 
 
 def evaluate(model: Circuit | TensorTrain, data: DiscreteData) -> dict:
+    """Test (and validation) log-likelihood, rows per second on the test rows, accuracy with a class variable."""
     out = {"test_ll": float(model.log_prob(data.x_test).mean()), "rows_per_s": throughput(model, data.x_test)}
+    if data.x_valid is not None:
+        out["valid_ll"] = float(model.log_prob(data.x_valid).mean())
     if data.class_var is not None:
         out["accuracy"] = accuracy(model, data.x_test, data.class_var)
+        if data.x_valid is not None:
+            out["valid_accuracy"] = accuracy(model, data.x_valid, data.class_var)
     return out
 
 
-def tt_parameters(graph: Graph, order: list[int], rank: int | None = None) -> int:
-    """Parameters of the exact train (``rank`` None) or of one truncated at ``rank``."""
-    ranks = [1, *exact_ranks(graph, order), 1]
-    if rank is not None:
-        ranks = [min(r, rank) for r in ranks]
+def tt_parameters(graph: Graph, order: list[int], rank: int | None = None, *, exact: bool = True) -> int:
+    """Entries of the cores of the exact train (``rank`` None), or of a train of ``rank`` truncated from it
+    (``exact``) or built at that rank from scratch (ranks capped only where a side has fewer joint states).
+
+    Every entry of a compressed train is a free parameter (its cores are dense); the exact
+    train's structural zeros are counted too, as the exact map stores them.
+    """
     card = [graph.cardinality[v] for v in order]
+    if rank is None:
+        ranks = exact_ranks(graph, order)
+    elif exact:
+        ranks = [min(r, rank) for r in exact_ranks(graph, order)]
+    else:
+        ranks = capped_ranks(card, rank)
+    ranks = [1, *ranks, 1]
     return sum(ranks[k] * card[k] * ranks[k + 1] for k in range(len(card)))
 
 
@@ -145,8 +167,6 @@ def fit_spn(cfg: FitConfig, out: str | Path) -> RunDir:
     summary = {"data": data.source, "variables": data.num_vars, "train_rows": len(data.x_train),
                "test_rows": len(data.x_test), "fit_seconds": seconds, **graph.counts(),
                "train_ll": float(circuit.log_prob(data.x_train).mean()), **evaluate(circuit, data)}
-    if data.x_valid is not None:
-        summary["valid_ll"] = float(circuit.log_prob(data.x_valid).mean())
     if all(c > 0 for c in data.cardinality):
         order = dfs_order(graph)
         summary.update(exact_tt_max_rank=max(exact_ranks(graph, order)), exact_tt_parameters=tt_parameters(graph, order))
@@ -166,49 +186,78 @@ def load_fit(run_dir: str | Path) -> tuple[RunDir, FitConfig, Graph, DiscreteDat
 class CompressConfig:
     source: str = ""  # the spn-fit run folder
     ranks: tuple[int, ...] = (32,)
-    distill_samples: int = 20000  # rows sampled from the SPN added to the training rows
-    epochs: int = 10
+    init: str = "auto"  # exact: truncate the exact map; random: fit a random train; auto: exact when it fits max_rank
+    distill_samples: int = 20000  # rows sampled from the SPN added to the training rows (0: the data alone)
+    epochs: int = 10  # at most: the epoch with the best validation likelihood is kept
     lr: float = 0.02
     batch_size: int = 256
     discriminative: float = 0.0  # weight of log p(class | x) in the fine-tuning objective
     nmf_iterations: int = 1500
-    max_rank: int = 4096  # refuse exact trains above this rank
+    max_rank: int = 4096  # the largest exact train that is built
     seed: int = 0
 
+    def validate(self) -> None:
+        if not self.ranks or min(self.ranks) < 1:
+            raise ConfigError(f"ranks {list(self.ranks)}: every rank must be at least 1")
+        if self.init not in INITS:
+            raise ConfigError(f"--init {self.init}: use {', '.join(INITS)}")
+        if self.distill_samples < 0:
+            raise ConfigError("--distill-samples must be >= 0")
 
-def ranks_for_ratio(graph: Graph, order: list[int], ratio: float) -> int:
-    """The largest rank whose train has at most 1/``ratio`` of the exact train's parameters."""
-    if ratio <= 1:
-        raise ConfigError(f"--target-ratio {ratio} must be above 1")
-    budget = tt_parameters(graph, order) / ratio
-    best = 0
-    for r in range(1, max(exact_ranks(graph, order)) + 1):
-        if tt_parameters(graph, order, r) <= budget:
-            best = r
+    def route(self, graph: Graph, order: list[int]) -> str:
+        """``exact`` or ``random``: how each rank's train starts (auto: exact when the exact train fits)."""
+        if self.init != "auto":
+            return self.init
+        return "exact" if max(exact_ranks(graph, order)) <= self.max_rank else "random"
+
+
+def rank_for_ratio(graph: Graph, order: list[int], ratio: float, *, exact: bool) -> int:
+    """The largest rank whose train has at most 1/``ratio`` of the SPN's parameters."""
+    if ratio < 1:
+        raise ConfigError(f"--target-ratio {ratio:g} is below 1: it is how many times fewer parameters than the SPN")
+    budget = graph.num_parameters() / ratio
+    most = max(capped_ranks([graph.cardinality[v] for v in order], 2**62))
+    best, rank = 0, 1
+    while rank <= most and tt_parameters(graph, order, rank, exact=exact) <= budget:
+        best, rank = rank, rank + 1
     if best < 1:
-        raise ConfigError(f"no rank reaches {ratio:g}x fewer parameters than the exact tSPN: ask for less")
+        smallest = tt_parameters(graph, order, 1, exact=exact)
+        raise ConfigError(f"a rank-1 tSPN has {smallest:,} parameters, more than the SPN's {graph.num_parameters():,} / "
+                          f"{ratio:g}: ask for a ratio of at most {graph.num_parameters() / smallest:.2f}")
     return best
 
 
 def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
-    """Map the SPN of ``cfg.source`` onto a tensor train and compress it at each of ``cfg.ranks``."""
+    """Compress the SPN of ``cfg.source`` into a tensor train at each of ``cfg.ranks``.
+
+    Each rank starts from the SPN: the exact train truncated to that rank (``exact``), or a
+    random train (``random``, for SPNs whose exact train is too large to build); it is then
+    fitted to the training rows plus ``distill_samples`` rows drawn from the SPN, keeping the
+    epoch with the best validation likelihood. With ``random`` and no samples the train never
+    sees the SPN: the ablation that asks what the SPN adds.
+    """
     from trustlab.progress import progress_bar
     from trustlab.spn.compress import fine_tune, truncate
 
-    if not cfg.ranks or min(cfg.ranks) < 1:
-        raise ConfigError(f"ranks {list(cfg.ranks)}: every rank must be at least 1")
+    cfg.validate()
     cfg = resumed_config(CompressConfig, out, "spn-compress", cfg, resume)
-    _, fit_cfg, graph, data = load_fit(cfg.source)
+    _, _, graph, data = load_fit(cfg.source)
+    order = dfs_order(graph)
+    route = cfg.route(graph, order)
     spn_params = graph.num_parameters()
-    t = time.perf_counter()
-    exact = spn_to_tensor_train(graph, max_rank=cfg.max_rank)
-    map_seconds = time.perf_counter() - t
-    circuit = Circuit(graph, dtype=torch.float64)
-    gap = float((circuit.log_prob(data.x_test) - exact.log_prob(data.x_test)).abs().max())
+    exact_info = {"parameters": tt_parameters(graph, order), "max_rank": max(exact_ranks(graph, order)),
+                  "built": route == "exact"}
+    exact = None
+    if route == "exact":
+        t = time.perf_counter()
+        exact = spn_to_tensor_train(graph, order, max_rank=cfg.max_rank)
+        exact_info["map_seconds"] = time.perf_counter() - t
+        circuit64 = Circuit(graph, dtype=torch.float64)
+        exact_info["max_abs_log_prob_gap"] = float((circuit64.log_prob(data.x_test) - exact.log_prob(data.x_test)).abs().max())
+        exact_info.update(evaluate(TensorTrain([c.float() for c in exact.cores()], exact.order, exact.cardinality), data))
     run = RunDir.start(Path(out), cfg, "spn-compress", resume)
-    spn_eval = evaluate(Circuit(graph), data)
-    exact32 = TensorTrain([c.float() for c in exact.cores()], exact.order, exact.cardinality)
-    exact_eval = evaluate(exact32, data)
+    circuit = Circuit(graph)
+    spn_eval = {"parameters": spn_params, **evaluate(circuit, data)}
     samples = circuit.sample(cfg.distill_samples, seed=cfg.seed).float() if cfg.distill_samples else data.x_train[:0]
     train_rows = torch.cat([data.x_train, samples])
     rows = []
@@ -217,43 +266,49 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
         for rank in cfg.ranks:
             tag = f"rank{rank}"
             if resume and run.has_checkpoint(tag):
-                tensors, meta = run.load_checkpoint(tag)
-                tt = TensorTrain.from_state(tensors, meta)
-                rows.append(meta["row"])
+                rows.append(run.load_checkpoint(tag)[1]["row"])
                 bar.update(task, advance=1)
                 continue
             t = time.perf_counter()
-            tt = truncate(exact, rank, iterations=cfg.nmf_iterations, seed=cfg.seed)
-            truncated = {"test_ll": float(tt.log_prob(data.x_test).mean())}
-            if data.class_var is not None:
-                truncated["accuracy"] = accuracy(tt, data.x_test, data.class_var)
-            tt = tt.float()
+            row = {"rank": rank}
+            if exact is not None:
+                tt = truncate(exact, rank, iterations=cfg.nmf_iterations, seed=cfg.seed)
+                row["test_ll_truncated"] = float(tt.log_prob(data.x_test).mean())
+                if data.class_var is not None:
+                    row["accuracy_truncated"] = accuracy(tt, data.x_test, data.class_var)
+                tt = tt.float()
+            else:
+                tt = TensorTrain.random(order, graph.cardinality, rank, seed=cfg.seed)
 
-            def log_epoch(epoch: int, ll: float, rank=rank) -> None:
-                run.log(epoch + 1, rank=rank, train_ll=ll)
-                bar.update(task, description=f"rank {rank}: epoch {epoch + 1}/{cfg.epochs} train ll {ll:.3f}")
+            def log_epoch(epoch: int, lls: dict, rank=rank) -> None:
+                run.log(epoch + 1, rank=rank, **lls)
+                bar.update(task, description=f"rank {rank}: epoch {epoch + 1}/{cfg.epochs} train ll {lls['train_ll']:.3f}")
 
-            fine_tune(tt, train_rows, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                      class_var=data.class_var, discriminative=cfg.discriminative, seed=cfg.seed, callback=log_epoch)
+            history = fine_tune(tt, train_rows, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                class_var=data.class_var, discriminative=cfg.discriminative, valid=data.x_valid,
+                                seed=cfg.seed, callback=log_epoch)
             tt.eval()
             ev = evaluate(tt, data)
             params = tt.num_parameters()
-            row = {"rank": rank, "parameters": params, "ratio_vs_exact_tspn": exact.num_parameters() / params,
-                   "ratio_vs_spn": spn_params / params, "test_ll": ev["test_ll"], "test_ll_truncated": truncated["test_ll"],
-                   "rows_per_s": ev["rows_per_s"], "seconds": time.perf_counter() - t}
+            row.update(parameters=params, ratio_vs_spn=spn_params / params,
+                       ratio_vs_exact_tspn=exact_info["parameters"] / params, **ev,
+                       speedup_vs_spn=ev["rows_per_s"] / spn_eval["rows_per_s"],
+                       epochs_kept=(1 + max(range(len(history)), key=lambda e: history[e]["valid_ll"])
+                                    if data.x_valid is not None else len(history)),
+                       seconds=time.perf_counter() - t)
             if "accuracy" in ev:
-                row.update(accuracy=ev["accuracy"], accuracy_truncated=truncated["accuracy"],
-                           accuracy_drop_points=100 * (spn_eval["accuracy"] - ev["accuracy"]))
+                row["accuracy_drop_points"] = 100 * (spn_eval["accuracy"] - ev["accuracy"])
             tensors, meta = tt.to_state()
             run.save_checkpoint(tensors, {**meta, "row": row}, tag)
             rows.append(row)
             bar.update(task, advance=1)
-    summary = {"source": str(cfg.source), "data": data.source, "spn_parameters": spn_params,
-               "spn": spn_eval, "exact_tspn": {"parameters": exact.num_parameters(), "max_rank": max(exact.ranks()),
-                                              "map_seconds": map_seconds, "max_abs_log_prob_gap": gap, **exact_eval},
-               "ranks": rows}
+    summary = {"source": str(cfg.source), "data": data.source, "route": route,
+               "fitted_on": f"{len(data.x_train):,} training rows" + (f" + {cfg.distill_samples:,} rows sampled from the SPN"
+                                                                     if cfg.distill_samples else " (no SPN samples)"),
+               "spn_parameters": spn_params, "spn": spn_eval, "exact_tspn": exact_info, "ranks": rows}
     run.write_summary(summary)
-    run.write_table("ranks", rows, title="tSPN at each rank: parameters, test log-likelihood, accuracy, speed")
+    run.write_table("ranks", rows, title="tSPN at each rank: parameters (vs the SPN and the exact train), "
+                                         "validation and test log-likelihood, accuracy, speed")
     _plot_tradeoff(run, summary, data.class_var is not None)
     return run
 
@@ -271,7 +326,8 @@ def _plot_tradeoff(run: RunDir, summary: dict, classify: bool) -> None:
         ax.plot([r["parameters"] for r in rows], [r[key] for r in rows], "o-", label="tSPN (compressed)")
         for r in rows:
             ax.annotate(f"r{r['rank']}", (r["parameters"], r[key]), fontsize=8)
-        ax.axhline(summary["spn"][key], color="k", ls="--", label="SPN")
+        ax.plot([summary["spn_parameters"]], [summary["spn"][key]], "k*", ms=12, label="SPN")
+        ax.axhline(summary["spn"][key], color="k", ls="--", lw=1)
         ax.axvline(summary["exact_tspn"]["parameters"], color="gray", ls=":", label="exact tSPN size")
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
@@ -301,4 +357,4 @@ def load_model(run_dir: str | Path, rank: int | None = None) -> tuple[Circuit | 
 
 
 __all__ = ["CompressConfig", "FitConfig", "SPNDataConfig", "compress_spn", "evaluate", "fit_spn", "learn_model",
-           "load_model", "ranks_for_ratio", "throughput", "tt_parameters"]
+           "load_model", "rank_for_ratio", "throughput", "tt_parameters"]

@@ -150,6 +150,27 @@ class TensorTrain(nn.Module):
         cores = [tensors[f"core{k}"] for k in range(len(meta["order"]))]
         return cls(cores, meta["order"], meta["cardinality"])
 
+    @classmethod
+    def random(cls, order: list[int], cardinality: list[int], rank: int, *, seed: int = 0) -> "TensorTrain":
+        """A train of ``rank`` (capped where fewer states suffice) with positive random cores, to be fitted.
+
+        Entries are uniform on [0.5, 1.5): every state starts in use, and no ratio between
+        entries is large enough for one path to dominate before training.
+        """
+        card = [cardinality[v] for v in order]
+        ranks = [1, *capped_ranks(card, rank), 1]
+        g = torch.Generator().manual_seed(seed)
+        return cls([torch.rand(ranks[k], card[k], ranks[k + 1], generator=g) + 0.5 for k in range(len(card))],
+                   order, cardinality)
+
+
+def capped_ranks(card: list[int], rank: int) -> list[int]:
+    """``rank`` at each cut, lowered where the variables on one side have fewer joint states."""
+    d = len(card)
+    left = [math.prod(card[: k + 1]) for k in range(d - 1)]
+    right = [math.prod(card[k + 1 :]) for k in range(d - 1)]
+    return [min(rank, a, b) for a, b in zip(left, right)]
+
 
 # -- mapping an SPN onto a tensor train ------------------------------------------------------
 def dfs_order(graph: Graph) -> list[int]:
@@ -285,4 +306,4 @@ def _kron(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ixj,kxl->ikxjl", a, b).reshape(r * p, n, s * q)
 
 
-__all__ = ["TensorTrain", "dfs_order", "exact_ranks", "spn_to_tensor_train"]
+__all__ = ["TensorTrain", "capped_ranks", "dfs_order", "exact_ranks", "spn_to_tensor_train"]
