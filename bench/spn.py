@@ -76,7 +76,7 @@ def compress_set(fit: Path, spec: dict, root: Path, route: str, args) -> dict:
         n = RunDir(fit).summary()["train_rows"]
         epochs = math.ceil(args.epochs * (n + args.distill_samples) / (n + opts["distill_samples"]))
         cfg = CompressConfig(source=str(fit), ranks=spec["ranks"], epochs=epochs, lr=args.lr,
-                             batch_size=args.batch_size, **opts)
+                             batch_size=args.batch_size, max_rank=args.max_rank, **opts)
         compress_spn(cfg, out, resume=(out / "config.yaml").exists(), quiet=args.quiet)
     return RunDir(out).summary()
 
@@ -215,10 +215,13 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS), help="comma-separated, from " + ",".join(SETS))
     ap.add_argument("--debd", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "debd"),
                     help="the folder holding NAME.{train,valid,test}.data")
-    ap.add_argument("--epochs", type=int, default=15, help="most fine-tuning epochs per rank (best on validation kept)")
+    ap.add_argument("--epochs", type=int, default=40, help="most fine-tuning epochs per rank (best on validation kept)")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--distill-samples", type=int, default=20000)
+    ap.add_argument("--max-rank", type=int, default=512,
+                    help="the largest exact train built (above it the tSPN starts from a random train); the NMF "
+                         "truncation of larger ones takes hours")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--spflow-rows", type=int, default=1000)
     ap.add_argument("--quiet", action="store_true")
@@ -230,7 +233,7 @@ def main() -> None:
     torch.manual_seed(0)
     t0, results = time.time(), {}
     settings = {"sets": {n: SETS[n] for n in names}, "debd": args.debd, "epochs": args.epochs, "lr": args.lr,
-                "batch_size": args.batch_size, "distill_samples": args.distill_samples, "repeats": args.repeats,
+                "batch_size": args.batch_size, "distill_samples": args.distill_samples, "max_rank": args.max_rank, "repeats": args.repeats,
                 "spflow_rows": args.spflow_rows, "routes": ROUTES,
                 "parameters": "SPN: sum weights + leaf probabilities (K-1 per leaf); tSPN: entries of its dense cores",
                 "chosen_rank": "largest SPN/tSPN ratio with validation LL within 1% of the SPN's (labelled: and "
