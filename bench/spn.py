@@ -31,7 +31,8 @@ from common import RESULTS, write_result
 
 from trustlab.runs import RunDir
 from trustlab.spn.circuit import Circuit
-from trustlab.spn.pipeline import CompressConfig, FitConfig, SPNDataConfig, compress_spn, fit_spn, load_model
+from trustlab.spn.pipeline import (CompressConfig, FitConfig, SPNDataConfig, compress_spn, fit_spn, load_model,
+                                   throughput)
 from trustlab.spn.spflow_bridge import spflow_log_prob, to_spflow
 from trustlab.spn.structure import Graph
 
@@ -89,16 +90,6 @@ def within(row: dict, spn: dict) -> bool:
     return ok
 
 
-def best_rows_per_s(fn, x: torch.Tensor, repeats: int) -> float:
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn(x)
-            best = min(best, time.perf_counter() - t)
-    return len(x) / best
-
-
 def speed(fit: Path, tspn_run: Path, rank: int, args) -> dict:
     """Rows/s of the SPN's circuit and the tSPN, interleaved on the same test rows; SPFlow and the tSPN on fewer."""
     circuit, data, _ = load_model(fit)
@@ -106,12 +97,12 @@ def speed(fit: Path, tspn_run: Path, rank: int, args) -> dict:
     x = data.x_test
     spn, tspn = [], []
     for _ in range(args.repeats):
-        spn.append(best_rows_per_s(circuit.log_prob, x, 1))
-        tspn.append(best_rows_per_s(tt.log_prob, x, 1))
+        spn.append(throughput(circuit.log_prob, x, 1))
+        tspn.append(throughput(tt.log_prob, x, 1))
     few = x.repeat(args.spflow_rows // len(x) + 1, 1)[: args.spflow_rows]
     spflow = to_spflow(Graph.load(fit / "spn.json"))
-    spflow_rate = best_rows_per_s(lambda b: spflow_log_prob(spflow, b), few, 2)
-    tspn_few = best_rows_per_s(tt.log_prob, few, args.repeats)
+    spflow_rate = throughput(lambda b: spflow_log_prob(spflow, b), few, 2)
+    tspn_few = throughput(tt.log_prob, few, args.repeats)
     return {"rows": len(x), "spn_rows_per_s": max(spn), "tspn_rows_per_s": max(tspn),
             "speedup_vs_spn_circuit": max(tspn) / max(spn), "spflow_rows": len(few), "spflow_rows_per_s": spflow_rate,
             "speedup_vs_spflow": tspn_few / spflow_rate}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -114,19 +114,20 @@ def learn_model(cfg: FitConfig, data: DiscreteData) -> Graph:
     return with_class_variable(per_class, priors)
 
 
-def throughput(model: Circuit | TensorTrain, x: torch.Tensor, repeats: int = 3) -> float:
-    """Rows per second of ``model.log_prob`` on ``x`` (best of ``repeats``)."""
+def throughput(log_prob, x: torch.Tensor, repeats: int = 3) -> float:
+    """Rows per second of ``log_prob(x)`` (a model's, or a peer's), best of ``repeats``, without gradients."""
     best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model.log_prob(x)
-        best = min(best, time.perf_counter() - t)
+    with torch.no_grad():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            log_prob(x)
+            best = min(best, time.perf_counter() - t)
     return len(x) / best
 
 
 def evaluate(model: Circuit | TensorTrain, data: DiscreteData) -> dict:
     """Test (and validation) log-likelihood, rows per second on the test rows, accuracy with a class variable."""
-    out = {"test_ll": float(model.log_prob(data.x_test).mean()), "rows_per_s": throughput(model, data.x_test)}
+    out = {"test_ll": float(model.log_prob(data.x_test).mean()), "rows_per_s": throughput(model.log_prob, data.x_test)}
     if data.x_valid is not None:
         out["valid_ll"] = float(model.log_prob(data.x_valid).mean())
     if data.class_var is not None:
