@@ -77,6 +77,18 @@ class Bench:
         self.points: dict[str, dict] = {}  # method -> evaluation of training seed 0, sampling seed 0
         self.analyses: dict = {}
 
+    def keep_earlier(self, path: Path, settings: dict) -> list[str]:
+        """The stages an earlier invocation with the same settings finished; their figures are kept,
+        so running some stages never drops the others' from the result file."""
+        if not path.exists():
+            return []
+        earlier = json.loads(path.read_text())
+        if earlier.get("settings") != json.loads(json.dumps(settings)):
+            return []
+        self.points.update(earlier.get("points", {}))
+        self.analyses.update({k: v for k, v in earlier.items() if k not in ("headline", "settings", "machine", "date", "points")})
+        return [s for s in STAGES if s in earlier["headline"].get("stages_done", [])]
+
     def config(self, *, seed: int = 0, mitigation: str = "", generalize: str = "", image_weight: float = 0.0,
                text_weight: float = 0.0, skips: tuple[int, ...] = (), tau: int = 0, steps: int | None = None,
                scheme: str = "dup_both") -> DiffusionConfig:
@@ -473,7 +485,7 @@ def main() -> None:
         ap.error(f"unknown stages {sorted(unknown)}")
     b = Bench(args)
     t0 = time.time()
-    done = []
+    done = b.keep_earlier(RESULTS / "replication.json", settings(args))
     for stage in STAGES:
         if stage not in stages:
             continue
@@ -482,8 +494,24 @@ def main() -> None:
         if stage in ("seeds", "timing", "controls") and "loyal" not in b.analyses:
             b.loyal()
         getattr(b, stage)()
-        done.append(stage)
+        done = [s for s in STAGES if s in done or s == stage]
         write(b, done, time.time() - t0)
+
+
+def settings(a) -> dict:
+    return {"data": f"emoji, {a.n} distinct images (skin tones and near-duplicates > 0.9 dropped), unique captions, "
+                    f"{a.size}x{a.size}, {a.duplicate_share:.0%} duplicated x{a.duplicate_times} (dup_both), data seed 0",
+            "encoder": "minilm", "channels": a.channels, "steps": a.steps, "batch_size": a.batch_size, "lr": 1e-3,
+            "samples": a.samples, "sampler": "DDIM 50 steps, guidance 2, eta 1",
+            "copy_rate": "share of generations whose nearest training image (flip-invariant pixel similarity) lies "
+                         "above the calibrated threshold: p99 of distinct training images' nearest-other similarity",
+            "fid_tolerance": a.fid_tolerance, "train_seeds": a.train_seeds, "sample_seeds": a.sample_seeds,
+            "gcdf_variants": {k: {"generalize": g, "image_weight": i, "text_weight": t}
+                              for k, (g, i, t) in GCDF_VARIANTS.items()},
+            "mitigation_p": 0.1, "mitigation_sigma": 0.1, "taus": a.taus, "itb": a.itb,
+            "proxy_fid": "Frechet distance in a trustlab-trained emoji classifier's 128-d features (not Inception), "
+                         f"{a.samples} generations against the training set",
+            "timing": "median of 10 interleaved rounds of 6 training steps and 6 sampling calls per model"}
 
 
 def write(b: Bench, done: list[str], seconds: float) -> None:
@@ -494,20 +522,7 @@ def write(b: Bench, done: list[str], seconds: float) -> None:
     if none_copies.exists():
         shutil.copyfile(none_copies, RESULTS / "replication_copies.png")
     h = {**headline(b), "complete": done == list(STAGES), "stages_done": done, "minutes_this_invocation": seconds / 60}
-    settings = {"data": f"emoji, {a.n} distinct images (skin tones and near-duplicates > 0.9 dropped), unique captions, "
-                        f"{a.size}x{a.size}, {a.duplicate_share:.0%} duplicated x{a.duplicate_times} (dup_both), data seed 0",
-                "encoder": "minilm", "channels": a.channels, "steps": a.steps, "batch_size": a.batch_size, "lr": 1e-3,
-                "samples": a.samples, "sampler": "DDIM 50 steps, guidance 2, eta 1",
-                "copy_rate": "share of generations whose nearest training image (flip-invariant pixel similarity) lies "
-                             "above the calibrated threshold: p99 of distinct training images' nearest-other similarity",
-                "fid_tolerance": a.fid_tolerance, "train_seeds": a.train_seeds, "sample_seeds": a.sample_seeds,
-                "gcdf_variants": {k: {"generalize": g, "image_weight": i, "text_weight": t}
-                                  for k, (g, i, t) in GCDF_VARIANTS.items()},
-                "mitigation_p": 0.1, "mitigation_sigma": 0.1, "taus": a.taus, "itb": a.itb,
-                "proxy_fid": "Frechet distance in a trustlab-trained emoji classifier's 128-d features (not Inception), "
-                             f"{a.samples} generations against the training set",
-                "timing": "median of 10 interleaved rounds of 6 training steps and 6 sampling calls per model"}
-    print(write_result("replication", h, settings, points=b.points, **b.analyses), flush=True)
+    print(write_result("replication", h, settings(a), points=b.points, **b.analyses), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,21 @@
 Per data set (the DEBD sets read from ``--debd``, binarised 8x8 digits with a validation split
 carved from the training rows, MNIST 14x14, and a wide RAT-SPN on NLTCS): the SPN (LearnSPN,
 its independence threshold chosen on validation where several are given), then at each rank
-two tensor trains of the same rank and variable order:
+tensor trains by several routes (``ROUTES``; each set names the ones it runs):
 
-* ``spn``: starts from the SPN (its exact train truncated where that train can be built, else
-  a random train) and is fitted to the training rows plus rows sampled from the SPN;
-* ``direct``: the ablation, a random train fitted to the training rows alone (never sees the SPN),
-  for as many gradient steps as the ``spn`` route takes over its larger set of rows.
+* ``spn``: starts from the SPN (its exact train truncated by KL-NMF where that train can be
+  built, else a random train) in the SPN's depth-first variable order, and is fitted to the
+  training rows plus rows sampled from the SPN;
+* ``als``: the same, with the exact train rounded by alternating nonnegative least squares;
+* ``mi``: a random train in the mutual-information variable order, fitted like ``spn``;
+* ``direct`` and ``direct-mi``: the ablation, a random train in the SPN's (or the mutual-
+  information) order fitted to the training rows alone (never sees the SPN), for as many
+  gradient steps as the distilled routes take over their larger set of rows.
 
-Each keeps the epoch with the best validation likelihood. The *chosen* rank is the one with the
-largest SPN/tSPN parameter ratio whose validation log-likelihood is within 1% of the SPN's
-(labelled sets: validation accuracy within 1 point); its test figures are reported. Speed:
+Each keeps the epoch with the best validation likelihood. The *chosen* tSPN is, over the
+routes that start from the SPN, the one with the largest SPN/tSPN parameter ratio whose
+validation log-likelihood is within 1% of the SPN's (labelled sets: validation accuracy within
+1 point); its test figures are reported beside the ablation's in the same variable order. Speed:
 the SPN's own circuit and the chosen tSPN on the same test rows (batch 4096, float32, the same
 threads), interleaved, best of ``--repeats``; SPFlow on ``--spflow-rows`` rows, the tSPN on
 the same rows. Writes ``bench/results/spn.json`` and ``spn_<set>.png``. Resumes: fitted and
@@ -38,10 +43,14 @@ from trustlab.spn.structure import Graph
 
 PUBLISHED_LEARNSPN = {"nltcs": -6.11, "plants": -12.98, "jester": -53.48, "dna": -82.52}  # Gens & Domingos 2013
 SETS = {  # name: data, fit options (alpha: a list chosen on validation), ranks
-    "nltcs": dict(data=dict(dataset="debd", name="nltcs"), fit=dict(), ranks=(2, 4, 8, 16)),
-    "plants": dict(data=dict(dataset="debd", name="plants"), fit=dict(), ranks=(4, 8, 16, 32)),
-    "jester": dict(data=dict(dataset="debd", name="jester"), fit=dict(), ranks=(4, 8, 16)),
-    "dna": dict(data=dict(dataset="debd", name="dna"), fit=dict(alpha=(1e-3, 1e-5)), ranks=(4, 8, 16)),
+    "nltcs": dict(data=dict(dataset="debd", name="nltcs"), fit=dict(), ranks=(2, 4, 8, 16),
+                  routes=("spn", "als", "mi", "direct", "direct-mi")),
+    "plants": dict(data=dict(dataset="debd", name="plants"), fit=dict(), ranks=(4, 8, 16, 32),
+                   routes=("spn", "mi", "direct", "direct-mi")),
+    "jester": dict(data=dict(dataset="debd", name="jester"), fit=dict(), ranks=(2, 4, 8),
+                   routes=("spn", "mi", "direct-mi")),
+    "dna": dict(data=dict(dataset="debd", name="dna"), fit=dict(alpha=(1e-3, 1e-5)), ranks=(2, 4, 8),
+                routes=("spn", "mi", "direct-mi")),
     "nltcs-rat": dict(data=dict(dataset="debd", name="nltcs"),
                       fit=dict(structure="rat", depth=2, repetitions=10, sums=40, leaves=10, em_iterations=10),
                       ranks=(2, 4, 8, 16)),
@@ -49,7 +58,11 @@ SETS = {  # name: data, fit options (alpha: a list chosen on validation), ranks
     "mnist-14": dict(data=dict(dataset="mnist", size=14, limit=20000), fit=dict(min_instances=100), ranks=(16, 32)),
 }
 DEBD_SETS = tuple(PUBLISHED_LEARNSPN)
-ROUTES = {"spn": {"init": "auto"}, "direct": {"init": "random", "distill_samples": 0}}
+ROUTES = {"spn": {"init": "auto"}, "als": {"init": "exact", "rounding": "als"}, "mi": {"init": "random", "order": "mi"},
+          "direct": {"init": "random", "distill_samples": 0}, "direct-mi": {"init": "random", "distill_samples": 0, "order": "mi"}}
+FROM_SPN = ("spn", "als", "mi")  # the routes a chosen tSPN may come from; the direct ones are the ablation
+ABLATION = {"spn": "direct", "als": "direct", "mi": "direct-mi"}  # the ablation in the same variable order
+DEFAULT_ROUTES = ("spn", "direct")
 
 
 def fit_set(name: str, spec: dict, root: Path, args) -> Path:
@@ -113,10 +126,10 @@ def bench_set(name: str, spec: dict, args) -> dict:
     t0 = time.time()
     fit = fit_set(name, spec, root, args)
     s = RunDir(fit).summary()
-    routes = {route: compress_set(fit, spec, root, route, args) for route in ROUTES}
+    routes = {route: compress_set(fit, spec, root, route, args) for route in spec.get("routes", DEFAULT_ROUTES)}
     spn = routes["spn"]["spn"]
-    ok = [r for r in routes["spn"]["ranks"] if within(r, spn)]
-    chosen = max(ok, key=lambda r: r["ratio_vs_spn"]) if ok else None
+    ok = [(route, r) for route in FROM_SPN if route in routes for r in routes[route]["ranks"] if within(r, spn)]
+    chosen_route, chosen = max(ok, key=lambda rr: (rr[1]["ratio_vs_spn"], rr[1]["valid_ll"])) if ok else (None, None)
     out = {"data": s["data"], "train_rows": s["train_rows"], "test_rows": s["test_rows"], "variables": s["variables"],
            "spn": {"structure": RunDir(fit).config["structure"], "nodes": s["nodes"], **spn, "fit_seconds": s["fit_seconds"]},
            "exact_tspn": routes["spn"]["exact_tspn"], "route_from_spn": routes["spn"]["route"],
@@ -125,12 +138,14 @@ def bench_set(name: str, spec: dict, args) -> dict:
         out["published_learnspn_test_ll"] = PUBLISHED_LEARNSPN[name]
         out["learnspn_gap"] = PUBLISHED_LEARNSPN[name] - spn["test_ll"]
     if chosen:
-        direct = next(r for r in routes["direct"]["ranks"] if r["rank"] == chosen["rank"])
-        out["at_chosen"] = {"rank": chosen["rank"], "parameters": chosen["parameters"], "ratio_vs_spn": chosen["ratio_vs_spn"],
-                            "ratio_vs_exact_tspn": chosen["ratio_vs_exact_tspn"], "test_ll": chosen["test_ll"],
-                            "test_ll_direct": direct["test_ll"], **speed(fit, root / "tspn-spn", chosen["rank"], args)}
+        ablation = routes.get(ABLATION[chosen_route], {"ranks": [{"rank": None}]})
+        direct = next((r for r in ablation["ranks"] if r["rank"] == chosen["rank"]), {})
+        out["at_chosen"] = {"route": chosen_route, "rank": chosen["rank"], "parameters": chosen["parameters"],
+                            "ratio_vs_spn": chosen["ratio_vs_spn"], "ratio_vs_exact_tspn": chosen["ratio_vs_exact_tspn"],
+                            "test_ll": chosen["test_ll"], "test_ll_direct": direct.get("test_ll"),
+                            **speed(fit, root / f"tspn-{chosen_route}", chosen["rank"], args)}
         if "accuracy" in chosen:
-            out["at_chosen"].update(accuracy=chosen["accuracy"], accuracy_direct=direct["accuracy"])
+            out["at_chosen"].update(accuracy=chosen["accuracy"], accuracy_direct=direct.get("accuracy"))
     out["minutes_recorded"] = (s["fit_seconds"] + sum(r["seconds"] for rr in routes.values() for r in rr["ranks"])) / 60
     plot_set(name, out, RESULTS / f"spn_{name}.png")
     report(name, out)
@@ -145,11 +160,11 @@ def report(name: str, r: dict) -> None:
           f"{spn['test_ll']:.3f}{pub}; exact tSPN {r['exact_tspn']['parameters']:,} params", flush=True)
     for route, rows in r["ranks"].items():
         for x in rows:
-            print(f"  {route:6s} rank {x['rank']:3d}: {x['parameters']:8,} params ({x['ratio_vs_spn']:7.2f}x vs SPN) "
+            print(f"  {route:9s} rank {x['rank']:3d}: {x['parameters']:8,} params ({x['ratio_vs_spn']:7.2f}x vs SPN) "
                   f"valid {x['valid_ll']:.3f} test {x['test_ll']:.3f} ({x['seconds']:.0f} s)", flush=True)
     if "at_chosen" in r:
         c = r["at_chosen"]
-        print(f"  chosen rank {c['rank']}: {c['ratio_vs_spn']:.2f}x fewer parameters than the SPN, "
+        print(f"  chosen: {c['route']} rank {c['rank']}, {c['ratio_vs_spn']:.2f}x fewer parameters than the SPN, "
               f"{c['speedup_vs_spn_circuit']:.1f}x its circuit's rows/s, {c['speedup_vs_spflow']:.1f}x SPFlow's", flush=True)
     else:
         print("  no rank within 1% of the SPN's validation likelihood", flush=True)
@@ -162,7 +177,9 @@ def plot_set(name: str, r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    style = {"spn": ("o-", "tSPN from the SPN"), "direct": ("s--", "TT on the data alone (ablation)")}
+    style = {"spn": ("o-", "tSPN from the SPN (KL rounding)"), "als": ("v-", "tSPN from the SPN (ALS rounding)"),
+             "mi": ("^-", "tSPN from the SPN, MI order"), "direct": ("s--", "TT on the data alone (ablation)"),
+             "direct-mi": ("D--", "TT on the data alone, MI order (ablation)")}
     for route, rows in r["ranks"].items():
         rows = sorted(rows, key=lambda x: x["parameters"])
         ax.plot([x["parameters"] for x in rows], [x["test_ll"] for x in rows], style[route][0], label=style[route][1])
@@ -195,8 +212,8 @@ def headline(results: dict) -> dict:
     wide = {n: r["at_chosen"]["ratio_vs_spn"] for n, r in results.items() if r["spn"]["structure"] == "rat" and "at_chosen" in r}
     if wide:
         h["compression_vs_wide_rat_spn"] = wide
-    h["direct_ablation_gap"] = {n: r["at_chosen"]["test_ll"] - r["at_chosen"]["test_ll_direct"]
-                                for n, r in results.items() if "at_chosen" in r}
+    h["direct_ablation_gap"] = {n: r["at_chosen"]["test_ll"] - r["at_chosen"]["test_ll_direct"] for n, r in results.items()
+                                if r.get("at_chosen", {}).get("test_ll_direct") is not None}
     return h
 
 

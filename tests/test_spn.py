@@ -197,23 +197,37 @@ def test_gaussian_leaves_cannot_map_onto_a_tensor_train():
 
 
 # -- compression -----------------------------------------------------------------------------
-def test_truncation_caps_ranks_keeps_a_distribution_and_fine_tuning_recovers_likelihood():
+@pytest.mark.parametrize("loss", ["kl", "als"])
+def test_truncation_caps_ranks_keeps_a_distribution_and_fine_tuning_recovers_likelihood(loss):
     rng = np.random.default_rng(1)
     x = (rng.random((2000, 12)) < 0.3).astype(float)
     x[:1000, 6:] = 1 - x[:1000, :6]
     g = learn_spn(x, [2] * 12, min_instances=40)
     tt = spn_to_tensor_train(g)
     assert max(tt.ranks()) > 3
-    same = truncate(tt, max(tt.ranks()))
+    same = truncate(tt, max(tt.ranks()), loss=loss)
     xa = all_assignments([2] * 12)
     assert (same.log_prob(xa) - tt.log_prob(xa)).abs().max().item() < 1e-6  # nothing to cut: unchanged
-    small = truncate(tt, 3)
+    small = truncate(tt, 3, loss=loss)
     assert max(small.ranks()) <= 3 and all(bool((c >= 0).all()) for c in small.cores())
     assert small.log_prob(xa).exp().sum().item() == pytest.approx(1.0, abs=1e-6)
     xt = torch.from_numpy(x).float()
     before = small.log_prob(xt).mean().item()
     hist = fine_tune(small.float(), xt, epochs=4, lr=0.05)
     assert hist[-1]["train_ll"] > before and small.num_parameters() < tt.num_parameters()
+
+
+def test_mutual_information_order_puts_a_markov_chain_side_by_side():
+    from trustlab.spn.tensor_train import mutual_information_order
+
+    rng = np.random.default_rng(0)
+    chain = [0, 3, 1, 4, 2]  # each variable copies the previous one of the chain with probability 0.9
+    x = np.zeros((4000, 5), dtype=int)
+    x[:, chain[0]] = rng.random(4000) < 0.5
+    for a, b in zip(chain, chain[1:]):
+        x[:, b] = np.where(rng.random(4000) < 0.9, x[:, a], 1 - x[:, a])
+    order = mutual_information_order(torch.from_numpy(x).float(), [2] * 5)
+    assert order in (chain, chain[::-1])
 
 
 def test_random_train_is_normalised_and_capped():
@@ -287,16 +301,18 @@ def test_target_ratio_is_against_the_spn_and_random_trains_need_no_exact_map(cli
     assert r.returncode == 0, r.stderr
     spn_params = json.loads((fit / "summary.json").read_text())["parameters"]
     r = cli("spn", "compress", str(fit), "--target-ratio", "2", "--init", "random", "--distill-samples", "0",
-            "--epochs", "2", "--quiet", "--out", str(tmp_path / "tt"))
+            "--order", "mi", "--epochs", "2", "--quiet", "--out", str(tmp_path / "tt"))
     assert r.returncode == 0, r.stderr
     c = json.loads((tmp_path / "tt" / "summary.json").read_text())
     (row,) = c["ranks"]
     assert c["route"] == "random" and not c["exact_tspn"]["built"] and "no SPN samples" in c["fitted_on"]
+    assert c["order"] == "mi" and json.loads(cli("spn", "eval", str(tmp_path / "tt"), "--json").stdout)["test_ll"] < 0
     assert row["parameters"] <= spn_params / 2 and row["ratio_vs_spn"] >= 2 and "fewer than the SPN" in r.stdout
     bigger = rows.shape[1] * 2 * (row["rank"] + 1) ** 2  # the next rank would break the budget
     assert bigger > spn_params / 2 or row["rank"] == 2 ** 5
-    for bad, message in (("0.5", "below 1"), ("1e9", "ask for a ratio of at most")):
-        r = cli("spn", "compress", str(fit), "--target-ratio", bad, "--init", "random")
+    for bad, message in ((["--target-ratio", "0.5"], "below 1"), (["--target-ratio", "1e9"], "ask for a ratio of at most"),
+                         (["--rank", "2", "--order", "bfs"], "--order bfs"), (["--rank", "2", "--rounding", "svd"], "--rounding svd")):
+        r = cli("spn", "compress", str(fit), *bad, "--init", "random")
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 

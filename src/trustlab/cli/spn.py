@@ -78,6 +78,10 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
                  epochs: int = typer.Option(10, min=1, help="Most fine-tuning epochs per rank (the best on validation is kept)."),
                  lr: float = typer.Option(0.02), batch_size: int = typer.Option(256, min=1),
                  discriminative: float = typer.Option(0.0, help="Weight of log p(class|x) in fine-tuning."),
+                 order: str = typer.Option("spn", help="Variable order of the train: spn (the SPN's depth-first walk) "
+                                                       "or mi (dependent variables side by side, from the training rows)."),
+                 rounding: str = typer.Option("kl", help="Truncation of the exact train: kl (KL-divergence NMF) or "
+                                                         "als (alternating nonnegative least squares)."),
                  max_rank: int = typer.Option(4096, min=1, help="The largest exact train that is built."),
                  seed: int = typer.Option(0),
                  resume: bool = typer.Option(False, help="Continue: keep the ranks already done."),
@@ -85,19 +89,19 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
     """Compress an SPN into tensor trains (from its exact train, or fitted to it) and compare them with the SPN."""
     from trustlab.report import render_report
     from trustlab.spn.pipeline import CompressConfig, compress_spn, load_fit, rank_for_ratio
-    from trustlab.spn.tensor_train import dfs_order
 
     if (rank is None) == (target_ratio is None):
         raise ConfigError("give exactly one of --rank and --target-ratio")
     cfg = CompressConfig(source=run_dir, init=init, distill_samples=distill_samples, epochs=epochs, lr=lr,
-                         batch_size=batch_size, discriminative=discriminative, max_rank=max_rank, seed=seed)
+                         batch_size=batch_size, discriminative=discriminative, order=order, rounding=rounding,
+                         max_rank=max_rank, seed=seed)
     if rank is not None:
         ranks = _ranks(rank)
     else:
         cfg.validate()
-        _, _, graph, _ = load_fit(run_dir)
-        order = dfs_order(graph)
-        ranks = (rank_for_ratio(graph, order, target_ratio, exact=cfg.route(graph, order) == "exact"),)
+        _, _, graph, data = load_fit(run_dir)
+        variables = cfg.variable_order(graph, data)
+        ranks = (rank_for_ratio(graph, variables, target_ratio, exact=cfg.route(graph, variables) == "exact"),)
     run = compress_spn(dataclasses.replace(cfg, ranks=ranks), out or f"{run_dir.rstrip('/')}-tspn", resume=resume,
                        quiet=quiet)
     s = run.summary()

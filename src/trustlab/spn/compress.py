@@ -4,9 +4,11 @@ Truncation sweeps left to right. At cut k it merges cores k and k+1 into the mat
 ``W[(a, x_k), (x_{k+1}, b)]``, weights it by the environments (the left part of the train
 summed over x_1..x_{k-1} at state ``a``, the right part summed over x_{k+2}..x_d at ``b``) so
 that it holds probability mass, and factorises it with a KL-divergence nonnegative matrix
-factorisation of rank R (scikit-learn's multiplicative-update NMF). Dividing the
-environments back out gives the two new cores. KL is the natural loss here: for a
-probability tensor it is the likelihood lost. Cuts already at rank <= R stay exact.
+factorisation of rank R (scikit-learn's multiplicative-update NMF), or with alternating
+nonnegative least squares (scikit-learn's coordinate-descent NMF, the Frobenius loss).
+Dividing the environments back out gives the two new cores. KL is the natural loss here:
+for a probability tensor it is the likelihood lost; least squares weighs the large
+probabilities and is the classic rounding. Cuts already at rank <= R stay exact.
 
 The truncated train is then fine-tuned by maximising the data log-likelihood over the log
 of the cores (positivity for free), with the partition function recomputed every step.
@@ -31,8 +33,8 @@ def _environments(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     return right
 
 
-def truncate(tt: TensorTrain, rank: int, *, iterations: int = 1500, seed: int = 0) -> TensorTrain:
-    """A nonnegative train with every rank at most ``rank``, close in KL to ``tt``."""
+def truncate(tt: TensorTrain, rank: int, *, iterations: int = 1500, loss: str = "kl", seed: int = 0) -> TensorTrain:
+    """A nonnegative train with every rank at most ``rank``, close to ``tt`` in KL (``loss`` kl) or least squares (als)."""
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
 
@@ -60,8 +62,9 @@ def truncate(tt: TensorTrain, rank: int, *, iterations: int = 1500, seed: int = 
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    nmf = NMF(n_components=keep, beta_loss="kullback-leibler", solver="mu", init="nndsvda",
-                              max_iter=iterations, random_state=seed)
+                    solver = {"kl": {"beta_loss": "kullback-leibler", "solver": "mu"},
+                              "als": {"beta_loss": "frobenius", "solver": "cd"}}[loss]
+                    nmf = NMF(n_components=keep, init="nndsvda", max_iter=iterations, random_state=seed, **solver)
                     u = nmf.fit_transform(mat)
                 v = nmf.components_
             u = torch.from_numpy(np.ascontiguousarray(u)).view(r0, n1, keep) / lw.view(-1, 1, 1)

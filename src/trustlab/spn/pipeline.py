@@ -25,10 +25,13 @@ from trustlab.spn.classify import accuracy
 from trustlab.spn.data import DiscreteData, binarized_images, binary_csv, debd, with_valid_split
 from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
 from trustlab.spn.structure import Graph
-from trustlab.spn.tensor_train import TensorTrain, capped_ranks, dfs_order, exact_ranks, spn_to_tensor_train
+from trustlab.spn.tensor_train import (TensorTrain, capped_ranks, dfs_order, exact_ranks, mutual_information_order,
+                                       spn_to_tensor_train)
 
 STRUCTURES = ("learnspn", "rat")
 INITS = ("auto", "exact", "random")
+ORDERS = ("spn", "mi")  # the SPN's depth-first walk, or dependent variables side by side
+ROUNDINGS = ("kl", "als")  # truncation of the exact train: KL-divergence NMF or nonnegative least squares
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,8 @@ class CompressConfig:
     batch_size: int = 256
     discriminative: float = 0.0  # weight of log p(class | x) in the fine-tuning objective
     nmf_iterations: int = 1500
+    rounding: str = "kl"  # how the exact train is truncated (ROUNDINGS)
+    order: str = "spn"  # the variable order of the train (ORDERS)
     max_rank: int = 4096  # the largest exact train that is built
     seed: int = 0
 
@@ -204,6 +209,16 @@ class CompressConfig:
             raise ConfigError(f"--init {self.init}: use {', '.join(INITS)}")
         if self.distill_samples < 0:
             raise ConfigError("--distill-samples must be >= 0")
+        if self.order not in ORDERS:
+            raise ConfigError(f"--order {self.order}: use {', '.join(ORDERS)}")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"--rounding {self.rounding}: use {', '.join(ROUNDINGS)}")
+
+    def variable_order(self, graph: Graph, data: DiscreteData) -> list[int]:
+        """The train's variable order: the SPN's depth-first walk, or from the training rows' mutual information."""
+        if self.order == "spn":
+            return dfs_order(graph)
+        return mutual_information_order(data.x_train, graph.cardinality)
 
     def route(self, graph: Graph, order: list[int]) -> str:
         """``exact`` or ``random``: how each rank's train starts (auto: exact when the exact train fits)."""
@@ -243,7 +258,7 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
     cfg.validate()
     cfg = resumed_config(CompressConfig, out, "spn-compress", cfg, resume)
     _, _, graph, data = load_fit(cfg.source)
-    order = dfs_order(graph)
+    order = cfg.variable_order(graph, data)
     route = cfg.route(graph, order)
     spn_params = graph.num_parameters()
     exact_info = {"parameters": tt_parameters(graph, order), "max_rank": max(exact_ranks(graph, order)),
@@ -273,7 +288,7 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
             t = time.perf_counter()
             row = {"rank": rank}
             if exact is not None:
-                tt = truncate(exact, rank, iterations=cfg.nmf_iterations, seed=cfg.seed)
+                tt = truncate(exact, rank, iterations=cfg.nmf_iterations, loss=cfg.rounding, seed=cfg.seed)
                 row["test_ll_truncated"] = float(tt.log_prob(data.x_test).mean())
                 if data.class_var is not None:
                     row["accuracy_truncated"] = accuracy(tt, data.x_test, data.class_var)
@@ -303,7 +318,7 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
             run.save_checkpoint(tensors, {**meta, "row": row}, tag)
             rows.append(row)
             bar.update(task, advance=1)
-    summary = {"source": str(cfg.source), "data": data.source, "route": route,
+    summary = {"source": str(cfg.source), "data": data.source, "route": route, "order": cfg.order,
                "fitted_on": f"{len(data.x_train):,} training rows" + (f" + {cfg.distill_samples:,} rows sampled from the SPN"
                                                                      if cfg.distill_samples else " (no SPN samples)"),
                "spn_parameters": spn_params, "spn": spn_eval, "exact_tspn": exact_info, "ranks": rows}
