@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 from pathlib import Path
 
 from trustlab.runs import atomic_write_json
@@ -25,6 +26,11 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "python": platform.python_version()}
+
+
+def mean_sd(values: list[float]) -> dict:
+    """Mean, sample standard deviation (0 for one value) and count: how every benchmark reports seeds."""
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
 def write_result(name: str, headline: dict, settings: dict, **detail) -> Path:

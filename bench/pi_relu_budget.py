@@ -1,9 +1,11 @@
 """SENet vs SNL vs layer-drop at 1/2, 1/4, 1/8, 1/16 of the all-ReLU count (ResNet18 width 16, Fashion-MNIST).
 
 One all-ReLU teacher is trained, then every method reduces it at every budget with the same
-epochs (``--search-epochs`` + ``--finetune-epochs``). Run folders go to ``--runs`` and are
-reused when complete, so a killed benchmark continues where it stopped. Writes
-``bench/results/pi_relu_budget.json`` and ``.png``.
+epochs (``--search-epochs`` + ``--finetune-epochs``) and seeds: every seed of ``--seeds`` at the
+1/2 and 1/4 budgets (where the methods differ by less than a point), the first at 1/8 and 1/16.
+Tables and the headline are means over seeds, with the standard deviation beside them. Run
+folders go to ``--runs`` and are reused when complete, so a killed benchmark continues where it
+stopped. Writes ``bench/results/pi_relu_budget.json`` and ``.png``.
 
     python bench/pi_relu_budget.py                 # the full protocol (about an hour on 2 CPU cores)
     python bench/pi_relu_budget.py --limit 3000    # a smoke run on a subset
@@ -15,12 +17,13 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, ensure_teacher, write_result
+from common import RESULTS, ensure_teacher, mean_sd, write_result
 
 from trustlab.pi.reduce import METHODS, ReductionConfig, run_reduction
 from trustlab.runs import RunDir
 
 FRACTIONS = (2, 4, 8, 16)
+SEEDED = (2, 4)  # the budgets run with every seed
 
 
 def done(path: Path) -> bool:
@@ -35,30 +38,38 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="teacher training images (default: all 60,000)")
     ap.add_argument("--reduce-limit", type=int, default=20000, help="training images seen by each reduction epoch")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1,2", help="reduction seeds at the 1/2 and 1/4 budgets (the first: teacher, "
+                                                     "1/8 and 1/16)")
     args = ap.parse_args()
+    seeds = [int(v) for v in args.seeds.split(",") if v]
     runs = Path(args.runs)
     t0 = time.time()
     teacher_dir = runs / "teacher"
-    teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit, args.seed)
+    teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit, seeds[0])
     total = teacher["relus"]
     rows = []
     for frac in FRACTIONS:
         budget = total // frac
-        for method in METHODS:
-            out = runs / f"{method}-{frac}"
-            if not done(out):
-                cfg = ReductionConfig(method=method, teacher=str(teacher_dir), budget=budget, search_epochs=args.search_epochs,
-                                      finetune_epochs=args.finetune_epochs, seed=args.seed, train_limit=args.reduce_limit)
-                run_reduction(cfg, out, resume=(out / "config.yaml").exists())
-            s = RunDir(out).summary()
-            rows.append({"method": method, "fraction": f"1/{frac}", "budget": budget, "relus": s["relus"],
-                         "test_acc": s["test_acc"], "acc_drop_points": s["acc_drop_points"]})
-            print(rows[-1], flush=True)
-    acc = {(r["method"], r["fraction"]): r["test_acc"] for r in rows}
+        for seed in seeds if frac in SEEDED else seeds[:1]:
+            for method in METHODS:
+                out = runs / (f"{method}-{frac}" + (f"-s{seed}" if seed != seeds[0] else ""))
+                if not done(out):
+                    cfg = ReductionConfig(method=method, teacher=str(teacher_dir), budget=budget, search_epochs=args.search_epochs,
+                                          finetune_epochs=args.finetune_epochs, seed=seed, train_limit=args.reduce_limit)
+                    run_reduction(cfg, out, resume=(out / "config.yaml").exists())
+                s = RunDir(out).summary()
+                rows.append({"method": method, "fraction": f"1/{frac}", "seed": seed, "budget": budget, "relus": s["relus"],
+                             "test_acc": s["test_acc"], "acc_drop_points": s["acc_drop_points"]})
+                print(rows[-1], flush=True)
+    table = summarise(rows)
+    drop = {k: v["acc_drop_points"] for k, v in table.items()}
+    gap = {f: senet_minus_snl(rows, f"1/{f}") for f in FRACTIONS}
     headline = {
-        "senet_half_acc_drop": round(100 * (teacher["test_acc"] - acc[("senet", "1/2")]), 3),
-        "senet_minus_snl_min": round(min(100 * (acc[("senet", f"1/{f}")] - acc[("snl", f"1/{f}")]) for f in FRACTIONS), 3),
+        "senet_half_acc_drop": round(drop[("senet", "1/2")]["mean"], 3),
+        "senet_half_acc_drop_sd": round(drop[("senet", "1/2")]["sd"], 3),
+        "senet_minus_snl_min": round(min(g["mean"] for g in gap.values()), 3),
+        "senet_minus_snl": {f"1/{f}": {k: round(v, 3) for k, v in g.items()} for f, g in gap.items()},
+        "seeds": {"1/2, 1/4": seeds, "1/8, 1/16": seeds[:1]},
         "teacher_acc": teacher["test_acc"],
         "teacher_relus": total,
     }
@@ -66,13 +77,28 @@ def main() -> None:
                 "model": "ResNet18 width multiplier 0.25 (stage widths 16/32/64/128), 1x28x28 input",
                 "teacher_epochs": args.teacher_epochs, "search_epochs": args.search_epochs,
                 "finetune_epochs": args.finetune_epochs, "reduction_train_images": args.reduce_limit,
-                "batch_size": 128, "seed": args.seed,
+                "batch_size": 128, "seeds": seeds, "seeded_fractions": [f"1/{f}" for f in SEEDED],
                 "budgets": [total // f for f in FRACTIONS],
                 "note": "schedules are far shorter than the papers' (hundreds of epochs on CIFAR): each reduction epoch sees the "
                         "first reduction_train_images training images; same epochs for every method; test on all 10,000"}
-    write_result("pi_relu_budget", headline, settings, rows=rows, minutes=round((time.time() - t0) / 60, 1))
+    write_result("pi_relu_budget", headline, settings, rows=rows,
+                 table=[{"method": m, "fraction": f, **v} for (m, f), v in table.items()],
+                 minutes=round((time.time() - t0) / 60, 1))
     plot(rows, teacher)
     print(headline)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """(method, fraction) -> mean, sd and count over seeds of ReLUs, test accuracy and accuracy drop."""
+    keys = sorted({(r["method"], r["fraction"]) for r in rows}, key=lambda k: (METHODS.index(k[0]), int(k[1][2:])))
+    return {k: {fig: mean_sd([r[fig] for r in rows if (r["method"], r["fraction"]) == k])
+                for fig in ("relus", "test_acc", "acc_drop_points")} for k in keys}
+
+
+def senet_minus_snl(rows: list[dict], fraction: str) -> dict:
+    """SENet's accuracy minus SNL's in points at one budget: mean and sd over the seeds both ran."""
+    acc = {(r["method"], r["seed"]): r["test_acc"] for r in rows if r["fraction"] == fraction}
+    return mean_sd([100 * (acc[("senet", s)] - acc[("snl", s)]) for (m, s) in acc if m == "senet" and ("snl", s) in acc])
 
 
 def plot(rows: list[dict], teacher: dict) -> None:
@@ -82,16 +108,18 @@ def plot(rows: list[dict], teacher: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    table = summarise(rows)
     for method in METHODS:
-        pts = sorted((r["relus"], 100 * r["test_acc"]) for r in rows if r["method"] == method and r["relus"] > 0)
-        linear = [100 * r["test_acc"] for r in rows if r["method"] == method and r["relus"] == 0]
+        pts = sorted((v["relus"]["mean"], 100 * v["test_acc"]["mean"], 100 * v["test_acc"]["sd"])
+                     for (m, _), v in table.items() if m == method and v["relus"]["mean"] > 0)
+        linear = [100 * v["test_acc"]["mean"] for (m, _), v in table.items() if m == method and v["relus"]["mean"] == 0]
         label = method + (f" (and {linear[0]:.1f}% with 0 ReLUs)" if linear else "")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=label)
     ax.scatter([teacher["relus"]], [100 * teacher["test_acc"]], marker="*", s=160, color="k", label="all-ReLU")
     ax.set_xscale("log")
     ax.set_xlabel("ReLUs (log)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("ResNet18 w16 on Fashion-MNIST: accuracy vs ReLU budget")
+    ax.set_title("ResNet18 w16 on Fashion-MNIST: accuracy vs ReLU budget (mean ± sd over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,9 +1,11 @@
 """Shallow models vs the all-ReLU ResNet18 (width 16) on Fashion-MNIST: ReLUs, MACs, depth, accuracy.
 
-Reuses (or trains) the all-ReLU teacher of ``bench/pi_relu_budget.py``; then, in one run:
-shallow with trained 3x3 merged blocks (the MAC-saving option), shallow with the exact merge
-(5x5/7x7 kernels, for the honest MAC figure), and shallow followed by SENet at half of the
-shallow model's ReLUs. Writes ``bench/results/pi_shallow.json`` and ``.png``.
+Reuses (or trains) the all-ReLU teacher of ``bench/pi_relu_budget.py``; then, for each seed of
+``--seeds``: shallow with trained 3x3 merged blocks (the MAC-saving option) and shallow followed
+by SENet at half of the shallow model's ReLUs; once, shallow with the exact merge (5x5/7x7
+kernels, for the honest MAC figure). Figures are means over seeds with their standard
+deviation; finished run folders are reused, so a killed benchmark continues where it stopped.
+Writes ``bench/results/pi_shallow.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, ensure_teacher, write_result
+from common import RESULTS, ensure_teacher, mean_sd, write_result
 
 from trustlab.pi.reduce import ReductionConfig, run_reduction
 from trustlab.pi.shallow import ShallowConfig, run_shallow
 from trustlab.runs import RunDir
+
+
+def seeded(runs: Path, name: str, seed: int, first: int) -> Path:
+    """A run's folder; the first seed keeps the unsuffixed name of single-seed versions of this benchmark."""
+    return runs / (name if seed == first else f"{name}-s{seed}")
 
 
 def main() -> None:
@@ -28,42 +35,60 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="teacher training images (default: all)")
     ap.add_argument("--reduce-limit", type=int, default=20000, help="training images seen by each fine-tuning epoch")
+    ap.add_argument("--seeds", default="0,1,2", help="seeds of the shallow and shallow+SENet models (the first: the "
+                                                     "exact merge)")
     args = ap.parse_args()
+    seeds = [int(v) for v in args.seeds.split(",") if v]
     t0 = time.time()
     teacher_dir, runs = Path(args.teacher), Path(args.runs)
     teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit)
-    out = {}
-    for name, kernel in (("shallow", 3), ("shallow_exact", 0)):
-        d = runs / name
-        if not (d / "summary.json").exists():
-            run_shallow(ShallowConfig(teacher=str(teacher_dir), target_relu_reduction=args.target, kernel=kernel,
-                                      finetune_epochs=args.finetune_epochs, train_limit=args.reduce_limit), d,
-                        resume=(d / "config.yaml").exists())
-        out[name] = RunDir(d).summary()
-    joint_dir = runs / "shallow_senet"
-    if not (joint_dir / "summary.json").exists():
-        budget = out["shallow"]["relus"] // 2
-        run_reduction(ReductionConfig(method="senet", teacher=str(runs / "shallow"), budget=budget, search_epochs=1,
-                                      finetune_epochs=args.finetune_epochs - 1 or 1, train_limit=args.reduce_limit), joint_dir,
-                      resume=(joint_dir / "config.yaml").exists())
-    j = RunDir(joint_dir).summary()
-    sh = out["shallow"]
-    joint = {"relu_reduction": teacher["relus"] / j["relus"], "mac_reduction": teacher["macs"] / j["macs"],
-             "acc_drop": 100 * (teacher["test_acc"] - j["test_acc"]), "relus": j["relus"], "test_acc": j["test_acc"]}
-    headline = {"relu_reduction": round(sh["relu_reduction"], 3), "mac_reduction": round(sh["mac_reduction"], 3),
-                "acc_drop": round(sh["acc_drop_points"], 3), "depth": sh["depth"], "teacher_depth": sh["teacher_depth"],
-                "exact_merge_mac_reduction": round(out["shallow_exact"]["mac_reduction"], 3),
-                "exact_merge_acc_drop": round(out["shallow_exact"]["acc_drop_points"], 3),
-                "joint": {k: round(v, 3) if isinstance(v, float) else v for k, v in joint.items()},
+    per_seed: dict[str, list[dict]] = {"shallow": [], "shallow_exact": [], "shallow+senet": []}
+    for seed in seeds:
+        for name, kernel in (("shallow", 3), ("shallow_exact", 0)):
+            d = seeded(runs, name, seed, seeds[0])
+            if kernel == 0 and seed != seeds[0]:
+                continue
+            if not (d / "summary.json").exists():
+                run_shallow(ShallowConfig(teacher=str(teacher_dir), target_relu_reduction=args.target, kernel=kernel,
+                                          finetune_epochs=args.finetune_epochs, train_limit=args.reduce_limit, seed=seed), d,
+                            resume=(d / "config.yaml").exists())
+            per_seed[name].append(RunDir(d).summary())
+        shallow_dir, joint_dir = seeded(runs, "shallow", seed, seeds[0]), seeded(runs, "shallow_senet", seed, seeds[0])
+        if not (joint_dir / "summary.json").exists():
+            budget = RunDir(shallow_dir).summary()["relus"] // 2
+            run_reduction(ReductionConfig(method="senet", teacher=str(shallow_dir), budget=budget, search_epochs=1,
+                                          finetune_epochs=args.finetune_epochs - 1 or 1, train_limit=args.reduce_limit,
+                                          seed=seed), joint_dir, resume=(joint_dir / "config.yaml").exists())
+        j = RunDir(joint_dir).summary()
+        per_seed["shallow+senet"].append({**j, "relu_reduction": teacher["relus"] / j["relus"],
+                                          "mac_reduction": teacher["macs"] / j["macs"],
+                                          "acc_drop_points": 100 * (teacher["test_acc"] - j["test_acc"])})
+    stats = {name: {k: mean_sd([s[k] for s in runs_]) for k in ("relu_reduction", "mac_reduction", "acc_drop_points",
+                                                                   "test_acc", "relus", "macs")}
+             for name, runs_ in per_seed.items()}
+    sh = per_seed["shallow"][0]
+    headline = {"relu_reduction": round(stats["shallow"]["relu_reduction"]["mean"], 3),
+                "mac_reduction": round(stats["shallow"]["mac_reduction"]["mean"], 3),
+                "acc_drop": round(stats["shallow"]["acc_drop_points"]["mean"], 3),
+                "acc_drop_sd": round(stats["shallow"]["acc_drop_points"]["sd"], 3),
+                "depth": sh["depth"], "teacher_depth": sh["teacher_depth"],
+                "exact_merge_mac_reduction": round(stats["shallow_exact"]["mac_reduction"]["mean"], 3),
+                "exact_merge_acc_drop": round(stats["shallow_exact"]["acc_drop_points"]["mean"], 3),
+                "joint": {k: round(stats["shallow+senet"][k]["mean"], 3) for k in ("relu_reduction", "mac_reduction", "acc_drop_points")}
+                | {"acc_drop_sd": round(stats["shallow+senet"]["acc_drop_points"]["sd"], 3)},
+                "seeds": {"shallow, shallow+senet": seeds, "shallow_exact": seeds[:1]},
                 "teacher_acc": teacher["test_acc"]}
     settings = {"data": "fashion-mnist" + (f" (first {args.limit} train images)" if args.limit else " 60,000/10,000"),
                 "model": "ResNet18 width 0.25 (16/32/64/128)", "target_relu_reduction": args.target,
                 "finetune_epochs": args.finetune_epochs, "finetune_train_images": args.reduce_limit, "teacher": str(teacher_dir),
-                "merged_blocks": sh["merged_blocks"], "joint": "SENet at half of the shallow model's ReLUs, 1 search epoch"}
-    rows = [{"model": "all-ReLU", "relus": teacher["relus"], "macs": teacher["macs"], "depth": sh["teacher_depth"], "test_acc": teacher["test_acc"]},
-            *({"model": n, "relus": s["relus"], "macs": s["macs"], "depth": s["depth"], "test_acc": s["test_acc"]} for n, s in out.items()),
-            {"model": "shallow+senet", "relus": j["relus"], "macs": j["macs"], "depth": sh["depth"], "test_acc": j["test_acc"]}]
-    write_result("pi_shallow", headline, settings, rows=rows, minutes=round((time.time() - t0) / 60, 1))
+                "merged_blocks": sh["merged_blocks"], "seeds": seeds,
+                "joint": "SENet at half of the shallow model's ReLUs, 1 search epoch"}
+    rows = [{"model": "all-ReLU", "relus": teacher["relus"], "macs": teacher["macs"], "depth": sh["teacher_depth"],
+             "test_acc": teacher["test_acc"], "test_acc_sd": 0.0, "seeds": 1},
+            *({"model": n, "relus": st["relus"]["mean"], "macs": st["macs"]["mean"], "depth": sh["depth"],
+               "test_acc": st["test_acc"]["mean"], "test_acc_sd": st["test_acc"]["sd"], "seeds": st["test_acc"]["n"]}
+              for n, st in stats.items())]
+    write_result("pi_shallow", headline, settings, rows=rows, stats=stats, minutes=round((time.time() - t0) / 60, 1))
     plot(rows)
     print(headline)
 
@@ -76,8 +101,9 @@ def plot(rows: list[dict]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for r in rows:
-        axes[0].scatter(r["relus"], 100 * r["test_acc"], s=60, label=r["model"])
-        axes[1].scatter(r["macs"] / 1e6, 100 * r["test_acc"], s=60, label=r["model"])
+        for ax, x in zip(axes, (r["relus"], r["macs"] / 1e6)):
+            ax.errorbar([x], [100 * r["test_acc"]], yerr=[100 * r.get("test_acc_sd", 0.0)], fmt="o", ms=7, capsize=3,
+                        label=f"{r['model']} ({r.get('seeds', 1)} seed{'s' if r.get('seeds', 1) > 1 else ''})")
     axes[0].set_xlabel("ReLUs")
     axes[1].set_xlabel("MACs (millions)")
     for ax in axes:

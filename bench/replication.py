@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, write_result
+from common import RESULTS, mean_sd, write_result
 
 from trustlab.replication.data import CaptionDataConfig
 from trustlab.replication.fusion import DualFusion
@@ -303,9 +303,7 @@ def spread(rows: list[dict]) -> dict:
     """Mean and standard deviation over the (training seed, sampling seed) rows of each figure."""
     out = {}
     for key in (*COPY_KEYS, "proxy_fid"):
-        values = [r[key] for r in rows if r[key] is not None]
-        out[key] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "n": len(values)}
+        out[key] = mean_sd([r[key] for r in rows if r[key] is not None])
     return out
 
 

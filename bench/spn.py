@@ -53,7 +53,7 @@ SETS = {  # name: data, fit options (alpha: a list chosen on validation), ranks
                 routes=("spn", "mi", "direct-mi")),
     "nltcs-rat": dict(data=dict(dataset="debd", name="nltcs"),
                       fit=dict(structure="rat", depth=2, repetitions=10, sums=40, leaves=10, em_iterations=10),
-                      ranks=(2, 4, 8, 16)),
+                      ranks=(2, 4, 8, 16), routes=("spn", "mi", "direct", "direct-mi")),
     "digits": dict(data=dict(dataset="digits"), fit=dict(), ranks=(8, 16, 32)),
     "mnist-14": dict(data=dict(dataset="mnist", size=14, limit=20000), fit=dict(min_instances=100), ranks=(16, 32)),
 }
