@@ -33,6 +33,12 @@ def mean_sd(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
+def seeded(runs: Path, name: str, seed: int, first: int) -> Path:
+    """A run's folder for ``seed``; the first seed keeps the unsuffixed name that one-seed versions of a
+    benchmark wrote, so their finished runs are reused."""
+    return runs / (name if seed == first else f"{name}-s{seed}")
+
+
 def write_result(name: str, headline: dict, settings: dict, **detail) -> Path:
     path = RESULTS / f"{name}.json"
     atomic_write_json(path, {"headline": headline, "settings": settings, "machine": machine(),

@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, ensure_teacher, mean_sd, write_result
+from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
 
 from trustlab.pi.reduce import METHODS, ReductionConfig, run_reduction
 from trustlab.runs import RunDir
@@ -52,7 +52,7 @@ def main() -> None:
         budget = total // frac
         for seed in seeds if frac in SEEDED else seeds[:1]:
             for method in METHODS:
-                out = runs / (f"{method}-{frac}" + (f"-s{seed}" if seed != seeds[0] else ""))
+                out = seeded(runs, f"{method}-{frac}", seed, seeds[0])
                 if not done(out):
                     cfg = ReductionConfig(method=method, teacher=str(teacher_dir), budget=budget, search_epochs=args.search_epochs,
                                           finetune_epochs=args.finetune_epochs, seed=seed, train_limit=args.reduce_limit)

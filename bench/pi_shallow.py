@@ -14,16 +14,11 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, ensure_teacher, mean_sd, write_result
+from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
 
 from trustlab.pi.reduce import ReductionConfig, run_reduction
 from trustlab.pi.shallow import ShallowConfig, run_shallow
 from trustlab.runs import RunDir
-
-
-def seeded(runs: Path, name: str, seed: int, first: int) -> Path:
-    """A run's folder; the first seed keeps the unsuffixed name of single-seed versions of this benchmark."""
-    return runs / (name if seed == first else f"{name}-s{seed}")
 
 
 def main() -> None:
