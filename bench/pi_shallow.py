@@ -40,9 +40,9 @@ def main() -> None:
     per_seed: dict[str, list[dict]] = {"shallow": [], "shallow_exact": [], "shallow+senet": []}
     for seed in seeds:
         for name, kernel in (("shallow", 3), ("shallow_exact", 0)):
-            d = seeded(runs, name, seed, seeds[0])
             if kernel == 0 and seed != seeds[0]:
                 continue
+            d = seeded(runs, name, seed, seeds[0])
             if not (d / "summary.json").exists():
                 run_shallow(ShallowConfig(teacher=str(teacher_dir), target_relu_reduction=args.target, kernel=kernel,
                                           finetune_epochs=args.finetune_epochs, train_limit=args.reduce_limit, seed=seed), d,
@@ -50,7 +50,7 @@ def main() -> None:
             per_seed[name].append(RunDir(d).summary())
         shallow_dir, joint_dir = seeded(runs, "shallow", seed, seeds[0]), seeded(runs, "shallow_senet", seed, seeds[0])
         if not (joint_dir / "summary.json").exists():
-            budget = RunDir(shallow_dir).summary()["relus"] // 2
+            budget = per_seed["shallow"][-1]["relus"] // 2
             run_reduction(ReductionConfig(method="senet", teacher=str(shallow_dir), budget=budget, search_epochs=1,
                                           finetune_epochs=args.finetune_epochs - 1 or 1, train_limit=args.reduce_limit,
                                           seed=seed), joint_dir, resume=(joint_dir / "config.yaml").exists())

@@ -265,6 +265,8 @@ def test_rank_below_one_is_refused():
     g = random_tree([2, 2, 2], np.random.default_rng(0))
     with pytest.raises(ConfigError, match="rank 0"):
         truncate(spn_to_tensor_train(g), 0)
+    with pytest.raises(ConfigError, match="rounding 'svd'"):
+        truncate(spn_to_tensor_train(g), 2, loss="svd")
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -25,6 +25,10 @@ from trustlab.errors import ConfigError
 from trustlab.spn.tensor_train import TensorTrain
 
 
+NMF_LOSSES = {"kl": {"beta_loss": "kullback-leibler", "solver": "mu"},  # scikit-learn NMF settings per rounding
+              "als": {"beta_loss": "frobenius", "solver": "cd"}}
+
+
 def _environments(cores: list[torch.Tensor]) -> list[torch.Tensor]:
     """right[k]: the train from core k on, summed over its variables (a vector over the left rank of core k)."""
     right = [torch.ones(1, dtype=cores[0].dtype)] * (len(cores) + 1)
@@ -40,6 +44,8 @@ def truncate(tt: TensorTrain, rank: int, *, iterations: int = 1500, loss: str = 
 
     if rank < 1:
         raise ConfigError(f"rank {rank} is below 1: a tensor train needs rank >= 1")
+    if loss not in NMF_LOSSES:
+        raise ConfigError(f"rounding '{loss}': use {', '.join(NMF_LOSSES)}")
     with torch.no_grad():
         cores = [c.double().clone() for c in tt.cores()]
     right = _environments(cores)
@@ -62,9 +68,7 @@ def truncate(tt: TensorTrain, rank: int, *, iterations: int = 1500, loss: str = 
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    solver = {"kl": {"beta_loss": "kullback-leibler", "solver": "mu"},
-                              "als": {"beta_loss": "frobenius", "solver": "cd"}}[loss]
-                    nmf = NMF(n_components=keep, init="nndsvda", max_iter=iterations, random_state=seed, **solver)
+                    nmf = NMF(n_components=keep, init="nndsvda", max_iter=iterations, random_state=seed, **NMF_LOSSES[loss])
                     u = nmf.fit_transform(mat)
                 v = nmf.components_
             u = torch.from_numpy(np.ascontiguousarray(u)).view(r0, n1, keep) / lw.view(-1, 1, 1)
@@ -124,4 +128,4 @@ def fine_tune(tt: TensorTrain, x: torch.Tensor, *, epochs: int = 5, batch_size: 
     return history
 
 
-__all__ = ["fine_tune", "truncate"]
+__all__ = ["NMF_LOSSES", "fine_tune", "truncate"]

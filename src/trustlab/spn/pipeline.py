@@ -22,6 +22,7 @@ from trustlab.errors import ConfigError, RunError
 from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, resumed_config
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy
+from trustlab.spn.compress import NMF_LOSSES
 from trustlab.spn.data import DiscreteData, binarized_images, binary_csv, debd, with_valid_split
 from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
 from trustlab.spn.structure import Graph
@@ -31,7 +32,7 @@ from trustlab.spn.tensor_train import (TensorTrain, capped_ranks, dfs_order, exa
 STRUCTURES = ("learnspn", "rat")
 INITS = ("auto", "exact", "random")
 ORDERS = ("spn", "mi")  # the SPN's depth-first walk, or dependent variables side by side
-ROUNDINGS = ("kl", "als")  # truncation of the exact train: KL-divergence NMF or nonnegative least squares
+ROUNDINGS = tuple(NMF_LOSSES)  # truncation of the exact train: KL-divergence NMF or nonnegative least squares
 
 
 @dataclass(frozen=True)
