@@ -8,7 +8,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from trustlab.runs import atomic_write_json
+from trustlab.runs import atomic_write_json, finished
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,7 +54,7 @@ def ensure_teacher(path: Path, epochs: int = 4, limit: int | None = None, seed: 
     from trustlab.train import TrainConfig
 
     path = Path(path)
-    if not (path / "summary.json").exists():
+    if not finished(path):
         cfg = ClassifierConfig(model="resnet18", width=0.25, data=DataConfig(dataset="fashion-mnist", limit=limit),
                                train=TrainConfig(epochs=epochs, batch_size=128, lr=0.05, augment=True, seed=seed))
         train_classifier(cfg, path, resume=(path / "config.yaml").exists())

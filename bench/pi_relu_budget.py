@@ -19,15 +19,12 @@ from pathlib import Path
 
 from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
 
-from trustlab.pi.reduce import METHODS, ReductionConfig, run_reduction
-from trustlab.runs import RunDir
+from trustlab.pi.methods import METHODS
+from trustlab.pi.reduce import ReductionConfig, run_reduction
+from trustlab.runs import RunDir, finished
 
 FRACTIONS = (2, 4, 8, 16)
 SEEDED = (2, 4)  # the budgets run with every seed
-
-
-def done(path: Path) -> bool:
-    return (path / "summary.json").exists()
 
 
 def main() -> None:
@@ -53,7 +50,7 @@ def main() -> None:
         for seed in seeds if frac in SEEDED else seeds[:1]:
             for method in METHODS:
                 out = seeded(runs, f"{method}-{frac}", seed, seeds[0])
-                if not done(out):
+                if not finished(out):
                     cfg = ReductionConfig(method=method, teacher=str(teacher_dir), budget=budget, search_epochs=args.search_epochs,
                                           finetune_epochs=args.finetune_epochs, seed=seed, train_limit=args.reduce_limit)
                     run_reduction(cfg, out, resume=(out / "config.yaml").exists())
@@ -90,7 +87,7 @@ def main() -> None:
 
 def summarise(rows: list[dict]) -> dict:
     """(method, fraction) -> mean, sd and count over seeds of ReLUs, test accuracy and accuracy drop."""
-    keys = sorted({(r["method"], r["fraction"]) for r in rows}, key=lambda k: (METHODS.index(k[0]), int(k[1][2:])))
+    keys = sorted({(r["method"], r["fraction"]) for r in rows}, key=lambda k: (list(METHODS).index(k[0]), int(k[1][2:])))
     return {k: {fig: mean_sd([r[fig] for r in rows if (r["method"], r["fraction"]) == k])
                 for fig in ("relus", "test_acc", "acc_drop_points")} for k in keys}
 

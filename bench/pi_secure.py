@@ -13,22 +13,24 @@ import time
 from pathlib import Path
 
 from common import RESULTS, write_result
+from pi_shallow import HEADLINE, RUNS, folder
 
 from trustlab.errors import ConfigError
 from trustlab.pi.secure import secure_infer
+from trustlab.runs import finished
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--all-relu", default="runs/bench-pi-relu-budget/teacher")
     ap.add_argument("--senet-half", default="runs/bench-pi-relu-budget/senet-2")
-    ap.add_argument("--shallow", default="runs/bench-pi-shallow/shallow")
+    ap.add_argument("--shallow", default=f"{RUNS}/{folder(HEADLINE)}", help=f"the {HEADLINE} shallow model")
     ap.add_argument("--images", type=int, default=1)
     ap.add_argument("--protocols", default="cheetah,semi2k")
     args = ap.parse_args()
     models = {"all-relu": args.all_relu, "senet-half": args.senet_half, "shallow": args.shallow}
     for name, path in models.items():
-        if not (Path(path) / "summary.json").exists():
+        if not finished(path):
             raise ConfigError(f"{name} run {path} is missing: run bench/pi_relu_budget.py and bench/pi_shallow.py first")
     t0 = time.time()
     rows = []

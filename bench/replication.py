@@ -59,7 +59,7 @@ from trustlab.replication.rau import TimestepRouter, parse_skips
 from trustlab.replication.rau_analysis import skip_ablation
 from trustlab.replication.sampling import generate, sample_run, save_samples
 from trustlab.replication.training import DiffusionConfig, build_denoiser, load_trained, make_scheduler, train_diffusion
-from trustlab.runs import RunDir
+from trustlab.runs import RunDir, finished
 
 STAGES = ("calibration", "gcdf", "loyal", "standard", "seeds", "timing", "controls")
 TEXT_DIM = 384  # MiniLM token states, the width the timed models are built for
@@ -103,7 +103,7 @@ class Bench:
 
     def train(self, name: str, cfg: DiffusionConfig, max_steps: int | None = None) -> Path:
         out = self.runs / name
-        if not (out / "summary.json").exists():
+        if not finished(out):
             train_diffusion(cfg, out, resume=(out / "config.yaml").exists(), quiet=self.args.quiet, max_steps=max_steps)
         return out
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from common import RESULTS, write_result
 
-from trustlab.runs import RunDir
+from trustlab.runs import RunDir, finished
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.pipeline import (CompressConfig, FitConfig, SPNDataConfig, compress_spn, fit_spn, load_model,
                                    throughput)
@@ -74,7 +74,7 @@ def fit_set(name: str, spec: dict, root: Path, args) -> Path:
     best = None
     for alpha in alphas:
         out = root / (f"fit-a{alpha:g}" if len(alphas) > 1 else "fit")
-        if not (out / "summary.json").exists():
+        if not finished(out):
             fit_spn(FitConfig(data=data, alpha=alpha, **opts), out)
         valid = RunDir(out).summary()["valid_ll"]
         if best is None or valid > best[0]:
@@ -85,7 +85,7 @@ def fit_set(name: str, spec: dict, root: Path, args) -> Path:
 def compress_set(fit: Path, spec: dict, root: Path, route: str, args) -> dict:
     """The set's tSPNs of one route; the direct route gets as many gradient steps as the distilled one."""
     out = root / f"tspn-{route}"
-    if not (out / "summary.json").exists():
+    if not finished(out):
         opts = {"distill_samples": args.distill_samples, **ROUTES[route]}
         n = RunDir(fit).summary()["train_rows"]
         epochs = math.ceil(args.epochs * (n + args.distill_samples) / (n + opts["distill_samples"]))

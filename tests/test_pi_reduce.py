@@ -8,7 +8,9 @@ from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.masks import PartialReLU, export_masks, install_partial_relus, kept_positions, topk_mask
 from trustlab.pi.models import build_model
-from trustlab.pi.load import load_pi_model
+from trustlab.pi.load import REDUCTION_KINDS, load_pi_model
+from trustlab.pi.methods import METHODS
+from trustlab.pi.reduce import IMPLEMENTATIONS, ReductionConfig
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
 from trustlab.runs import load_checkpoint_file
 from trustlab.train import evaluate
@@ -117,7 +119,15 @@ def teacher(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("method", ["senet", "snl", "layerdrop"])
+def test_every_method_in_the_table_is_implemented_loadable_and_a_command(cli):
+    assert set(IMPLEMENTATIONS) == set(METHODS) and set(REDUCTION_KINDS) == {f"pi-{m}" for m in METHODS}
+    listed = cli("pi", "--help").stdout
+    assert all(m in listed for m in METHODS)
+    with pytest.raises(ConfigError, match="channel granularity is available for senet only"):
+        ReductionConfig(method="snl", budget=10, granularity="channel").validate()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 def test_reduction_hits_the_budget_and_keeps_masks_in_checkpoints(teacher, tmp_path, method):
     from trustlab.cli import main
 

@@ -9,7 +9,7 @@ from trustlab.errors import ConfigError
 from trustlab.pi.masks import install_partial_relus
 from trustlab.pi.models import build_model
 from trustlab.pi.secure import export_jax, parse_profile, run_secure
-from trustlab.pi.shallow import apply_merges
+from trustlab.pi.merge import apply_merges
 
 SHAPE = (1, 12, 12)
 

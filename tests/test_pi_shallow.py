@@ -7,7 +7,9 @@ from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.load import load_pi_model
 from trustlab.pi.models import build_model
-from trustlab.pi.shallow import MergedBlock, apply_merges, depth, mergeable_blocks, plan_merges
+from trustlab.pi.merge import MergedBlock, apply_merges
+from trustlab.pi.shallow import ShallowConfig, depth, linearise, mergeable_blocks, plan_merges
+from trustlab.train import evaluate
 
 
 def _trained_like(model):
@@ -36,6 +38,41 @@ def test_exact_merge_of_a_block_without_inner_relu_matches_the_pad_first_block()
         assert isinstance(merged, MergedBlock)
         x = torch.randn(2, block.conv1.in_channels, 16, 16)
         assert (merged(x) - ref(x)).abs().max() < 1e-4
+
+
+def test_a_block_at_slope_one_is_linear_and_a_faded_ring_cuts_exactly():
+    torch.manual_seed(0)
+    model = _trained_like(build_model("resnet18", 10, 3, 0.125))
+    names = ["layer1.0", "layer2.0"]  # 5x5 and (stride 2) 7x7 merged kernels
+    slopes = linearise(model, names)
+    first, x0 = model.get_submodule(names[0]), torch.randn(2, 8, 16, 16)
+    relu_out = first(x0)
+    for s in slopes:
+        s.slope = 1.0
+    assert (first(x0) - relu_out).abs().max() > 1e-2  # slope 0 was still a ReLU
+    merged = apply_merges(model, names, None)
+    for name in names:  # at slope 1 the block is its merged convolution, borders included
+        block, m = model.get_submodule(name), merged.get_submodule(name)
+        x = torch.randn(2, block.conv1.in_channels, 16, 16)
+        assert (block(x) - m(x)).abs().max() < 1e-4
+    for name in names:
+        m = merged.get_submodule(name)
+        x = torch.randn(2, m.conv.in_channels, 16, 16)
+        m.ring = (3, 0.5)
+        half = m(x)
+        m.ring = (3, 0.0)
+        faded = m(x)
+        m.cut(3)
+        assert m.conv.kernel_size == (3, 3) and m.ring is None
+        assert (m(x) - faded).abs().max() < 1e-5 and (half - faded).abs().max() > 1e-3
+
+
+def test_shallow_config_refuses_a_ring_without_a_3x3_target_and_no_finetuning():
+    with pytest.raises(ConfigError, match="--kernel 3"):
+        ShallowConfig(kernel=0, ring_epochs=1).validate()
+    assert ShallowConfig(kernel=0).ring_stage_epochs == 0 and ShallowConfig().ring_stage_epochs == 1
+    with pytest.raises(ConfigError, match="--finetune-epochs"):
+        ShallowConfig(finetune_epochs=0).validate()
 
 
 def test_merging_reduces_relus_and_depth_and_reports_macs():
@@ -73,18 +110,34 @@ def test_shallow_run_then_senet_on_what_remains(tmp_path, cli):
             "--out", str(teacher), "--quiet", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     shallow = tmp_path / "shallow"
-    r = cli("pi", "shallow", "--teacher", str(teacher), "--target-relu-reduction", "1.3", "--finetune-epochs", "2",
-            "--batch-size", "32", "--out", str(shallow), "--quiet", "--device", "cpu")
+    r = cli("pi", "shallow", "--teacher", str(teacher), "--target-relu-reduction", "1.3", "--anneal-epochs", "1",
+            "--ring-epochs", "1", "--finetune-epochs", "1", "--batch-size", "32", "--out", str(shallow), "--quiet",
+            "--device", "cpu")
     assert r.returncode == 0, r.stderr
     s = json.loads((shallow / "summary.json").read_text())
     assert s["relu_reduction"] >= 1.3 and s["depth"] < s["teacher_depth"] and s["test_acc"] > 0.5
-    model, shape, _ = load_pi_model(shallow)
+    assert {"acc_after_anneal", "acc_after_ring"} <= set(s) and s["mac_reduction"] > 1
+    again = cli("pi", "shallow", "--teacher", str(teacher), "--target-relu-reduction", "1.3", "--anneal-epochs", "1",
+                "--ring-epochs", "1", "--finetune-epochs", "1", "--batch-size", "32", "--out", str(shallow), "--quiet",
+                "--device", "cpu", "--resume")  # every stage finished: reloaded, the same figures
+    assert again.returncode == 0, again.stderr
+    assert json.loads((shallow / "summary.json").read_text()) == s
+    model, shape, data = load_pi_model(shallow)
     assert count(model, shape).relus == s["relus"]
+    test = data.load()
+    assert evaluate(model, test.x_test, test.y_test)["acc"] == pytest.approx(s["test_acc"], abs=1e-6)
     joint = tmp_path / "joint"
     budget = s["relus"] // 2
     r = cli("pi", "senet", "--teacher", str(shallow), "--budget", str(budget), "--search-epochs", "1",
             "--finetune-epochs", "1", "--batch-size", "32", "--out", str(joint), "--quiet", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert json.loads((joint / "summary.json").read_text())["relus"] == budget
-    bad = cli("pi", "shallow", "--teacher", str(teacher), "--target-relu-reduction", "9", "--out", str(tmp_path / "no"))
+    moved = tmp_path / "elsewhere"  # the chain of run folders moves together; the paths as given no longer exist
+    moved.mkdir()
+    for d in (teacher, shallow, joint):
+        d.rename(moved / d.name)
+    r = cli("pi", "cost", str(moved / "joint"))
+    assert r.returncode == 0 and f"{budget:,} ReLUs" in r.stdout, r.stderr
+    assert count(*load_pi_model(moved / "joint")[:2]).relus == budget
+    bad = cli("pi", "shallow", "--teacher", str(moved / "teacher"), "--target-relu-reduction", "9", "--out", str(tmp_path / "no"))
     assert bad.returncode == 2 and "impossible" in bad.stderr and not (tmp_path / "no").exists()

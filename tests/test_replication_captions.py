@@ -93,14 +93,14 @@ def test_llm_generalization_caches_and_falls_back_per_caption(llm_cache):
     server = ChatServer(lambda p: answers[caption_of(p)])
     try:
         client = ChatClient(server.url, "test-model", retries=1, timeout=5)
-        out, failures = llm_generalize(list(answers), client)
+        out, failures = llm_generalize(list(answers), client, generalize_wordnet)
         assert out[0] == "A flag"  # quotes and the final full stop are stripped
         assert out[1] == generalize_wordnet("woman juggling") and out[2] == generalize_wordnet("tulip")
         assert len(failures) == 2 and "not a caption" in failures[0] and "2 attempts" in failures[1]
         asked = len(server.prompts)
         assert asked == 1 + 1 + 2  # one retry for the HTTP 500
         answers["tulip"] = "a plant"
-        out, failures = llm_generalize(list(answers), client)
+        out, failures = llm_generalize(list(answers), client, generalize_wordnet)
         assert out[2] == "a plant" and len(server.prompts) == asked + 2  # "brazil flag" came from the cache
         assert len((llm_cache).glob("generalize-*.jsonl").__next__().read_text().splitlines()) == 2
     finally:
@@ -110,7 +110,8 @@ def test_llm_generalization_caches_and_falls_back_per_caption(llm_cache):
 def test_llm_score_averages_six_criteria_and_falls_back(llm_cache):
     server = ChatServer(lambda p: "7, 8, 6, 9, 5, 10" if "flag" in caption_of(p) else "very general!")
     try:
-        scores, failures = llm_score(["brazil flag", "tulip"], ChatClient(server.url, "test-model"))
+        scores, failures = llm_score(["brazil flag", "tulip"], ChatClient(server.url, "test-model"),
+                                    lambda c: generality(c).score)
         assert scores[0] == pytest.approx(7.5)
         assert scores[1] == pytest.approx(generality("tulip").score) and len(failures) == 1
     finally:
@@ -119,7 +120,7 @@ def test_llm_score_averages_six_criteria_and_falls_back(llm_cache):
 
 def test_unreachable_endpoint_stops_asking_and_falls_back(llm_cache):
     client = ChatClient("http://127.0.0.1:9/v1", "m", retries=0, timeout=2)
-    out, failures = llm_generalize([f"red flag {i}" for i in range(6)], client)
+    out, failures = llm_generalize([f"red flag {i}" for i in range(6)], client, generalize_wordnet)
     assert out == [generalize_wordnet(f"red flag {i}") for i in range(6)]
     assert sum("not asked" in f for f in failures) == 3
 

@@ -66,3 +66,20 @@ def test_metrics_truncation_and_cut_lines(tmp_path):
     assert [m["step"] for m in run.metrics()] == [0, 1, 2, 3, 4]
     run.truncate_metrics(2)
     assert [m["step"] for m in run.metrics()] == [0, 1, 2]
+
+
+def test_report_reads_like_a_results_section(tmp_path):
+    from trustlab.report import plot_metric_curves, render_report
+
+    teacher = RunDir.start(tmp_path / "teacher", Outer(), "test", False)
+    run = RunDir.start(tmp_path / "student", Outer(), "test", False)
+    run.write_summary({"method": "senet", "teacher": str(teacher.path), "macs": 28_573_184, "relus": 54_272,
+                       "acc_drop_points": 1.45, "test_acc": 0.9083, "relu_reduction": 2.0})
+    run.log(100, lr=0.01)  # one point: no panel
+    assert plot_metric_curves(run) is None
+    run.log(200, lr=0.005, train_loss=0.5)
+    run.log(300, train_loss=0.4)
+    page = render_report(run.path).read_text()
+    for shown in ("90.83%", "+1.45 points", "28.6 M", "54,272", "2.00×", "<td>../teacher</td>"):
+        assert shown in page, shown
+    assert page.index("test_acc") < page.index("acc_drop_points") < page.index("method")  # headline figures first

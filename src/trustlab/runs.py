@@ -312,6 +312,11 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
                        f"{' or '.join(o.__name__ for o in options)}: was config.yaml edited?")
 
 
+def finished(path: str | Path) -> bool:
+    """Whether the run folder at ``path`` is complete: every job writes ``summary.json`` last."""
+    return (Path(path) / "summary.json").exists()
+
+
 def resumed_config(cls: type, path: Path, kind: str, config: Any, resume: bool) -> Any:
     """The configuration a run continues with: the one stored in ``path`` when resuming it, else ``config``."""
     if resume and (Path(path) / "config.yaml").exists():

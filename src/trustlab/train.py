@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trustlab.errors import ConfigError, RunError
+from trustlab.progress import progress_bar
 from trustlab.runs import RunDir
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -235,13 +236,15 @@ def load_state_tensors(model: nn.Module, tensors: dict, optimizer: torch.optim.O
 def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, run: RunDir | None = None,
         *, x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None, loss_fn: LossFn = cross_entropy,
         resume: bool = False, quiet: bool = False, params=None, tag: str = "last",
-        max_steps: int | None = None) -> dict:
+        max_steps: int | None = None, schedule: Callable[[float], None] | None = None) -> dict:
     """Train ``model`` on ``(x_train, y_train)`` (float images in [0,1], int64 labels).
 
     Checkpoints go to ``run`` every ``cfg.checkpoint_every`` steps and at each epoch end;
     with ``resume`` the loop continues from the last one. ``params`` restricts the optimised
     parameters (default: all). ``max_steps`` stops early (used to test kill-and-resume).
-    Returns the final evaluation (``test_acc``, ``test_loss``) and ``steps``.
+    ``schedule`` is called before every step with the fraction of training done (0 at the
+    first step), for methods that change the model as training goes (a resumed run calls it
+    from the resumed step on), and once more at the end (1 when training is complete). Returns the final evaluation (``test_acc``, ``test_loss``) and ``steps``.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -277,7 +280,6 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
 
     local = cfg.batch_size // world_size
     end = total if max_steps is None else min(total, max_steps)
-    from trustlab.progress import progress_bar
 
     with progress_bar(quiet or rank != 0) as bar:
         task = bar.add_task("train", total=total, completed=step)
@@ -290,6 +292,8 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
                 xb = random_shift(xb, cfg.seed, step)
             xb, yb = xb[rank * local : (rank + 1) * local], yb[rank * local : (rank + 1) * local]
             lr = lr_at(cfg, step, total)
+            if schedule is not None:
+                schedule(step / total)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             loss = loss_fn(wrapped, in_layout(xb.to(device), layout), yb.to(device))
@@ -312,6 +316,8 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             if epoch_done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 checkpoint(done=step == total)
     model.to(memory_format=torch.contiguous_format)  # hand the caller plain weights
+    if schedule is not None:
+        schedule(step / max(total, 1))  # the model as of its last step, also when a resumed run had none left
     result = {"steps": step}
     if x_test is not None and rank == 0:
         ev = evaluate(model, x_test, y_test, cfg.eval_batch_size, device)

@@ -9,6 +9,7 @@ import typer
 
 from trustlab.errors import ConfigError, RunError
 from trustlab.files import read_json
+from trustlab.pi.methods import METHODS
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -112,9 +113,8 @@ def _reduction_command(method: str, doc: str) -> None:
     app.command(method)(command)
 
 
-_reduction_command("senet", "SENet: sensitivity-based per-layer budgets, learned ReLU locations, distillation.")
-_reduction_command("snl", "SNL baseline: α-mask with L1 penalty, global top-budget binarisation, KD fine-tuning.")
-_reduction_command("layerdrop", "Layer-drop baseline (DeepReDuce-style): linearise whole ReLU layers, least critical first.")
+for _method in METHODS.values():
+    _reduction_command(_method.name, _method.summary)
 
 
 @app.command("shallow")
@@ -122,7 +122,11 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
                 target_relu_reduction: float = typer.Option(1.7, help="Remove inner ReLU layers until ReLUs fall by this factor."),
                 kernel: int = typer.Option(3, min=0, help="3: merged blocks become trained 3x3 convolutions (fewer MACs); 0: exact merge (5x5/7x7, more MACs)."),
                 out: Optional[str] = typer.Option(None, help="Run folder to write (default runs/pi-shallow)."),
-                finetune_epochs: int = typer.Option(2, min=0), batch_size: int = typer.Option(128, min=1), lr: float = typer.Option(0.01),
+                anneal_epochs: int = typer.Option(1, min=0, help="Epochs in which the removed ReLUs' slope rises from 0 to 1 before the exact merge (0: remove them at once)."),
+                ring_epochs: Optional[int] = typer.Option(None, min=0, help="Epochs in which merged kernels' taps outside the central 3x3 fade to 0 before the cut (default 1 with --kernel 3; 0: cut at once)."),
+                finetune_epochs: int = typer.Option(2, min=1, help="Epochs of distillation of the final shallow model."),
+                beta: float = typer.Option(0.0, min=0.0, help="Weight of block-wise alignment of block outputs with the teacher's."),
+                batch_size: int = typer.Option(128, min=1), lr: float = typer.Option(0.01),
                 train_limit: Optional[int] = typer.Option(None, min=1, help="Fine-tune on the teacher's first N training images only."),
                 seed: int = typer.Option(0), device: str = typer.Option("auto"),
                 resume: bool = typer.Option(False), quiet: bool = typer.Option(False)) -> None:
@@ -131,7 +135,8 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
     from trustlab.report import render_report
 
     cfg = ShallowConfig(teacher=teacher, target_relu_reduction=target_relu_reduction, kernel=kernel,
-                        finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, train_limit=train_limit,
+                        anneal_epochs=anneal_epochs, ring_epochs=ring_epochs, finetune_epochs=finetune_epochs, beta=beta,
+                        batch_size=batch_size, lr=lr, train_limit=train_limit,
                         seed=seed, device=device)
     run = run_shallow(cfg, out or "runs/pi-shallow", resume=resume, quiet=quiet)
     s = run.summary()

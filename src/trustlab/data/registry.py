@@ -63,10 +63,6 @@ class DatasetSpec:
     needs_data_dir: bool = False
 
 
-def _first_existing(*candidates: Path) -> Path | None:
-    return next((c for c in candidates if c.exists()), None)
-
-
 def _locate_fashion(_: Path | None) -> Path | None:
     probe = "train-images-idx3-ubyte.gz"
     return next((d for d in (raw_dir("fashion-mnist"), FASHION_SYSTEM_DIR) if (d / probe).exists()), None)

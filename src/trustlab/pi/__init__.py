@@ -1,1 +1,14 @@
-"""Private inference: ReLU accounting, ReLU reduction (SENet, SNL, layer-drop), shallow models, secure inference."""
+"""Private inference: fewer ReLUs and shallower networks, and what they cost under secure inference.
+
+* :mod:`~trustlab.pi.models` / :mod:`~trustlab.pi.training`: ResNet18 / WRN classifiers and the
+  all-ReLU teacher run; :mod:`~trustlab.pi.load` rebuilds the model of any PI run folder;
+* :mod:`~trustlab.pi.accounting`: ReLUs, MACs and parameters per layer; :mod:`~trustlab.pi.cost`:
+  a garbled-circuit cost model of ReLUs;
+* :mod:`~trustlab.pi.masks` / :mod:`~trustlab.pi.sensitivity` / :mod:`~trustlab.pi.reduce`:
+  partial ReLUs, layer sensitivity, and the reductions (SENet, SNL, layer-drop);
+* :mod:`~trustlab.pi.distill`: distillation from the teacher, used by every reduction;
+* :mod:`~trustlab.pi.merge` / :mod:`~trustlab.pi.shallow`: merging convolutions without a ReLU
+  between them, and shallow models that learn to be mergeable;
+* :mod:`~trustlab.pi.secure` / :mod:`~trustlab.pi.serve`: two-party secure inference on SPU
+  (simulated, and as two real processes); :mod:`~trustlab.pi.probe`: forward-hook helper.
+"""

@@ -82,8 +82,3 @@ def count(model: nn.Module, input_shape: tuple[int, ...]) -> Accounting:
 
     probe(model, input_shape, lambda name, mod: hook(name) if is_relu_layer(mod) or isinstance(mod, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) else None)
     return Accounting(rows)
-
-
-def relu_layer_names(model: nn.Module) -> list[str]:
-    """Names of the ReLU (or partial-ReLU) modules, in module order."""
-    return [n for n, m in model.named_modules() if is_relu_layer(m) and n]

@@ -3,44 +3,56 @@
 Run kinds chain: ``pi-train`` (all-ReLU) → ``pi-shallow`` (merged blocks) → ``pi-senet`` /
 ``pi-snl`` / ``pi-layerdrop`` (partial ReLUs), each naming its teacher run; a model is rebuilt
 by replaying that chain (architecture, merges, masks) and loading the run's own weights.
+
+A chained run records its teacher twice (:func:`teacher_link`): as given, and relative to the
+run folder itself. The second one lets a chain of run folders move together (another
+directory, another machine); the first keeps run folders written before it loadable.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch.nn as nn
 
-from trustlab.pi.training import DataConfig
-from trustlab.runs import RunDir, config_from_dict, load_checkpoint_file
+from trustlab.pi.masks import install_partial_relus
+from trustlab.pi.merge import apply_merges
+from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS
+from trustlab.pi.training import DataConfig, load_classifier
+from trustlab.runs import RunDir, load_checkpoint_file
 from trustlab.train import load_state_tensors
 
-REDUCTION_KINDS = ("pi-senet", "pi-snl", "pi-layerdrop")
+REDUCTION_KINDS = tuple(m.kind for m in METHODS.values())
 KINDS = ("pi-train", "pi-shallow", *REDUCTION_KINDS)
 
 
 def load_pi_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, int, int], DataConfig]:
     """(model in eval mode, input shape, the data configuration of the root training run)."""
-    import copy
-
     run = RunDir.open(run_dir, kind=KINDS)
     if run.kind == "pi-train":
-        from trustlab.pi.training import load_classifier
-
         model, cfg, shape = load_classifier(run.path)
         return model, shape, cfg.data
-    base, shape, data = load_pi_model(run.config["teacher"])
+    base, shape, data = load_pi_model(teacher_path(run))
     if run.kind == "pi-shallow":
-        from trustlab.pi.shallow import apply_merges
-
         model = apply_merges(base, run.summary()["merged_blocks"], run.config["kernel"] or None)
     else:
-        from trustlab.pi.masks import install_partial_relus
-        from trustlab.pi.reduce import ReductionConfig
-
-        cfg = config_from_dict(ReductionConfig, run.config)
-        model = copy.deepcopy(base)
-        install_partial_relus(model, shape, cfg.granularity)
+        model = base  # rebuilt by the call above, so it may change in place
+        install_partial_relus(model, shape, run.config.get("granularity", DEFAULT_GRANULARITY))
     tensors, _ = load_checkpoint_file(run.checkpoint_path("finetune"))
     load_state_tensors(model, tensors)
     return model.eval(), shape, data
+
+
+def teacher_link(teacher: str | Path, out: str | Path) -> dict[str, str]:
+    """The summary fields naming a chained run's teacher: as given, and from the run folder ``out``."""
+    return {"teacher": str(teacher), "teacher_from_run": os.path.relpath(Path(teacher).resolve(), Path(out).resolve())}
+
+
+def teacher_path(run: RunDir) -> Path:
+    """The teacher folder of a chained run: where the run folder says it is relative to itself when
+    it is there (the folders moved together), else the path as given."""
+    linked = run.summary().get("teacher_from_run")
+    if linked and (run.path / linked / "config.yaml").exists():
+        return run.path / linked
+    return Path(run.config["teacher"])

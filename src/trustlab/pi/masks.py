@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from trustlab.errors import ConfigError
+from trustlab.pi.methods import DEFAULT_GRANULARITY, GRANULARITIES
 from trustlab.pi.probe import probe
 
 
@@ -39,9 +40,9 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class PartialReLU(nn.Module):
-    def __init__(self, shape: tuple[int, int, int], granularity: str = "pixel"):
+    def __init__(self, shape: tuple[int, int, int], granularity: str = DEFAULT_GRANULARITY):
         super().__init__()
-        if granularity not in ("pixel", "channel"):
+        if granularity not in GRANULARITIES:
             raise ConfigError(f"granularity must be 'pixel' or 'channel', not '{granularity}'")
         self.shape = tuple(shape)
         self.granularity = granularity
@@ -109,7 +110,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
 
 
-def install_partial_relus(model: nn.Module, input_shape: tuple[int, int, int], granularity: str = "pixel") -> list[str]:
+def install_partial_relus(model: nn.Module, input_shape: tuple[int, int, int], granularity: str = DEFAULT_GRANULARITY) -> list[str]:
     """Replace every ``nn.ReLU`` of ``model`` by an all-kept ``PartialReLU``; return their names."""
     shapes = activation_shapes(model, input_shape, kinds=(nn.ReLU,))
     for name, shape in shapes.items():

@@ -7,7 +7,10 @@
   dilates the second kernel by ``s_a``; the merged stride is ``s_a·s_b``.
 * :func:`add_centre` — a parallel identity or 1×1 (projection) path, ``y = K∗x + P∗x``, added
   into the centre tap of ``K``.
-* :func:`crop` — the central k×k of a kernel: *not* exact, the shallow model's cheaper option.
+* :class:`MergedBlock` / :func:`apply_merges` — the model surgery: a ResNet basic block
+  without its inner ReLU replaced by one convolution.
+* :func:`crop` / :func:`crop_conv` — the central k×k of a kernel (or convolution): exact only
+  when the outer taps are zero, which the shallow model's ring stage trains them to be.
 
 Border exactness. With "same" zero padding on both convolutions, the second one sees zeros
 where the composed convolution sees ``conv_a`` of zero padding (its bias and partial sums), so
@@ -20,11 +23,14 @@ so a model is fine-tuned after the conversion).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
+from trustlab.pi.models import BasicBlock
 
 
 def _check(conv: nn.Conv2d, what: str) -> None:
@@ -121,10 +127,22 @@ def merge_pair(conv_a: nn.Conv2d, bn_a: nn.BatchNorm2d | None, conv_b: nn.Conv2d
             raise ConfigError("a projection skip folds in only as a 1x1 convolution with the block's stride")
         wp, bp = fold_bn(proj, proj_bn)
         k, b = add_centre(k, wp), b + bp
-    if kernel is not None and kernel != k.shape[-1]:
-        padding -= (k.shape[-1] - kernel) // 2
-        k = crop(k, kernel)
-    return to_conv(k, b, s, padding)
+    conv = to_conv(k, b, s, padding)
+    return conv if kernel is None else crop_conv(conv, kernel)
+
+
+def crop_conv(conv: nn.Conv2d, kernel: int) -> nn.Conv2d:
+    """``conv`` cut to its central ``kernel``×``kernel`` taps, padding reduced to keep the output grid.
+
+    Exact when the cut taps are zero (a kernel whose outer ring was trained away), an
+    approximation otherwise.
+    """
+    big = conv.kernel_size[0]
+    if kernel == big:
+        return conv
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+    out = to_conv(crop(conv.weight.detach().double(), kernel), bias, conv.stride[0], conv.padding[0] - (big - kernel) // 2)
+    return out.to(conv.weight.device)
 
 
 def pad_first(conv_a: nn.Conv2d, conv_b: nn.Conv2d) -> None:
@@ -145,3 +163,59 @@ def reference_forward(x: torch.Tensor, conv_a, bn_a, conv_b, bn_b, skip=None) ->
     elif skip is not None:
         out = out + run(skip[0], skip[1], x)
     return out
+
+
+class MergedBlock(nn.Module):
+    """A basic block without its inner ReLU: one convolution, a BatchNorm, the block's output ReLU.
+
+    The BatchNorm starts as the identity (in inference statistics), so the merge stays exact;
+    it keeps fine-tuning stable (a stack of merged convolutions without normalisation diverges
+    at the usual learning rates) and folds back into the convolution for inference.
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu2: nn.Module):
+        super().__init__()
+        self.conv = conv
+        self.bn = nn.BatchNorm2d(conv.out_channels).to(conv.weight.device)
+        with torch.no_grad():
+            self.bn.running_var.fill_(1.0 - self.bn.eps)  # sqrt(var + eps) == 1: the identity
+        self.relu2 = relu2  # same name as in BasicBlock, so ReLU layer names survive the merge
+        self.ring: tuple[int, float] | None = None  # (core size, scale of the taps outside it) while shrinking
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ring is None:
+            return self.relu2(self.bn(self.conv(x)))
+        core, scale = self.ring
+        w = self.conv.weight
+        k, o = w.shape[-1], (w.shape[-1] - core) // 2
+        mask = torch.full((k, k), scale, dtype=w.dtype, device=w.device)
+        mask[o : o + core, o : o + core] = 1.0
+        conv = F.conv2d(x, w * mask, self.conv.bias, self.conv.stride, self.conv.padding)
+        return self.relu2(self.bn(conv))
+
+    def cut(self, core: int) -> None:
+        """Keep only the central ``core``×``core`` taps (exact once the ring's scale has reached 0)."""
+        self.conv, self.ring = crop_conv(self.conv, core), None
+
+
+def _merge_block(block: BasicBlock, kernel: int | None) -> MergedBlock:
+    if len(block.shortcut) == 0:
+        skip = "identity"
+    elif len(block.shortcut) == 2 and isinstance(block.shortcut[0], nn.Conv2d):
+        skip = (block.shortcut[0], block.shortcut[1])
+    else:
+        raise ConfigError(f"unsupported shortcut {block.shortcut}: expected identity or 1x1 conv + BN")
+    conv = merge_pair(block.conv1, block.bn1, block.conv2, block.bn2, skip, kernel)
+    return MergedBlock(conv.to(block.conv1.weight.device), block.relu2)
+
+
+def apply_merges(model: nn.Module, blocks: list[str], kernel: int | None) -> nn.Module:
+    """A copy of ``model`` with the named basic blocks merged (BN in inference statistics)."""
+    model = copy.deepcopy(model).eval()
+    for name in blocks:
+        block = model.get_submodule(name)
+        if not isinstance(block, BasicBlock):
+            raise ConfigError(f"'{name}' is a {type(block).__name__}, not a basic block the merger supports")
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, _merge_block(block, kernel))
+    return model.eval()

@@ -1,6 +1,8 @@
 """ReLU reduction to a budget: SENet and its baselines (SNL, layer-drop) in one code path.
 
-Every method starts from the same all-ReLU teacher run, uses the teacher's data, replaces
+Each method is a :class:`Reduction` subclass registered in ``IMPLEMENTATIONS`` under its name in
+:data:`trustlab.pi.methods.METHODS`: it decides the masks (``search``) and says how it is
+fine-tuned; :func:`run_reduction` does the rest, the same for all. Every method starts from the same all-ReLU teacher run, uses the teacher's data, replaces
 each ReLU by a :class:`~trustlab.pi.masks.PartialReLU`, spends ``search_epochs`` deciding
 which ReLUs stay and ``finetune_epochs`` distilling from the teacher with the mask fixed, so
 methods compare at equal training.
@@ -23,6 +25,7 @@ methods compare at equal training.
 
 from __future__ import annotations
 
+import abc
 import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,21 +36,19 @@ import torch.nn as nn
 from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.distill import DistillationLoss
-from trustlab.pi.masks import install_partial_relus, partial_relus, topk_mask
+from trustlab.pi.load import load_pi_model, teacher_link
+from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
+from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
-from trustlab.pi.load import load_pi_model
 from trustlab.runs import RunDir, atomic_save_figure, resumed_config
 from trustlab.train import TrainConfig, evaluate, fit
-
-METHODS = ("senet", "snl", "layerdrop")
-
 
 @dataclass(frozen=True)
 class ReductionConfig:
     method: str = "senet"
     teacher: str = ""
     budget: int = 0
-    granularity: str = "pixel"
+    granularity: str = DEFAULT_GRANULARITY
     search_epochs: int = 1
     finetune_epochs: int = 2
     batch_size: int = 128
@@ -65,8 +66,9 @@ class ReductionConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
-        if self.granularity != "pixel" and self.method != "senet":
-            raise ConfigError("channel granularity is available for senet only")
+        if self.granularity not in METHODS[self.method].granularities:
+            able = [m.name for m in METHODS.values() if self.granularity in m.granularities]
+            raise ConfigError(f"{self.granularity} granularity is available for {', '.join(able) or 'no method'} only")
         if self.search_epochs < 0 or self.finetune_epochs < 1:
             raise ConfigError("search epochs must be >= 0 and fine-tuning epochs >= 1")
 
@@ -116,65 +118,117 @@ def _snl_penalty(cfg: ReductionConfig, steps: int):
     return penalty, state
 
 
-def _search(cfg: ReductionConfig, teacher: nn.Module, student: nn.Module, layers: list[str], data, shape,
-            run: RunDir, resume: bool, quiet: bool) -> list[dict]:
-    """Decide the mask of every layer; returns a per-layer table of the decision."""
-    prl = partial_relus(student)
-    capacity = {n: prl[n].units * prl[n].unit_size for n in layers}
-    probe_x, probe_y = data.x_train[: cfg.probe_images], data.y_train[: cfg.probe_images]
-    rows = []
-    if cfg.method == "senet":
-        sens = pruning_sensitivity(teacher, shape, cfg.proxy_density)
+@dataclass
+class Search:
+    """What a method's mask search works on: the teacher, the student with a partial ReLU per ReLU
+    layer, the data, and the run folder it checkpoints into."""
+
+    cfg: ReductionConfig
+    teacher: nn.Module
+    student: nn.Module
+    layers: list[str]
+    data: object
+    shape: tuple[int, int, int]
+    run: RunDir
+    resume: bool
+    quiet: bool
+
+    @property
+    def masks(self) -> dict[str, PartialReLU]:
+        return partial_relus(self.student)
+
+    @property
+    def capacity(self) -> dict[str, int]:
+        return {n: m.units * m.unit_size for n, m in self.masks.items()}
+
+    def train_masks(self, loss: DistillationLoss) -> None:
+        """The search epochs: mask scores (or α) and weights together, checkpointed as ``search``."""
+        if self.cfg.search_epochs:
+            fit(self.student, self.data.x_train, self.data.y_train, _train_cfg(self.cfg, self.cfg.search_epochs, True), self.run,
+                loss_fn=loss, resume=self.resume, quiet=self.quiet, params=_scores_and_weights(self.student), tag="search")
+
+
+class Reduction(abc.ABC):
+    """A ReLU-reduction method: ``search`` fixes every layer's mask (and returns a per-layer table of
+    the decision); fine-tuning then distils from the teacher with the masks fixed."""
+
+    pram = False  # fine-tuning aligns post-ReLU activations (β·PRAM); otherwise plain CE + KD
+    search_trains_masks = True  # False: the search epochs go to fine-tuning instead
+
+    @abc.abstractmethod
+    def search(self, s: Search) -> list[dict]:
+        """Fix every layer's mask; one row per layer (``layer``, ``relus``, ``allocated``, the method's evidence)."""
+
+    def finetune_epochs(self, cfg: ReductionConfig) -> int:
+        return cfg.finetune_epochs + (0 if self.search_trains_masks else cfg.search_epochs)
+
+
+class SENet(Reduction):
+    pram = True
+
+    def search(self, s: Search) -> list[dict]:
+        cfg, prl, capacity = s.cfg, s.masks, s.capacity
+        sens = pruning_sensitivity(s.teacher, s.shape, cfg.proxy_density)
         counts = allocate(capacity, sens, cfg.budget)
-        init = _negative_part(teacher, layers, probe_x, cfg.granularity)
-        for n in layers:
+        init = _negative_part(s.teacher, s.layers, s.data.x_train[: cfg.probe_images], cfg.granularity)
+        rows = []
+        for n in s.layers:
             keep = counts[n] // prl[n].unit_size
             prl[n].start_search("topk", init[n], keep)
             rows.append({"layer": n, "relus": capacity[n], "sensitivity": round(sens[n], 5), "allocated": keep * prl[n].unit_size})
-        if cfg.search_epochs:
-            loss = DistillationLoss(teacher, layers, cfg.temperature, cfg.beta)
-            fit(student, data.x_train, data.y_train, _train_cfg(cfg, cfg.search_epochs, True), run, loss_fn=loss,
-                resume=resume, quiet=quiet, params=_scores_and_weights(student), tag="search")
+        s.train_masks(DistillationLoss(s.teacher, s.layers, cfg.temperature, cfg.beta))
         for m in prl.values():
             m.freeze()
-    elif cfg.method == "snl":
-        for n in layers:
+        return rows
+
+
+class SNL(Reduction):
+    def search(self, s: Search) -> list[dict]:
+        cfg, prl, capacity = s.cfg, s.masks, s.capacity
+        for n in s.layers:
             prl[n].start_search("soft", torch.ones(prl[n].mask.shape))
-        steps = cfg.search_epochs * (len(data.x_train) // cfg.batch_size)
+        steps = cfg.search_epochs * (len(s.data.x_train) // cfg.batch_size)
         penalty, state = _snl_penalty(cfg, steps)
-        if resume and run.has_checkpoint("search"):
-            state["step"] = run.load_checkpoint("search")[1]["step"]  # λ continues where it was
-        if cfg.search_epochs:
-            loss = DistillationLoss(teacher, layers, cfg.temperature, 0.0, extra=penalty)
-            fit(student, data.x_train, data.y_train, _train_cfg(cfg, cfg.search_epochs, True), run, loss_fn=loss,
-                resume=resume, quiet=quiet, params=_scores_and_weights(student), tag="search")
-        flat = torch.cat([prl[n].scores.detach().flatten() for n in layers])
+        if s.resume and s.run.has_checkpoint("search"):
+            state["step"] = s.run.load_checkpoint("search")[1]["step"]  # λ continues where it was
+        s.train_masks(DistillationLoss(s.teacher, s.layers, cfg.temperature, 0.0, extra=penalty))
+        flat = torch.cat([prl[n].scores.detach().flatten() for n in s.layers])
         keep_all = topk_mask(flat, cfg.budget)
-        offset = 0
-        for n in layers:
+        offset, rows = 0, []
+        for n in s.layers:
             k = int(keep_all[offset : offset + prl[n].units].sum())
             offset += prl[n].units
             above = int((prl[n].scores.detach() > 1e-2).sum())
             prl[n].freeze(k)
             rows.append({"layer": n, "relus": capacity[n], "alpha_above_1e-2": above, "allocated": k})
-    else:  # layerdrop
-        crit = removal_sensitivity(teacher, probe_x, probe_y, layers)
+        return rows
+
+
+class LayerDrop(Reduction):
+    search_trains_masks = False
+
+    def search(self, s: Search) -> list[dict]:
+        cfg, prl, capacity = s.cfg, s.masks, s.capacity
+        crit = removal_sensitivity(s.teacher, s.data.x_train[: cfg.probe_images], s.data.y_train[: cfg.probe_images], s.layers)
         total = sum(capacity.values())
         dropped = set()
-        for n in sorted(layers, key=lambda n: (crit[n]["kl"], n)):
+        for n in sorted(s.layers, key=lambda n: (crit[n]["kl"], n)):
             if total <= cfg.budget:
                 break
             prl[n].mask.zero_()
             dropped.add(n)
             total -= capacity[n]
-        rows = [{"layer": n, "relus": capacity[n], "criticality_kl": round(crit[n]["kl"], 5),
-                 "allocated": 0 if n in dropped else capacity[n]} for n in layers]
-    return rows
+        return [{"layer": n, "relus": capacity[n], "criticality_kl": round(crit[n]["kl"], 5),
+                 "allocated": 0 if n in dropped else capacity[n]} for n in s.layers]
+
+
+IMPLEMENTATIONS: dict[str, Reduction] = {"senet": SENet(), "snl": SNL(), "layerdrop": LayerDrop()}  # keys: METHODS
 
 
 def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
     """Reduce the teacher run's model to ``cfg.budget`` ReLUs with ``cfg.method``; write a run folder."""
-    kind = f"pi-{cfg.method}"
+    cfg.validate()
+    kind = METHODS[cfg.method].kind
     cfg = resumed_config(ReductionConfig, out, kind, cfg, resume)
     cfg.validate()
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
@@ -190,10 +244,10 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     student = copy.deepcopy(teacher)
     layers = install_partial_relus(student, shape, cfg.granularity)
     before = {r.name: r.relus for r in count(student, shape).relu_layers()}
-    rows = _search(cfg, teacher, student, layers, data, shape, run, resume, quiet)
-    epochs = cfg.finetune_epochs + (cfg.search_epochs if cfg.method == "layerdrop" else 0)
-    beta = cfg.beta if cfg.method == "senet" else 0.0
-    result = fit(student, data.x_train, data.y_train, _train_cfg(cfg, epochs, False), run,
+    method = IMPLEMENTATIONS[cfg.method]
+    rows = method.search(Search(cfg, teacher, student, layers, data, shape, run, resume, quiet))
+    beta = cfg.beta if method.pram else 0.0
+    result = fit(student, data.x_train, data.y_train, _train_cfg(cfg, method.finetune_epochs(cfg), False), run,
                  x_test=data.x_test, y_test=data.y_test, loss_fn=DistillationLoss(teacher, layers, cfg.temperature, beta),
                  resume=resume, quiet=quiet, tag="finetune")
     acc = count(student, shape)
@@ -205,7 +259,7 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     run.write_summary({"method": cfg.method, "budget": cfg.budget, "relus": acc.relus, "teacher_relus": total,
                        "relu_reduction": total / max(1, acc.relus), "test_acc": result.get("test_acc"),
                        "teacher_acc": teacher_acc, "acc_drop_points": 100 * (teacher_acc - result.get("test_acc", 0)),
-                       "macs": acc.macs, "teacher": str(cfg.teacher), "input_shape": list(shape)})
+                       "macs": acc.macs, **teacher_link(cfg.teacher, out), "input_shape": list(shape)})
     plot_accuracy_vs_relus(run)
     return run
 
@@ -240,4 +294,4 @@ def plot_accuracy_vs_relus(run: RunDir) -> None:
     plt.close(fig)
 
 
-__all__ = ["METHODS", "ReductionConfig", "run_reduction"]
+__all__ = ["IMPLEMENTATIONS", "Reduction", "ReductionConfig", "Search", "run_reduction"]

@@ -42,9 +42,12 @@ import torch.fx
 import torch.nn as nn
 
 from trustlab.errors import ConfigError
+from trustlab.pi.accounting import count
+from trustlab.pi.load import load_pi_model
 from trustlab.pi.masks import PartialReLU
 from trustlab.pi.merge import fold_bn
 from trustlab.pi.probe import probe
+from trustlab.runs import RunDir, atomic_write_json
 
 RELU_MODES = ("gather", "naive")  # ReLU on the kept positions only, or on every element times the mask
 PROTOCOLS = {"semi2k": 2, "cheetah": 2, "aby3": 3}
@@ -310,9 +313,6 @@ def secure_infer(run_dir: str, protocol: str = "semi2k", images: int = 4, weight
                  relu_mode: str = "gather") -> dict:
     """Secure inference of a PI run's model on its first test images; the result is also saved
     in ``RUN/secure/<protocol>-<relu_mode>-<weights>.json``."""
-    from trustlab.pi.accounting import count
-    from trustlab.pi.load import load_pi_model
-    from trustlab.runs import RunDir, atomic_write_json
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol '{protocol}': choose one of {', '.join(PROTOCOLS)}")

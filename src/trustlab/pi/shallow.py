@@ -13,11 +13,23 @@ least sensitive up, until the ReLU count falls by the target factor.
 
 Linear cost. The exact merge of two 3×3 convolutions is a 5×5 one (7×7 after a stride 2):
 25·C² MACs per pixel instead of 18·C² in a stride-1 block, so exact shallow models have
-*more* MACs. The paper's fewer linear operations come from the block learning to be shallow:
-the merged block is a single 3×3 convolution trained (from the distilled teacher) to do the
-two's work. ``kernel=3`` offers that: the exact merged kernel cropped to its central 3×3 as the
-starting point, then distillation. ``kernel=None`` keeps the merge exact (up to the border,
-see :mod:`~trustlab.pi.merge`) and reports the MAC increase honestly.
+*more* MACs. The paper's fewer linear operations come from blocks that *learn* to be shallow,
+which a run does in up to three stages, each distilled from the teacher:
+
+1. ``anneal_epochs`` — the chosen inner ReLUs become leaky with a slope rising from 0 to 1, so
+   each block moves gradually to linear instead of losing its non-linearity at once; then the
+   now-linear block merges exactly.
+2. ``ring_epochs`` — the merged 5×5 (7×7) kernel's taps outside the central 3×3 are scaled by a
+   factor falling from 1 to 0 while the rest trains to take over their work; then the kernel is
+   cut to 3×3 with no change of the function.
+
+Each schedule reaches its end (slope 1, scale 0) after the first three quarters of its stage
+and holds it for the last quarter, so the stage ends trained in the form the next one starts from.
+3. ``finetune_epochs`` — the final shallow model.
+
+``kernel=3`` without a ring stage cuts the exact merged kernel at once (the abrupt route);
+``kernel=0`` keeps it exact and reports the MAC increase honestly. ``beta`` adds block-wise
+distillation: the post-ReLU output of every block is aligned with the teacher's.
 """
 
 from __future__ import annotations
@@ -28,35 +40,28 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.distill import DistillationLoss
-from trustlab.pi.merge import merge_pair
+from trustlab.pi.load import load_pi_model, teacher_link
+from trustlab.pi.merge import MergedBlock, apply_merges, pad_first
 from trustlab.pi.models import BasicBlock
 from trustlab.pi.sensitivity import removal_sensitivity
 from trustlab.runs import RunDir, resumed_config
 from trustlab.train import TrainConfig, evaluate, fit
 
 
-class MergedBlock(nn.Module):
-    """A basic block without its inner ReLU: one convolution, a BatchNorm, the block's output ReLU.
+class SlopedReLU(nn.Module):
+    """``max(x, slope·x)``: the ReLU at slope 0, the identity at slope 1 (a block learning to be linear)."""
 
-    The BatchNorm starts as the identity (in inference statistics), so the merge stays exact;
-    it keeps fine-tuning stable (a stack of merged convolutions without normalisation diverges
-    at the usual learning rates) and folds back into the convolution for inference.
-    """
-
-    def __init__(self, conv: nn.Conv2d, relu2: nn.Module):
+    def __init__(self, slope: float = 0.0):
         super().__init__()
-        self.conv = conv
-        self.bn = nn.BatchNorm2d(conv.out_channels).to(conv.weight.device)
-        with torch.no_grad():
-            self.bn.running_var.fill_(1.0 - self.bn.eps)  # sqrt(var + eps) == 1: the identity
-        self.relu2 = relu2  # same name as in BasicBlock, so ReLU layer names survive the merge
+        self.slope = slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu2(self.bn(self.conv(x)))
+        return F.leaky_relu(x, self.slope)
 
 
 def mergeable_blocks(model: nn.Module) -> list[str]:
@@ -72,29 +77,6 @@ def mergeable_blocks(model: nn.Module) -> list[str]:
                           + (f", only {', '.join(others[:3])}" if others else "")
                           + " (pre-activation blocks put BN-ReLU before each convolution, so no ReLU sits between two convolutions)")
     return blocks
-
-
-def _merge_block(block: BasicBlock, kernel: int | None) -> MergedBlock:
-    if len(block.shortcut) == 0:
-        skip = "identity"
-    elif len(block.shortcut) == 2 and isinstance(block.shortcut[0], nn.Conv2d):
-        skip = (block.shortcut[0], block.shortcut[1])
-    else:
-        raise ConfigError(f"unsupported shortcut {block.shortcut}: expected identity or 1x1 conv + BN")
-    conv = merge_pair(block.conv1, block.bn1, block.conv2, block.bn2, skip, kernel)
-    return MergedBlock(conv.to(block.conv1.weight.device), block.relu2)
-
-
-def apply_merges(model: nn.Module, blocks: list[str], kernel: int | None) -> nn.Module:
-    """A copy of ``model`` with the named basic blocks merged (BN in inference statistics)."""
-    model = copy.deepcopy(model).eval()
-    for name in blocks:
-        block = model.get_submodule(name)
-        if not isinstance(block, BasicBlock):
-            raise ConfigError(f"'{name}' is a {type(block).__name__}, not a basic block the merger supports")
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, _merge_block(block, kernel))
-    return model.eval()
 
 
 def depth(model: nn.Module, shape: tuple[int, ...]) -> int:
@@ -125,8 +107,11 @@ def plan_merges(model: nn.Module, shape: tuple[int, ...], target: float, sensiti
 class ShallowConfig:
     teacher: str = ""
     target_relu_reduction: float = 1.7
-    kernel: int = 3  # 0: exact merge (5x5 / 7x7 kernels); 3: cropped to 3x3 and trained (fewer MACs)
+    kernel: int = 3  # 0: exact merge (5x5 / 7x7 kernels); 3: 3x3 merged kernels (fewer MACs)
+    anneal_epochs: int = 1  # inner-ReLU slope 0 -> 1 before the merge
+    ring_epochs: int | None = None  # outer taps scaled 1 -> 0 before the cut to 3x3; None: 1 with kernel 3, else 0
     finetune_epochs: int = 2
+    beta: float = 0.0  # weight of block-wise (post-ReLU block output) alignment with the teacher
     batch_size: int = 128
     lr: float = 0.01
     temperature: float = 4.0
@@ -135,13 +120,47 @@ class ShallowConfig:
     seed: int = 0
     device: str = "auto"
 
+    @property
+    def ring_stage_epochs(self) -> int:
+        if self.ring_epochs is None:
+            return 1 if self.kernel else 0
+        return self.ring_epochs
+
+    def validate(self) -> None:
+        if self.kernel not in (0, 3):
+            raise ConfigError(f"--kernel must be 0 (exact merge) or 3, not {self.kernel}")
+        if min(self.anneal_epochs, self.ring_stage_epochs) < 0 or self.beta < 0:
+            raise ConfigError("--anneal-epochs, --ring-epochs and --beta cannot be negative")
+        if self.finetune_epochs < 1:
+            raise ConfigError("--finetune-epochs must be at least 1: the fine-tuning stage saves the shallow model")
+        if self.ring_stage_epochs and not self.kernel:
+            raise ConfigError("--ring-epochs shrinks merged kernels to 3x3: use it with --kernel 3")
+
+
+RAMP = 0.75  # a stage's schedule reaches its end value after this fraction of it, and holds it for the rest
+
+
+def ramp(t: float) -> float:
+    """0 → 1 over the first ``RAMP`` of a stage, then 1: the model trains in its final form before the cut."""
+    return min(1.0, t / RAMP)
+
+
+def linearise(model: nn.Module, blocks: list[str]) -> list[SlopedReLU]:
+    """Put a :class:`SlopedReLU` (slope 0, still a ReLU) in place of each named block's inner ReLU, and
+    move the block's padding onto its first convolution (:func:`~trustlab.pi.merge.pad_first`), so
+    that at slope 1 the block is exactly the merged convolution, borders included."""
+    slopes = []
+    for name in blocks:
+        block = model.get_submodule(name)
+        block.relu1 = SlopedReLU()
+        pad_first(block.conv1, block.conv2)
+        slopes.append(block.relu1)
+    return slopes
+
 
 def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
-    from trustlab.pi.load import load_pi_model
-
     cfg = resumed_config(ShallowConfig, out, "pi-shallow", cfg, resume)
-    if cfg.kernel not in (0, 3):
-        raise ConfigError(f"--kernel must be 0 (exact merge) or 3, not {cfg.kernel}")
+    cfg.validate()
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
     blocks = mergeable_blocks(teacher)
     data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
@@ -150,27 +169,44 @@ def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, qu
             for b, v in removal_sensitivity(teacher, probe_x, probe_y, [f"{b}.relu1" for b in blocks]).items()}
     chosen = plan_merges(teacher, shape, cfg.target_relu_reduction, sens)
     run = RunDir.start(out, cfg, "pi-shallow", resume)
-    kernel = cfg.kernel or None
-    student = apply_merges(teacher, chosen, kernel)
+    student = copy.deepcopy(teacher)  # before the loss freezes the teacher's parameters
+    loss = DistillationLoss(teacher, [f"{b}.relu2" for b in blocks], cfg.temperature, cfg.beta)
+    stages: dict[str, float] = {}
+
+    def train(model: nn.Module, tag: str, epochs: int, schedule=None) -> None:
+        torch.manual_seed(cfg.seed)
+        tcfg = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=5e-4, augment=True,
+                           seed=cfg.seed + 2, device=cfg.device)
+        stages[f"acc_after_{tag}"] = fit(model, data.x_train, data.y_train, tcfg, run, x_test=data.x_test, y_test=data.y_test,
+                                         loss_fn=loss, resume=resume, quiet=quiet, tag=tag, schedule=schedule).get("test_acc")
+
+    if cfg.anneal_epochs:
+        slopes = linearise(student, chosen)
+        train(student, "anneal", cfg.anneal_epochs, lambda t: [setattr(r, "slope", ramp(t)) for r in slopes])
+        for r in slopes:
+            r.slope = 1.0
+    student = apply_merges(student, chosen, None if cfg.ring_stage_epochs else (cfg.kernel or None))
+    merged_acc = evaluate(student, data.x_test, data.y_test)["acc"]
+    if cfg.ring_stage_epochs:
+        merged = [student.get_submodule(b) for b in chosen]
+        train(student, "ring", cfg.ring_stage_epochs, lambda t: [setattr(m, "ring", (cfg.kernel, 1.0 - ramp(t))) for m in merged])
+        for m in merged:
+            m.cut(cfg.kernel)
+    train(student, "finetune", cfg.finetune_epochs)
     before, after = count(teacher, shape), count(student, shape)
     teacher_acc = evaluate(teacher, data.x_test, data.y_test)["acc"]
-    merged_acc = evaluate(student, data.x_test, data.y_test)["acc"]
-    torch.manual_seed(cfg.seed)
-    tcfg = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=5e-4, augment=True,
-                       seed=cfg.seed + 2, device=cfg.device)
-    result = fit(student, data.x_train, data.y_train, tcfg, run, x_test=data.x_test, y_test=data.y_test,
-                 loss_fn=DistillationLoss(teacher, [], cfg.temperature), resume=resume, quiet=quiet, tag="finetune")
     relus1 = {r.name: r.relus for r in before.relu_layers()}
     run.write_table("blocks", [{"block": b, "relu1_relus": relus1[f"{b}.relu1"], "removal_kl": round(sens[b], 6),
                                 "merged": b in chosen,
                                 "kernel": (student.get_submodule(b).conv.kernel_size[0] if b in chosen else "-")} for b in blocks],
                     title="Blocks: inner-ReLU sensitivity and merges")
+    test_acc = stages["acc_after_finetune"]
     run.write_summary({
-        "method": "shallow", "teacher": str(cfg.teacher), "merged_blocks": chosen, "kernel": cfg.kernel,
+        "method": "shallow", **teacher_link(cfg.teacher, out), "merged_blocks": chosen, "kernel": cfg.kernel,
         "relus": after.relus, "teacher_relus": before.relus, "relu_reduction": before.relus / after.relus,
         "macs": after.macs, "teacher_macs": before.macs, "mac_reduction": before.macs / after.macs,
         "params": after.params, "teacher_params": before.params, "depth": depth(student, shape),
         "teacher_depth": depth(teacher, shape), "teacher_acc": teacher_acc, "acc_after_merge": merged_acc,
-        "test_acc": result.get("test_acc"), "acc_drop_points": 100 * (teacher_acc - result.get("test_acc", 0)),
-        "input_shape": list(shape)})
+        **{k: v for k, v in stages.items() if k != "acc_after_finetune"},
+        "test_acc": test_acc, "acc_drop_points": 100 * (teacher_acc - test_acc), "input_shape": list(shape)})
     return run

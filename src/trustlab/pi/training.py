@@ -8,8 +8,8 @@ from pathlib import Path
 from trustlab.data import ClassificationData, load_classification
 from trustlab.pi.accounting import count
 from trustlab.pi.models import build_model, check_input
-from trustlab.runs import RunDir, config_from_dict, resumed_config
-from trustlab.train import TrainConfig, fit, world
+from trustlab.runs import RunDir, config_from_dict, load_checkpoint_file, resumed_config
+from trustlab.train import TrainConfig, fit, load_state_tensors, world
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,6 @@ def build_for(cfg: ClassifierConfig, data: ClassificationData):
 
 def load_classifier(run_dir: str | Path):
     """The trained model of a ``pi-train`` run folder, its config and its input shape."""
-    from trustlab.runs import load_checkpoint_file
-    from trustlab.train import load_state_tensors
 
     run = RunDir.open(run_dir, kind="pi-train")
     cfg = config_from_dict(ClassifierConfig, run.config)

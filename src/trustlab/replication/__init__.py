@@ -6,5 +6,12 @@
 * :mod:`~trustlab.replication.sampling`: DDIM sampling with classifier-free guidance;
 * :mod:`~trustlab.replication.metrics` / :mod:`~trustlab.replication.quality`: replication
   (pixel, Carlini, Gu, SSCD) and quality (proxy FID, precision/recall, caption consistency);
-* :mod:`~trustlab.replication.mitigations`: the standard training and inference mitigations.
+* :mod:`~trustlab.replication.measure`: replication and quality of a run's generations, into the run folder;
+* :mod:`~trustlab.replication.mitigations`: the standard training and inference mitigations;
+* :mod:`~trustlab.replication.captions` / :mod:`~trustlab.replication.llm` /
+  :mod:`~trustlab.replication.generality`: caption generality scores and generalized captions
+  (WordNet offline, an LLM endpoint optionally), and the captions-file command;
+* :mod:`~trustlab.replication.fusion`: dual fusion (image mixing and caption fusion in training);
+* :mod:`~trustlab.replication.rau` / :mod:`~trustlab.replication.rau_analysis`: RAU-Net and
+  LoyalDiffusion, and the skip and timestep analyses that place them.
 """

@@ -26,8 +26,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from trustlab.data.store import data_root
+from trustlab.data.wordnet import wordnet
 from trustlab.errors import ConfigError, DataError
 from trustlab.files import existing_file
+from trustlab.replication.llm import llm_generalize
+from trustlab.runs import atomic_write_bytes, atomic_write_json
 
 MAX_WORDS = 5
 _TOKEN = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*|\d+(?:[.,:]\d+)*")
@@ -56,8 +60,6 @@ class Lexicon:
     """WordNet-backed word classes and the hierarchy statistics the score normalises by."""
 
     def __init__(self):
-        from trustlab.data.wordnet import wordnet
-
         self.wn = wordnet()
         stats = self._hierarchy_stats()
         self.entity_hyponyms, self.deepest_noun = stats["entity_hyponyms"], stats["deepest_noun"]
@@ -68,8 +70,6 @@ class Lexicon:
         Walking all 82,000 noun synsets takes about 20 s, so the two numbers are computed once per
         WordNet version and kept in the data folder's cache (a damaged cache is recomputed).
         """
-        from trustlab.data.store import data_root
-        from trustlab.runs import atomic_write_json
 
         path = data_root() / "cache" / f"wordnet-{self.wn.get_version()}-hierarchy.json"
         try:
@@ -247,9 +247,8 @@ def generalize(captions: list[str], method: str = "wordnet", client=None, progre
     if method == "llm":
         if client is None:
             raise ConfigError("--method llm needs --llm-url and --model")
-        from trustlab.replication.llm import llm_generalize
-
-        return llm_generalize(captions, client, progress)
+        lex = lexicon()
+        return llm_generalize(captions, client, lambda c: generalize_wordnet(c, lex), progress)
     raise ConfigError(f"unknown generalization method '{method}': use wordnet or llm")
 
 
@@ -270,7 +269,6 @@ class CaptionFile:
 
     def write(self, out: Path, captions: list[str]) -> None:
         """The same file with new captions (JSON lines keep the old one as ``original_caption``)."""
-        from trustlab.runs import atomic_write_bytes
 
         if self.jsonl:
             lines = [json.dumps({**r, "caption": c, "original_caption": r["caption"]}, ensure_ascii=False)

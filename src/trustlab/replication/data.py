@@ -27,8 +27,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from trustlab.data import load_dataset
+from trustlab.data.readers import SKIN_TONES
+from trustlab.data.registry import get_spec
 from trustlab.errors import ConfigError, DataError
 from trustlab.files import read_image_rgba, read_text
+from trustlab.replication.captions import generalize
+from trustlab.replication.llm import ChatClient
+from trustlab.replication.metrics import pixel_similarity_mirrored
 
 
 @dataclass
@@ -125,8 +131,6 @@ class CaptionDataConfig:
         if self.captions == "class":
             data.captions = [data.classes[int(k)].replace("_", " ").lower() for k in data.labels]
         if self.generalize:
-            from trustlab.replication.captions import generalize
-
             data.original_captions = data.captions
             data.captions = generalize(data.captions, self.generalize, self.llm_client())[0]
         if self.duplicate_share and self.duplicate_times:
@@ -164,16 +168,12 @@ class CaptionDataConfig:
     def llm_client(self):
         if self.generalize != "llm":
             return None
-        from trustlab.replication.llm import ChatClient
 
         return ChatClient(self.llm_url, self.llm_model)
 
 
 def _from_registry(name: str, size: int, skin_tones: bool, near_duplicate: float) -> tuple[CaptionedImages, str]:
     """The dataset without its near-duplicate sources, and a phrase saying what was dropped."""
-    from trustlab.data import load_dataset
-    from trustlab.data.readers import SKIN_TONES
-    from trustlab.data.registry import get_spec
 
     spec = get_spec(name)
     d = load_dataset(name, spec.splits[0], size=size)
@@ -199,7 +199,6 @@ def _from_registry(name: str, size: int, skin_tones: bool, near_duplicate: float
 
 def distinct_rows(images: torch.Tensor, bound: float) -> np.ndarray:
     """[N] bool: greedily, in order, the images whose flip-invariant pixel similarity to every kept one is <= ``bound``."""
-    from trustlab.replication.metrics import pixel_similarity_mirrored
 
     keep = np.ones(len(images), dtype=bool)
     if bound >= 1 or len(images) < 2:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from trustlab.data import load_dataset
+from trustlab.data.registry import get_spec
 from trustlab.errors import ConfigError
 
 POOL_SIZE = 1024
@@ -37,16 +39,12 @@ class DualFusion:
         if self.text_mode not in ("mix", "append"):
             raise ConfigError(f"--fusion-text-mode is mix or append, not '{self.text_mode}'")
         if self.image_weight:
-            from trustlab.data.registry import get_spec
-
             get_spec(self.aux)
 
     def pool(self, size: int, seed: int = 0) -> torch.Tensor | None:
         """The auxiliary images [POOL_SIZE, 3, size, size] in [-1, 1], or None when image fusion is off."""
         if not self.image_weight:
             return None
-        from trustlab.data import load_dataset
-        from trustlab.data.registry import get_spec
 
         d = load_dataset(self.aux, get_spec(self.aux).splits[0])
         pick = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(seed))[:POOL_SIZE]

@@ -10,7 +10,9 @@ import json
 import statistics
 from pathlib import Path
 
+from trustlab.progress import progress_bar
 from trustlab.replication.captions import generality, generalize, lexicon, read_captions
+from trustlab.replication.llm import llm_score
 from trustlab.runs import atomic_save_figure
 
 
@@ -21,7 +23,6 @@ def _summary(name: str, scores: list[float]) -> str:
 
 def score_file(path: str | Path, client=None, *, plot: str | Path | None = None, as_json: bool = False) -> str:
     """Heuristic (and, with ``client``, LLM) generality scores of a captions file, as text or JSON."""
-    from trustlab.progress import progress_bar
 
     captions = read_captions(path).captions
     lex = lexicon()
@@ -29,11 +30,10 @@ def score_file(path: str | Path, client=None, *, plot: str | Path | None = None,
     scores = {"heuristic": [g.score for g in heuristic]}
     failures: list[str] = []
     if client is not None:
-        from trustlab.replication.llm import llm_score
-
         with progress_bar(False) as bar:
             task = bar.add_task("LLM score", total=len(captions))
-            scores["llm"], failures = llm_score(captions, client, lambda: bar.update(task, advance=1))
+            scores["llm"], failures = llm_score(captions, client, lambda c: generality(c, lex).score,
+                                                 lambda: bar.update(task, advance=1))
     if plot:
         plot_scores(scores, Path(plot))
     if as_json:
@@ -55,7 +55,6 @@ def score_file(path: str | Path, client=None, *, plot: str | Path | None = None,
 def generalize_file(path: str | Path, out: str | Path, method: str = "wordnet", client=None, *,
                     quiet: bool = False) -> str:
     """Write the generalized captions of ``path`` to ``out``; returns a summary with the score change."""
-    from trustlab.progress import progress_bar
 
     f = read_captions(path)
     with progress_bar(quiet) as bar:

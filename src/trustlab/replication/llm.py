@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Callable
 
 from trustlab.data.store import data_root
 from trustlab.errors import ConfigError
@@ -147,16 +148,16 @@ def _run(captions: list[str], client: ChatClient, task: str, prompt: str, parse,
     return out, failures
 
 
-def llm_generalize(captions: list[str], client: ChatClient, progress=None) -> tuple[list[str], list[str]]:
-    from trustlab.replication.captions import generalize_wordnet
+def llm_generalize(captions: list[str], client: ChatClient, fallback: Callable[[str], str],
+                   progress=None) -> tuple[list[str], list[str]]:
+    """Generalized captions, ``fallback(caption)`` (the offline method) where the LLM fails."""
+    return _run(captions, client, "generalize", GENERALIZE_PROMPT, parse_caption, fallback, progress)
 
-    return _run(captions, client, "generalize", GENERALIZE_PROMPT, parse_caption, generalize_wordnet, progress)
 
-
-def llm_score(captions: list[str], client: ChatClient, progress=None) -> tuple[list[float], list[str]]:
-    from trustlab.replication.captions import generality
-
-    return _run(captions, client, "score", SCORE_PROMPT, parse_scores, lambda c: generality(c).score, progress)
+def llm_score(captions: list[str], client: ChatClient, fallback: Callable[[str], float],
+              progress=None) -> tuple[list[float], list[str]]:
+    """Generality scores, ``fallback(caption)`` (the heuristic score) where the LLM fails."""
+    return _run(captions, client, "score", SCORE_PROMPT, parse_scores, fallback, progress)
 
 
 __all__ = ["AnswerCache", "ChatClient", "LLMError", "llm_generalize", "llm_score", "parse_caption", "parse_scores"]

@@ -15,7 +15,8 @@ from trustlab.replication.metrics import (TorchScriptEmbedder, background, calib
 from trustlab.replication.quality import quality
 from trustlab.replication.sampling import latest_samples, load_samples
 from trustlab.replication.training import DiffusionConfig
-from trustlab.runs import RunDir, atomic_save_figure, atomic_write_json, config_from_dict
+from trustlab.report import render_report
+from trustlab.runs import RunDir, atomic_save_figure, atomic_write_json, config_from_dict, finished
 from trustlab.train import resolve_device
 
 
@@ -60,7 +61,7 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
               "prompt_captions": meta.get("prompt_captions", "training"),
               "quality": quality(gen, data.images, meta["prompts"], captions, dataset=cfg.data.proxy_dataset,
                                  inception=inc_model, device=dev),
-              "training_minutes": run.summary().get("minutes") if (run.path / "summary.json").exists() else None}
+              "training_minutes": run.summary().get("minutes") if finished(run.path) else None}
     atomic_write_json(run.path / f"measure-{path.stem}.json", result)
     rows = [{"embedding": k, "replication score (p95)": v["score"], "share flagged": v["share"],
              "background score": result["background"][k]["score"]} for k, v in result["replication"].items()]
@@ -73,7 +74,6 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
                         title=f"Copies: nearest training image above {threshold:.3f} ({copies['threshold_source']})")
     run.write_table("quality", [result["quality"]], title="Quality (proxy FID: a trustlab-trained encoder, not Inception)")
     copy_grid(gen, data.images, rep, run.plot_path("copies"))
-    from trustlab.report import render_report
 
     render_report(run.path)
     return result

@@ -19,7 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trustlab.data import load_dataset
+from trustlab.data.registry import get_spec
 from trustlab.data.store import data_root
+from trustlab.runs import atomic_write_bytes
 
 
 class ProxyEncoder(nn.Module):
@@ -47,9 +50,6 @@ def proxy_encoder(dataset: str = "emoji", size: int = 32, epochs: int = 8, seed:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save
 
-    from trustlab.data import load_dataset
-    from trustlab.data.registry import get_spec
-    from trustlab.runs import atomic_write_bytes
 
     spec = get_spec(dataset)
     d = load_dataset(dataset, spec.splits[0], size=size)

@@ -26,6 +26,7 @@ from trustlab.replication.quality import quality
 from trustlab.replication.rau import RAUNet, TimestepRouter
 from trustlab.replication.sampling import generate
 from trustlab.replication.training import load_trained
+from trustlab.report import render_report
 from trustlab.runs import atomic_save_figure, atomic_write_json
 from trustlab.train import resolve_device
 
@@ -79,7 +80,6 @@ def skip_ablation(run_dir: str | Path, *, modes: tuple[str, ...] = ("drop", "poo
                           f"{base['replication_score']:.4f}, proxy FID {base['proxy_fid']:.2f}); "
                           f"recommended RAU-Net skips {recommended}")
     _plot_skips(result, run.plot_path("skip-ablation"))
-    from trustlab.report import render_report
 
     render_report(run.path)
     return result
@@ -113,7 +113,6 @@ def timestep_analysis(plain_dir: str | Path, rau_dir: str | Path, *, taus: tuple
     run.write_table("timestep-analysis", rows, title=f"RAU-Net for t >= tau, plain U-Net below ({n} generations "
                                                      f"each); chosen tau {chosen['tau']}: {chosen['rule']}")
     _plot_taus(result, cfg.timesteps, run.plot_path("timestep-analysis"))
-    from trustlab.report import render_report
 
     render_report(run.path)
     return result

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from trustlab.errors import ConfigError, RunError
+from trustlab.progress import progress_bar
 from trustlab.replication.mitigations import INFERENCE, Mitigations, parse, vocabulary
 from trustlab.replication.training import load_trained, make_scheduler
-from trustlab.runs import RunDir, atomic_write_bytes
+from trustlab.runs import RunDir, atomic_write_bytes, load_checkpoint_file
 from trustlab.train import resolve_device
 
 
@@ -51,7 +52,6 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
     trained with) or ``original`` (for a model trained on generalized captions, the captions
     before generalization: the GC&DF authors evaluate with both).
     """
-    from trustlab.progress import progress_bar
 
     if n < 1 or steps < 1 or guidance < 0 or not 0 <= eta <= 1:
         raise ConfigError("--n and --steps must be positive, --guidance >= 0 and --eta in [0, 1]")
@@ -108,7 +108,6 @@ def save_samples(path: Path, images: torch.Tensor, meta: dict) -> Path:
 
 def load_samples(path: str | Path) -> tuple[torch.Tensor, dict]:
     """Generations (float in [-1, 1]) and their metadata from a samples file."""
-    from trustlab.runs import load_checkpoint_file
 
     path = Path(path)
     if not path.exists():

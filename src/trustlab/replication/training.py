@@ -19,14 +19,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trustlab.errors import ConfigError
+from trustlab.errors import ConfigError, RunError
+from trustlab.progress import progress_bar
 from trustlab.replication.data import CaptionDataConfig
 from trustlab.replication.fusion import DualFusion
 from trustlab.replication.mitigations import TRAIN, parse, vocabulary
 from trustlab.replication.rau import RAUNet, Skip, TimestepRouter, check_skips, itb_kinds, skips_of
 from trustlab.replication.text import make_encoder
 from trustlab.runs import RunDir, config_from_dict, resumed_config
-from trustlab.train import load_state_tensors, make_optimizer, resolve_device, state_tensors, TrainConfig
+from trustlab.train import TrainConfig, load_state_tensors, make_optimizer, resolve_device, state_tensors
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,6 @@ def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
 def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
                     max_steps: int | None = None) -> RunDir:
     """Train into the run folder ``out``; checkpoints every ``cfg.checkpoint_every`` steps."""
-    from trustlab.progress import progress_bar
 
     cfg = resumed_config(DiffusionConfig, out, "replication-train", cfg, resume)
     cfg.validate()
@@ -215,7 +215,6 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
 
 def load_trained(run_dir: str | Path, weights: str = "ema"):
     """The U-Net of a finished ``replication-train`` run (EMA weights by default), its config and data."""
-    from trustlab.errors import RunError
 
     run = RunDir.open(run_dir, kind="replication-train")
     cfg = config_from_dict(DiffusionConfig, run.config)

@@ -2,7 +2,12 @@
 
 Areas put what they want shown into the run folder (``summary.json``, ``tables/*.json``,
 ``plots/*.png``); the report renders whatever is there, plus the curves of every numeric
-field of ``metrics.jsonl``, so no area needs report code of its own.
+field of ``metrics.jsonl`` that has more than one point, so no area needs report code of its own.
+
+Figures read as in a paper: the summary's headline figures first (accuracy, likelihood,
+replication, the reductions), counts with thousands separators, units taken from the figure's
+name (``macs`` in millions, ``bytes`` in MB, ``seconds``, accuracies in %, ``_points``,
+``reduction``/``ratio`` as ×), and paths that exist shown relative to the report.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 
 from trustlab.errors import RunError
@@ -20,7 +26,9 @@ from trustlab.runs import RunDir, atomic_save_figure, atomic_write_text
 def plot_metric_curves(run: RunDir) -> Path | None:
     """One panel per numeric metric against step; None when there is nothing to plot."""
     records = run.metrics()
-    keys = sorted({k for r in records for k, v in r.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    numeric = [(k, r["step"]) for r in records for k, v in r.items()
+               if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    keys = sorted({k for k, _ in numeric if len({step for key, step in numeric if key == k}) > 1})  # a dot is no curve
     if not records or not keys:
         return None
     import matplotlib
@@ -46,20 +54,59 @@ def plot_metric_curves(run: RunDir) -> Path | None:
     return path
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
+HEADLINE_FIRST = ("test_acc", "acc_drop_points", "test_ll", "copy_rate", "relus", "relu_reduction", "macs", "mac_reduction",
+                  "params", "compression", "speedup", "depth")  # name fragments, in the order a reader wants them
+
+
+ROW_NAMES = ("figure", "layer", "block", "model", "method", "name", "step")
+
+
+def _order(keys: list[str]) -> list[str]:
+    rank = {k: next((i for i, f in enumerate(HEADLINE_FIRST) if f in k), len(HEADLINE_FIRST)) for k in keys}
+    return sorted(keys, key=lambda k: rank[k])  # stable: the area's own order within a rank
+
+
+def _fmt(v, key: str = "", base: Path | None = None) -> str:
+    """One figure as text, its unit taken from its name (``key``); paths relative to ``base``."""
+    k = key.lower()
+    if isinstance(v, bool) or v is None:
+        return html.escape(str(v))
+    if isinstance(v, (int, float)):
+        if "macs" in k and abs(v) >= 1e5:
+            return f"{v / 1e6:,.1f} M"
+        if "bytes" in k and abs(v) >= 1e5:
+            return f"{v / 1e6:,.2f} MB"
+        if k.endswith("_points"):
+            return f"{v:+.2f} points".replace("-", "−")
+        if ("reduction" in k or "ratio" in k or "speedup" in k) and isinstance(v, float):
+            return f"{v:,.2f}×"
+        if "acc" in k and isinstance(v, float) and 0 <= v <= 1:
+            return f"{100 * v:.2f}%"
+        if "seconds" in k and isinstance(v, float):
+            return f"{v:,.3g} s"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     if isinstance(v, (list, dict)):
         return html.escape(json.dumps(v)[:200])
-    return html.escape(str(v))
+    text = str(v)
+    if base is not None and ("/" in text or os.sep in text) and len(text) < 4096 and Path(text).exists():
+        text = os.path.relpath(Path(text).resolve(), base.resolve())
+    return html.escape(text)
 
 
-def _table(rows: list[dict], limit: int = 400) -> str:
+def _table(rows: list[dict], limit: int = 400, base: Path | None = None) -> str:
+    """Rows with the same keys; a figure/value table takes each value's unit from its figure's name."""
     if not rows:
         return "<p><em>empty</em></p>"
     cols = list(dict.fromkeys(k for r in rows for k in r))
+    cols.sort(key=lambda c: c not in ROW_NAMES)  # the column that names a row first (files store keys sorted)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows[:limit])
+
+    def cell(r: dict, c: str) -> str:
+        return _fmt(r.get(c, ""), str(r.get("figure", "")) if c == "value" else str(c), base)
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in cols) + "</tr>" for r in rows[:limit])
     more = f"<p><em>{len(rows) - limit} more rows not shown</em></p>" if len(rows) > limit else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
@@ -81,14 +128,14 @@ def render_report(run_dir: str | Path) -> Path:
     parts = [f"<h1>trustlab run: {html.escape(run.path.name)}</h1>", f"<p>kind: <b>{html.escape(run.kind)}</b> — folder <code>{html.escape(str(run.path.resolve()))}</code></p>"]
     summary = run.summary()
     if summary:
-        flat = [{"figure": k, "value": v} for k, v in summary.items() if not isinstance(v, (dict, list))]
-        parts += ["<h2>Summary</h2>", _table(flat)]
+        flat = [{"figure": k, "value": summary[k]} for k in _order(list(summary)) if not isinstance(summary[k], (dict, list))]
+        parts += ["<h2>Summary</h2>", _table(flat, base=run.path)]
         for k, v in summary.items():
             if isinstance(v, dict):
-                parts += [f"<h3>{html.escape(k)}</h3>", _table([{"figure": a, "value": b} for a, b in v.items()])]
+                parts += [f"<h3>{html.escape(k)}</h3>", _table([{"figure": a, "value": b} for a, b in v.items()], base=run.path)]
     for path in sorted((run.path / "tables").glob("*.json")):
         doc = run.table(path.stem)
-        parts += [f"<h2>{html.escape(str(doc.get('title', path.stem)))}</h2>", _table(doc["rows"])]
+        parts += [f"<h2>{html.escape(str(doc.get('title', path.stem)))}</h2>", _table(doc["rows"], base=run.path)]
     plots = sorted((run.path / "plots").glob("*.png"))
     if plots:
         parts.append("<h2>Plots</h2>")

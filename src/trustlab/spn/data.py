@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trustlab.data.registry import load_classification
 from trustlab.errors import DataError
 from trustlab.files import existing_file, read_text
 
@@ -43,7 +44,6 @@ class DiscreteData:
 def binarized_images(dataset: str, *, size: int | None = None, threshold: float = 0.5, with_class: bool = True,
                      limit: int | None = None, test_limit: int | None = None) -> DiscreteData:
     """One binary variable per pixel (grey level > ``threshold``), the class first when ``with_class``."""
-    from trustlab.data.registry import load_classification
 
     if not 0 < threshold < 1:
         raise DataError(f"threshold {threshold} must lie strictly between 0 and 1")

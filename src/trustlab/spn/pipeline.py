@@ -19,10 +19,11 @@ from typing import ClassVar
 import torch
 
 from trustlab.errors import ConfigError, RunError
+from trustlab.progress import progress_bar
 from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, resumed_config
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy
-from trustlab.spn.compress import NMF_LOSSES
+from trustlab.spn.compress import NMF_LOSSES, fine_tune, truncate
 from trustlab.spn.data import DiscreteData, binarized_images, binary_csv, debd, with_valid_split
 from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
 from trustlab.spn.structure import Graph
@@ -253,8 +254,6 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
     epoch with the best validation likelihood. With ``random`` and no samples the train never
     sees the SPN: the ablation that asks what the SPN adds.
     """
-    from trustlab.progress import progress_bar
-    from trustlab.spn.compress import fine_tune, truncate
 
     cfg.validate()
     cfg = resumed_config(CompressConfig, out, "spn-compress", cfg, resume)

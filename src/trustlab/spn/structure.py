@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trustlab.errors import ConfigError
+from trustlab.runs import atomic_write_text
 
 LEAF_KINDS = ("bernoulli", "categorical", "gaussian")
 
@@ -195,8 +196,6 @@ class Graph:
         return g
 
     def save(self, path: str | Path) -> None:
-        from trustlab.runs import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict()))
 
     @classmethod

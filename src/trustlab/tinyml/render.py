@@ -11,6 +11,7 @@ import html
 import json
 
 from trustlab import __version__
+from trustlab.report import STYLE
 from trustlab.tinyml.assess import Assessment
 from trustlab.tinyml.catalog import OWN_TECHNIQUES, attacks
 
@@ -104,8 +105,6 @@ def to_sarif(a: Assessment) -> dict:
 
 
 def to_html(a: Assessment) -> str:
-    from trustlab.report import STYLE
-
     md = to_markdown(a)
     body = []
     for line in md.splitlines():
