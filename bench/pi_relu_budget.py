@@ -116,9 +116,9 @@ def plot(rows: list[dict], teacher: dict) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("ReLUs (log)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("ResNet18 w16 on Fashion-MNIST: accuracy vs ReLU budget (mean ± sd over seeds)")
+    ax.set_title("ResNet18 w16, Fashion-MNIST: accuracy vs ReLUs (mean ± sd over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "pi_relu_budget.png", dpi=110)
 
