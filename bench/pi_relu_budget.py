@@ -7,7 +7,7 @@ Tables and the headline are means over seeds, with the standard deviation beside
 folders go to ``--runs`` and are reused when complete, so a killed benchmark continues where it
 stopped. Writes ``bench/results/pi_relu_budget.json`` and ``.png``.
 
-    python bench/pi_relu_budget.py                 # the full protocol (about an hour on 2 CPU cores)
+    python bench/pi_relu_budget.py                 # the full protocol (about 70 minutes on 2 CPU cores)
     python bench/pi_relu_budget.py --limit 3000    # a smoke run on a subset
 """
 

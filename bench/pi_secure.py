@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from common import RESULTS, write_result
 from pi_shallow import HEADLINE, RUNS, folder

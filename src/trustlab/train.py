@@ -244,7 +244,8 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     parameters (default: all). ``max_steps`` stops early (used to test kill-and-resume).
     ``schedule`` is called before every step with the fraction of training done (0 at the
     first step), for methods that change the model as training goes (a resumed run calls it
-    from the resumed step on), and once more at the end (1 when training is complete). Returns the final evaluation (``test_acc``, ``test_loss``) and ``steps``.
+    from the resumed step on), and once more at the end (1 when training is complete).
+    Returns the final evaluation (``test_acc``, ``test_loss``) and ``steps``.
     """
     cfg.validate()
     device = resolve_device(cfg.device)

@@ -2,7 +2,9 @@
 
 Each method is a :class:`Reduction` subclass registered in ``IMPLEMENTATIONS`` under its name in
 :data:`trustlab.pi.methods.METHODS`: it decides the masks (``search``) and says how it is
-fine-tuned; :func:`run_reduction` does the rest, the same for all. Every method starts from the same all-ReLU teacher run, uses the teacher's data, replaces
+fine-tuned; :func:`run_reduction` does the rest, the same for all.
+
+Every method starts from the same all-ReLU teacher run, uses the teacher's data, replaces
 each ReLU by a :class:`~trustlab.pi.masks.PartialReLU`, spends ``search_epochs`` deciding
 which ReLUs stay and ``finetune_epochs`` distilling from the teacher with the mask fixed, so
 methods compare at equal training.

@@ -22,10 +22,10 @@ which a run does in up to three stages, each distilled from the teacher:
 2. ``ring_epochs`` — the merged 5×5 (7×7) kernel's taps outside the central 3×3 are scaled by a
    factor falling from 1 to 0 while the rest trains to take over their work; then the kernel is
    cut to 3×3 with no change of the function.
+3. ``finetune_epochs`` — the final shallow model.
 
 Each schedule reaches its end (slope 1, scale 0) after the first three quarters of its stage
 and holds it for the last quarter, so the stage ends trained in the form the next one starts from.
-3. ``finetune_epochs`` — the final shallow model.
 
 ``kernel=3`` without a ring stage cuts the exact merged kernel at once (the abrupt route);
 ``kernel=0`` keeps it exact and reports the MAC increase honestly. ``beta`` adds block-wise
@@ -182,9 +182,7 @@ def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, qu
 
     if cfg.anneal_epochs:
         slopes = linearise(student, chosen)
-        train(student, "anneal", cfg.anneal_epochs, lambda t: [setattr(r, "slope", ramp(t)) for r in slopes])
-        for r in slopes:
-            r.slope = 1.0
+        train(student, "anneal", cfg.anneal_epochs, lambda t: [setattr(r, "slope", ramp(t)) for r in slopes])  # ends at 1
     student = apply_merges(student, chosen, None if cfg.ring_stage_epochs else (cfg.kernel or None))
     merged_acc = evaluate(student, data.x_test, data.y_test)["acc"]
     if cfg.ring_stage_epochs:

@@ -247,8 +247,7 @@ def generalize(captions: list[str], method: str = "wordnet", client=None, progre
     if method == "llm":
         if client is None:
             raise ConfigError("--method llm needs --llm-url and --model")
-        lex = lexicon()
-        return llm_generalize(captions, client, lambda c: generalize_wordnet(c, lex), progress)
+        return llm_generalize(captions, client, generalize_wordnet, progress)  # WordNet loads only if a caption falls back
     raise ConfigError(f"unknown generalization method '{method}': use wordnet or llm")
 
 

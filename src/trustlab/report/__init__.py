@@ -26,9 +26,12 @@ from trustlab.runs import RunDir, atomic_save_figure, atomic_write_text
 def plot_metric_curves(run: RunDir) -> Path | None:
     """One panel per numeric metric against step; None when there is nothing to plot."""
     records = run.metrics()
-    numeric = [(k, r["step"]) for r in records for k, v in r.items()
-               if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    keys = sorted({k for k, _ in numeric if len({step for key, step in numeric if key == k}) > 1})  # a dot is no curve
+    steps: dict[str, set] = {}
+    for r in records:
+        for k, v in r.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                steps.setdefault(k, set()).add(r["step"])
+    keys = sorted(k for k, s in steps.items() if len(s) > 1)  # a dot is no curve
     if not records or not keys:
         return None
     import matplotlib
