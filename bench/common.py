@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 from trustlab.runs import atomic_write_json, finished
@@ -49,13 +50,13 @@ def write_result(name: str, headline: dict, settings: dict, **detail) -> Path:
 def ensure_teacher(path: Path, epochs: int = 4, limit: int | None = None, seed: int = 0) -> dict:
     """The PI benchmarks' all-ReLU teacher (ResNet18 width 16 on Fashion-MNIST): trained (or resumed)
     into ``path`` unless complete there; returns its summary."""
-    from trustlab.pi.training import ClassifierConfig, DataConfig, train_classifier
+    from trustlab.pi.config import ClassifierConfig, DataConfig
+    from trustlab.pi.training import train_classifier
     from trustlab.runs import RunDir
-    from trustlab.train import TrainConfig
 
     path = Path(path)
     if not finished(path):
-        cfg = ClassifierConfig(model="resnet18", width=0.25, data=DataConfig(dataset="fashion-mnist", limit=limit),
-                               train=TrainConfig(epochs=epochs, batch_size=128, lr=0.05, augment=True, seed=seed))
+        default = ClassifierConfig()  # ResNet18 width 16 on Fashion-MNIST, augmented
+        cfg = replace(default, data=DataConfig(limit=limit), train=replace(default.train, epochs=epochs, seed=seed))
         train_classifier(cfg, path, resume=(path / "config.yaml").exists())
     return RunDir(path).summary()

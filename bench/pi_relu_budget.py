@@ -20,7 +20,8 @@ from pathlib import Path
 from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
 
 from trustlab.pi.methods import METHODS
-from trustlab.pi.reduce import ReductionConfig, run_reduction
+from trustlab.pi.config import ReductionConfig
+from trustlab.pi.reduce import run_reduction
 from trustlab.runs import RunDir, finished
 
 FRACTIONS = (2, 4, 8, 16)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
 
-from trustlab.pi.reduce import ReductionConfig, run_reduction
-from trustlab.pi.shallow import ShallowConfig, run_shallow
+from trustlab.pi.config import ReductionConfig, ShallowConfig
+from trustlab.pi.reduce import run_reduction
+from trustlab.pi.shallow import run_shallow
 from trustlab.runs import RunDir, finished
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="runs/bench-pi-relu-budget/teacher")
     ap.add_argument("--runs", default=RUNS)
     ap.add_argument("--teacher-epochs", type=int, default=4)
-    ap.add_argument("--target", type=float, default=1.7)
+    ap.add_argument("--target", type=float, default=ShallowConfig.target_relu_reduction)
     ap.add_argument("--epochs", type=int, default=4, help="training epochs of every shallow recipe (all stages)")
     ap.add_argument("--limit", type=int, default=None, help="teacher training images (default: all)")
     ap.add_argument("--reduce-limit", type=int, default=20000, help="training images seen by each epoch")

@@ -51,20 +51,21 @@ import torch
 
 from common import RESULTS, mean_sd, write_result
 
-from trustlab.replication.data import CaptionDataConfig
-from trustlab.replication.fusion import DualFusion
+from trustlab.replication.config import DUAL_FUSION, CaptionDataConfig, DiffusionConfig, DualFusion
 from trustlab.replication.measure import measure_run
 from trustlab.replication.mitigations import INFERENCE, TRAIN
-from trustlab.replication.rau import TimestepRouter, parse_skips
+from trustlab.replication.rau import TimestepRouter
 from trustlab.replication.rau_analysis import skip_ablation
 from trustlab.replication.sampling import generate, sample_run, save_samples
-from trustlab.replication.training import DiffusionConfig, build_denoiser, load_trained, make_scheduler, train_diffusion
+from trustlab.replication.skips import parse_skips
+from trustlab.replication.training import build_denoiser, load_trained, make_scheduler, train_diffusion
 from trustlab.runs import RunDir, finished
 
 STAGES = ("calibration", "gcdf", "loyal", "standard", "seeds", "timing", "controls")
 TEXT_DIM = 384  # MiniLM token states, the width the timed models are built for
+_W = (DUAL_FUSION.image_weight, DUAL_FUSION.text_weight)  # the GC&DF weights, (0.1, 0.5)
 GCDF_VARIANTS = {  # name: (generalize, image weight, text weight)
-    "gc": ("wordnet", 0.0, 0.0), "df": ("", 0.1, 0.5), "gc+df-weak": ("wordnet", 0.05, 0.25), "gc+df": ("wordnet", 0.1, 0.5)}
+    "gc": ("wordnet", 0.0, 0.0), "df": ("", *_W), "gc+df-weak": ("wordnet", _W[0] / 2, _W[1] / 2), "gc+df": ("wordnet", *_W)}
 COPY_KEYS = ("copy_rate", "copy_rate_dup", "copy_rate_unique", "own_prompt_copy_rate")
 
 
@@ -457,9 +458,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--duplicate-share", type=float, default=0.1)
     ap.add_argument("--duplicate-times", type=int, default=10)
-    ap.add_argument("--channels", default="32,64,64")
+    ap.add_argument("--channels", default=",".join(map(str, DiffusionConfig.channels)))
     ap.add_argument("--steps", type=int, default=800, help="the protocol's training steps (chosen from the calibration)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=DiffusionConfig.batch_size)
     ap.add_argument("--calibrate-every", type=int, default=400)
     ap.add_argument("--calibrate-steps", type=int, default=2400, help="the calibration run's longest training")
     ap.add_argument("--unique-bound", type=float, default=0.15,
@@ -469,10 +470,10 @@ def main() -> None:
     ap.add_argument("--train-seeds", default="0,1")
     ap.add_argument("--sample-seeds", default="0,1")
     ap.add_argument("--rau-skips", default="auto", help="RAU-Net skips, or auto: the skip ablation's recommendation")
-    ap.add_argument("--itb", default="conv")
+    ap.add_argument("--itb", default=DiffusionConfig.itb)
     ap.add_argument("--tau", default="auto", help="LoyalDiffusion tau, or auto: the routed sweep's choice")
     ap.add_argument("--taus", default="200,400,600,800")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default=DiffusionConfig.device)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     args.train_seeds = [int(v) for v in args.train_seeds.split(",")]
@@ -499,14 +500,14 @@ def main() -> None:
 def settings(a) -> dict:
     return {"data": f"emoji, {a.n} distinct images (skin tones and near-duplicates > 0.9 dropped), unique captions, "
                     f"{a.size}x{a.size}, {a.duplicate_share:.0%} duplicated x{a.duplicate_times} (dup_both), data seed 0",
-            "encoder": "minilm", "channels": a.channels, "steps": a.steps, "batch_size": a.batch_size, "lr": 1e-3,
+            "encoder": "minilm", "channels": a.channels, "steps": a.steps, "batch_size": a.batch_size, "lr": DiffusionConfig.lr,
             "samples": a.samples, "sampler": "DDIM 50 steps, guidance 2, eta 1",
             "copy_rate": "share of generations whose nearest training image (flip-invariant pixel similarity) lies "
                          "above the calibrated threshold: p99 of distinct training images' nearest-other similarity",
             "fid_tolerance": a.fid_tolerance, "train_seeds": a.train_seeds, "sample_seeds": a.sample_seeds,
             "gcdf_variants": {k: {"generalize": g, "image_weight": i, "text_weight": t}
                               for k, (g, i, t) in GCDF_VARIANTS.items()},
-            "mitigation_p": 0.1, "mitigation_sigma": 0.1, "taus": a.taus, "itb": a.itb,
+            "mitigation_p": DiffusionConfig.mitigation_p, "mitigation_sigma": DiffusionConfig.mitigation_sigma, "taus": a.taus, "itb": a.itb,
             "proxy_fid": "Frechet distance in a trustlab-trained emoji classifier's 128-d features (not Inception), "
                          f"{a.samples} generations against the training set",
             "timing": "median of 10 interleaved rounds of 6 training steps and 6 sampling calls per model"}

@@ -35,9 +35,8 @@ import torch
 from common import RESULTS, write_result
 
 from trustlab.runs import RunDir, finished
-from trustlab.spn.circuit import Circuit
-from trustlab.spn.pipeline import (CompressConfig, FitConfig, SPNDataConfig, compress_spn, fit_spn, load_model,
-                                   throughput)
+from trustlab.spn.config import CompressConfig, FitConfig, SPNDataConfig
+from trustlab.spn.pipeline import compress_spn, fit_spn, load_model, throughput
 from trustlab.spn.spflow_bridge import spflow_log_prob, to_spflow
 from trustlab.spn.structure import Graph
 
@@ -226,7 +225,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40, help="most fine-tuning epochs per rank (best on validation kept)")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--distill-samples", type=int, default=20000)
+    ap.add_argument("--distill-samples", type=int, default=CompressConfig.distill_samples)
     ap.add_argument("--max-rank", type=int, default=512,
                     help="the largest exact train built (above it the tSPN starts from a random train); the NMF "
                          "truncation of larger ones takes hours")

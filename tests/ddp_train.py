@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from trustlab.data.readers import make_synthetic
-from trustlab.train import TrainConfig, finish_distributed, fit, world
+from trustlab.train import finish_distributed, fit, world
+from trustlab.train_config import TrainConfig
 
 torch.set_num_threads(1)
 splits, _ = make_synthetic(n_train=256, n_test=64, seed=3)

@@ -63,3 +63,42 @@ def test_bad_model_and_input_are_one_line_errors(cli):
         r = cli("pi", "count", *args)
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def _command(path: tuple[str, ...]):
+    import typer
+
+    from trustlab.cli import app
+
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+def test_command_defaults_are_the_config_defaults():
+    """Each option named like a config field shows that field's default: one home for every default."""
+    from dataclasses import fields
+
+    from trustlab.pi.config import ClassifierConfig, ReductionConfig, ShallowConfig
+    from trustlab.replication.config import CaptionDataConfig, DiffusionConfig
+    from trustlab.spn.config import CompressConfig, FitConfig, SPNDataConfig
+
+    teacher = ClassifierConfig()
+    commands = {("pi", "train"): [teacher, teacher.data, teacher.train], ("pi", "senet"): [ReductionConfig()],
+                ("pi", "snl"): [ReductionConfig(method="snl")], ("pi", "shallow"): [ShallowConfig()],
+                ("spn", "fit"): [FitConfig(), SPNDataConfig()], ("spn", "compress"): [CompressConfig()],
+                ("replication", "train"): [DiffusionConfig(), CaptionDataConfig()]}
+    for path, configs in commands.items():
+        compared = 0
+        for param in _command(path).params:
+            if param.required or param.default is None:  # required, or "not given": the config decides
+                continue
+            owner = next((c for c in configs if param.name in {f.name for f in fields(c)}), None)
+            if owner is None:
+                continue
+            want = getattr(owner, param.name)
+            want = ",".join(map(str, want)) if isinstance(want, tuple) else want
+            assert param.default == want, f"{' '.join(path)} --{param.name}: {param.default!r}, config {want!r}"
+            compared += 1
+        assert compared >= 5, (path, compared)

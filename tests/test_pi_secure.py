@@ -1,4 +1,5 @@
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -79,3 +80,14 @@ def test_secure_infer_and_cost_cli(cli, tmp_path):
     c = cli("pi", "cost", str(run))
     assert c.returncode == 0 and "GC storage" in c.stdout and "measured SPU semi2k-gather-secret" in c.stdout
     assert cli("pi", "secure-infer", str(run), "--protocol", "spdz").returncode == 2
+    senet = tmp_path / "senet"
+    budget = json.loads((run / "summary.json").read_text())["relus"] // 2
+    r = cli("pi", "senet", "--teacher", str(run), "--budget", str(budget), "--search-epochs", "1", "--finetune-epochs", "1",
+            "--batch-size", "64", "--out", str(senet), "--quiet", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    moved = tmp_path / "elsewhere"  # a chained run moves with its teacher; the teacher's path as given is gone
+    moved.mkdir()
+    for d in (run, senet):
+        d.rename(moved / d.name)
+    r = cli("pi", "secure-infer", str(moved / "senet"), "--protocol", "semi2k", "--images", "1")
+    assert r.returncode == 0 and "top-1 equal to plaintext: True" in r.stdout and f"{budget:,} ReLUs" in r.stdout, r.stderr[-800:]

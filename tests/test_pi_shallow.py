@@ -8,7 +8,8 @@ from trustlab.pi.accounting import count
 from trustlab.pi.load import load_pi_model
 from trustlab.pi.models import build_model
 from trustlab.pi.merge import MergedBlock, apply_merges
-from trustlab.pi.shallow import ShallowConfig, depth, linearise, mergeable_blocks, plan_merges
+from trustlab.pi.config import ShallowConfig
+from trustlab.pi.shallow import depth, linearise, mergeable_blocks, plan_merges
 from trustlab.train import evaluate
 
 

@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 from trustlab.errors import ConfigError, DataError, RunError
-from trustlab.replication.data import CaptionDataConfig, read_folder
+from trustlab.replication.config import CaptionDataConfig, DiffusionConfig
+from trustlab.replication.data import load_captioned, read_folder
 from trustlab.replication.metrics import TorchScriptEmbedder, replication
 from trustlab.replication.mitigations import INFERENCE, parse
 from trustlab.replication.quality import frechet_distance, precision_recall
-from trustlab.replication.training import DiffusionConfig, train_diffusion
+from trustlab.replication.training import train_diffusion
 from trustlab.runs import load_checkpoint_file
 
 
@@ -200,7 +201,6 @@ def test_bad_replication_settings_are_refused_before_any_work(cli, tmp_path, arg
 
 def test_every_replication_result_names_its_device(tmp_path):
     from trustlab.replication.sampling import load_samples, sample_run
-    from trustlab.replication.training import DiffusionConfig, train_diffusion
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -246,8 +246,8 @@ def test_duplicated_rows_know_their_distinct_image(tmp_path):
         Image.new("RGB", (16, 16), (40 * i, 255 - 40 * i, 90)).save(folder / f"{i}.png")
         lines.append(json.dumps({"file": f"{i}.png", "caption": f"picture {i}"}))
     (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    data = CaptionDataConfig(dataset="folder", folder=str(folder), n=0, size=16, duplicate_share=0.5,
-                             duplicate_times=2).load()
+    data = load_captioned(CaptionDataConfig(dataset="folder", folder=str(folder), n=0, size=16, duplicate_share=0.5,
+                             duplicate_times=2))
     assert len(data) == 6 + 3 * 2 and data.distinct == 6
     origin = data.origins()
     assert torch.equal(origin[:6], torch.arange(6))
@@ -311,21 +311,22 @@ def test_emoji_keep_one_skin_tone_and_no_near_duplicates():
     from trustlab.data.readers import SKIN_TONES
     from trustlab.replication.metrics import pixel_similarity_mirrored
 
-    data = CaptionDataConfig(dataset="emoji", n=0, size=8).load()
+    data = load_captioned(CaptionDataConfig(dataset="emoji", n=0, size=8))
     assert not any(c.endswith(tuple(SKIN_TONES.values())) for c in data.captions)
     assert "skin-tone variations" in data.source and "near-duplicates" in data.source
     sim = pixel_similarity_mirrored(data.images, data.images, True).fill_diagonal_(-2)
     assert float(sim.max()) <= 0.9
-    everything = CaptionDataConfig(dataset="emoji", n=0, size=8, skin_tones=True, near_duplicate=1.0).load()
+    everything = load_captioned(CaptionDataConfig(dataset="emoji", n=0, size=8, skin_tones=True, near_duplicate=1.0))
     assert len(everything) > len(data) and "dropping" not in everything.source
     assert any(c.endswith(tuple(SKIN_TONES.values())) for c in everything.captions)
 
 
 def test_dup_image_repeats_images_under_other_captions(tmp_path):
     folder = _coloured_folder(tmp_path / "imgs", 8)
-    both = CaptionDataConfig(dataset="folder", folder=str(folder), n=4, size=16, duplicate_share=0.5, duplicate_times=3).load()
-    image = CaptionDataConfig(dataset="folder", folder=str(folder), n=4, size=16, duplicate_share=0.5, duplicate_times=3,
-                              duplicate_scheme="dup_image").load()
+    both = load_captioned(CaptionDataConfig(dataset="folder", folder=str(folder), n=4, size=16, duplicate_share=0.5,
+                                            duplicate_times=3))
+    image = load_captioned(CaptionDataConfig(dataset="folder", folder=str(folder), n=4, size=16, duplicate_share=0.5,
+                                             duplicate_times=3, duplicate_scheme="dup_image"))
     assert torch.equal(both.images, image.images) and torch.equal(both.origins(), image.origins())
     origin = image.origins()
     for row in range(4, len(image)):
@@ -356,7 +357,7 @@ def test_generalized_models_sample_with_training_or_original_captions(tmp_path):
     cfg = DiffusionConfig(data=CaptionDataConfig(dataset="folder", folder=str(folder), n=0, size=16, generalize="wordnet"),
                           encoder="hash", channels=(8, 16, 16), steps=1, batch_size=2)
     run = train_diffusion(cfg, tmp_path / "run", quiet=True)
-    data = cfg.data.load()
+    data = load_captioned(cfg.data)
     assert data.original_captions[0] == "a red apple on a table" and data.captions != data.original_captions
     for prompts, captions in (("training", data.captions), ("original", data.original_captions)):
         _, meta = load_samples(sample_run(run.path, n=3, steps=1, quiet=True, device="cpu", prompts=prompts))
@@ -384,7 +385,7 @@ def test_copies_of_a_duplicated_image_are_flagged_by_gu_and_carlini(tmp_path):
                                                  duplicate_times=3), encoder="hash", channels=(8, 16, 16), steps=1,
                           batch_size=2)
     run = train_diffusion(cfg, tmp_path / "run", quiet=True)
-    data = cfg.data.load()
+    data = load_captioned(cfg.data)
     rows = [int(r) for r in torch.nonzero(data.origins() != torch.arange(len(data))).flatten()[:4]]
     gen = ((data.images[rows] + 1) * 127.5).round().to(torch.uint8).contiguous()
     path = save_samples(run.path / "samples" / "copies.safetensors", gen,

@@ -11,7 +11,8 @@ import torch
 
 from trustlab.errors import ConfigError, DataError
 from trustlab.replication.captions import generality, generalize, generalize_wordnet, read_captions
-from trustlab.replication.fusion import DualFusion, class_phrase
+from trustlab.replication.config import DualFusion
+from trustlab.replication.fusion import aux_pool, class_phrase, fuse_captions, fuse_images, fuse_states
 from trustlab.replication.llm import ChatClient, llm_generalize, llm_score
 from trustlab.replication.text import make_encoder
 
@@ -160,17 +161,17 @@ def test_dual_fusion_mixes_images_and_text_states():
     fusion = DualFusion(image_weight=0.1, text_weight=0.5)
     x0 = torch.ones(4, 3, 8, 8)
     pool = -torch.ones(2, 3, 8, 8)
-    mixed = fusion.images(x0, pool, torch.Generator().manual_seed(0))
+    mixed = fuse_images(fusion, x0, pool, torch.Generator().manual_seed(0))
     assert torch.allclose(mixed, torch.full_like(x0, 0.8))
     enc = make_encoder("hash")
     captions, classes = ["a red flag", ""], ["Flags", "Flags"]
     states, mask = enc.encode(captions)
-    fused, fmask = fusion.states(states, mask, captions, classes, enc)
+    fused, fmask = fuse_states(fusion, states, mask, captions, classes, enc)
     cls_states, _ = enc.encode([class_phrase("Flags")])
     assert torch.allclose(fused[0], 0.5 * states[0] + 0.5 * cls_states[0])
     assert torch.equal(fused[1], states[1]) and torch.equal(fmask[1], mask[1])  # empty captions stay empty
-    assert DualFusion(text_weight=0.5, text_mode="append").captions(captions, classes) == ["a red flag with flags", ""]
-    assert fusion.pool(8).shape == (1024, 3, 8, 8)
+    assert fuse_captions(DualFusion(text_weight=0.5, text_mode="append"), captions, classes) == ["a red flag with flags", ""]
+    assert aux_pool(fusion, 8).shape == (1024, 3, 8, 8)
     with pytest.raises(ConfigError):
         DualFusion(image_weight=1.5).validate()
 

@@ -7,9 +7,11 @@ import torch
 import yaml
 
 from trustlab.errors import ConfigError
-from trustlab.replication.rau import ITB_KINDS, PoolUnpool, RAUNet, TimestepRouter, itb_kinds, make_itb
+from trustlab.replication.rau import PoolUnpool, RAUNet, TimestepRouter, make_itb
+from trustlab.replication.skips import ITB_KINDS, itb_kinds
 from trustlab.replication.rau_analysis import choose_tau
-from trustlab.replication.training import DiffusionConfig, build_denoiser, build_unet, train_diffusion
+from trustlab.replication.config import CaptionDataConfig, DiffusionConfig
+from trustlab.replication.training import build_denoiser, build_unet, train_diffusion
 from trustlab.runs import load_checkpoint_file
 
 from test_replication import tiny_config, write_folder
@@ -180,7 +182,6 @@ def test_checkpoint_of_another_configuration_and_wrong_runs_exit_2(cli, tmp_path
 
 
 def test_default_skips_are_valid_for_the_benchmark_model():
-    from trustlab.replication.data import CaptionDataConfig
-    from trustlab.replication.rau import DEFAULT_SKIPS
+    from trustlab.replication.skips import DEFAULT_SKIPS
 
     DiffusionConfig(data=CaptionDataConfig(dataset="emoji", n=16, size=16), rau_skips=DEFAULT_SKIPS).validate()

@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from trustlab.errors import RunError
+from trustlab.errors import ConfigError, RunError
 from trustlab.runs import RunDir, config_from_dict, load_checkpoint_file
 
 
@@ -83,3 +83,19 @@ def test_report_reads_like_a_results_section(tmp_path):
     for shown in ("90.83%", "+1.45 points", "28.6 M", "54,272", "2.00×", "<td>../teacher</td>"):
         assert shown in page, shown
     assert page.index("test_acc") < page.index("acc_drop_points") < page.index("method")  # headline figures first
+
+
+def test_job_settles_the_config_and_makes_the_folder_only_when_it_starts(tmp_path):
+    from trustlab.runs import Job
+    from trustlab.spn.config import CompressConfig, FitConfig
+
+    first = CompressConfig(source="spn-run", ranks=(4,))
+    job = Job(first, tmp_path / "run", resume=False)
+    assert not (tmp_path / "run").exists()  # nothing on disk until the inputs have loaded
+    assert job.start().kind == "spn-compress" and (tmp_path / "run" / "config.yaml").exists()
+    assert Job(CompressConfig(source="other", ranks=(8,)), tmp_path / "run", resume=True).config == first
+    with pytest.raises(ConfigError, match="rank"):
+        Job(CompressConfig(ranks=(0,)), tmp_path / "bad", resume=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(RunError, match="spn-compress"):
+        Job(FitConfig(), tmp_path / "run", resume=True)  # a folder of another kind is not resumed as this one

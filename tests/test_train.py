@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from trustlab.runs import RunDir, load_checkpoint_file
-from trustlab.train import TrainConfig, lr_at, random_shift
+from trustlab.train import lr_at, random_shift
+from trustlab.train_config import TrainConfig
 
 HERE = Path(__file__).parent
 

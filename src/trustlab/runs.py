@@ -317,8 +317,22 @@ def finished(path: str | Path) -> bool:
     return (Path(path) / "summary.json").exists()
 
 
-def resumed_config(cls: type, path: Path, kind: str, config: Any, resume: bool) -> Any:
-    """The configuration a run continues with: the one stored in ``path`` when resuming it, else ``config``."""
-    if resume and (Path(path) / "config.yaml").exists():
-        return config_from_dict(cls, RunDir.open(path, kind=kind).config)
-    return config
+class Job:
+    """One job's run folder from start to finish, the way every trustlab job runs.
+
+    ``Job(config, out, resume)`` settles the configuration the job runs with (the one stored in
+    ``out`` when resuming a run there, else ``config``) and validates it; the job then reads its
+    inputs, and :meth:`start` creates the folder (or reopens it when resuming). Creating it only
+    after the inputs have loaded means a mistyped input leaves no half-made run folder behind.
+    The run kind comes from the config (its ``kind``), so no job spells it twice.
+    """
+
+    def __init__(self, config: Any, out: str | Path, resume: bool):
+        self.path, self.kind, self.resume = Path(out), config.kind, resume
+        if resume and (self.path / "config.yaml").exists():
+            config = config_from_dict(type(config), RunDir.open(self.path, kind=self.kind).config)
+        config.validate()
+        self.config = config
+
+    def start(self) -> RunDir:
+        return RunDir.start(self.path, self.config, self.kind, self.resume)

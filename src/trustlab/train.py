@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -28,33 +27,9 @@ import torch.nn.functional as F
 from trustlab.errors import ConfigError, RunError
 from trustlab.progress import progress_bar
 from trustlab.runs import RunDir
+from trustlab.train_config import TrainConfig
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.05
-    optimizer: str = "sgd"  # sgd | adamw
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | constant
-    warmup_steps: int = 0
-    augment: bool = False  # random shift by up to 2 pixels (zero padding)
-    seed: int = 0
-    checkpoint_every: int = 200  # steps; a checkpoint is also written at each epoch end
-    eval_batch_size: int = 1000
-    device: str = "auto"  # auto | cpu | cuda
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs, batch size and learning rate must be positive")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"unknown optimizer '{self.optimizer}': use sgd or adamw")
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"unknown schedule '{self.schedule}': use cosine or constant")
 
 
 # -- distributed helpers ------------------------------------------------------------------
@@ -230,6 +205,14 @@ def load_state_tensors(model: nn.Module, tensors: dict, optimizer: torch.optim.O
             pid, name = k.split(".", 1)
             state.setdefault(int(pid), {})[name] = v
         optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+
+
+def load_weights(model: nn.Module, run: RunDir, tag: str = "last") -> nn.Module:
+    """``model`` with the weights of ``run``'s checkpoint ``tag``, in eval mode: how a finished run's model is
+    rebuilt (the caller builds the architecture from the run's config and summary)."""
+    tensors, _ = run.load_checkpoint(tag)
+    load_state_tensors(model, tensors)
+    return model.eval()
 
 
 # -- the loop -----------------------------------------------------------------------------

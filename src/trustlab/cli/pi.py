@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Optional
 
 import typer
 
 from trustlab.errors import ConfigError, RunError
 from trustlab.files import read_json
+from trustlab.pi.config import ClassifierConfig, DataConfig, ReductionConfig, ShallowConfig
 from trustlab.pi.methods import METHODS
 
 app = typer.Typer(no_args_is_help=True)
+TEACHER = ClassifierConfig()  # the defaults of `pi train`
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -55,25 +58,27 @@ def count_cmd(model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
 
 @app.command("train")
 def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write."),
-              dataset: str = typer.Option("fashion-mnist", help="Any classification dataset of `trustlab data list`."),
+              dataset: str = typer.Option(TEACHER.data.dataset, help="Any classification dataset of `trustlab data list`."),
               data_dir: Optional[str] = typer.Option(None, help="Folder with CIFAR batches (cifar10/cifar100)."),
-              model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
-              width: float = typer.Option(0.25, help="Width multiplier (0.25: ResNet18 width 16)."),
-              epochs: int = typer.Option(3, min=1), batch_size: int = typer.Option(128, min=1), lr: float = typer.Option(0.05),
+              model: str = typer.Option(TEACHER.model, help="resnet18 | wrn22-8"),
+              width: float = typer.Option(TEACHER.width, help="Width multiplier (0.25: ResNet18 width 16)."),
+              epochs: int = typer.Option(TEACHER.train.epochs, min=1),
+              batch_size: int = typer.Option(TEACHER.train.batch_size, min=1), lr: float = typer.Option(TEACHER.train.lr),
               limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N images only."),
               test_limit: Optional[int] = typer.Option(None, min=1, help="Evaluate on the first N test images only."),
-              seed: int = typer.Option(0), device: str = typer.Option("auto", help="auto | cpu | cuda"),
-              checkpoint_every: int = typer.Option(200, min=0, help="Write a checkpoint every N steps (and at each epoch end)."),
+              seed: int = typer.Option(TEACHER.train.seed), device: str = typer.Option(TEACHER.train.device, help="auto | cpu | cuda"),
+              checkpoint_every: int = typer.Option(TEACHER.train.checkpoint_every, min=0,
+                                                   help="Write a checkpoint every N steps (and at each epoch end)."),
               resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
               quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Train the all-ReLU baseline (the teacher of SENet, SNL, layer-drop and shallow)."""
-    from trustlab.pi.training import ClassifierConfig, DataConfig, TrainConfig, train_classifier
+    from trustlab.pi.training import train_classifier
     from trustlab.report import render_report
 
     cfg = ClassifierConfig(model=model, width=width,
                            data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, test_limit=test_limit),
-                           train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=True, device=device,
-                                             checkpoint_every=checkpoint_every))
+                           train=replace(TEACHER.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                                         checkpoint_every=checkpoint_every))
     run = train_classifier(cfg, out, resume=resume, quiet=quiet)
     from trustlab.train import world
 
@@ -88,21 +93,24 @@ def _reduction_command(method: str, doc: str) -> None:
     def command(teacher: str = typer.Option(..., help="Run folder of `trustlab pi train` (the all-ReLU teacher)."),
                 budget: int = typer.Option(..., help="ReLUs to keep in the whole network."),
                 out: Optional[str] = typer.Option(None, help=f"Run folder to write (default runs/pi-{method}-BUDGET)."),
-                granularity: str = typer.Option("pixel", help="pixel | channel (senet only)."),
-                search_epochs: int = typer.Option(1, min=1, help="Epochs to decide where ReLUs stay."),
-                finetune_epochs: int = typer.Option(2, min=0, help="Epochs of distillation with the mask fixed."),
-                batch_size: int = typer.Option(128, min=1), lr: float = typer.Option(0.01, help="Fine-tuning learning rate."),
-                beta: float = typer.Option(1.0, help="Weight of the post-ReLU activation alignment (senet)."),
+                granularity: str = typer.Option(ReductionConfig.granularity, help="pixel | channel (senet only)."),
+                search_epochs: int = typer.Option(ReductionConfig.search_epochs, min=1, help="Epochs to decide where ReLUs stay."),
+                finetune_epochs: int = typer.Option(ReductionConfig.finetune_epochs, min=1,
+                                                    help="Epochs of distillation with the mask fixed."),
+                batch_size: int = typer.Option(ReductionConfig.batch_size, min=1),
+                lr: float = typer.Option(ReductionConfig.lr, help="Fine-tuning learning rate."),
+                beta: float = typer.Option(ReductionConfig.beta, help="Weight of the post-ReLU activation alignment (senet)."),
+                temperature: float = typer.Option(ReductionConfig.temperature, help="Temperature of the distillation from the teacher."),
                 train_limit: Optional[int] = typer.Option(None, min=1, help="Train on the teacher's first N training images only."),
-                seed: int = typer.Option(0), device: str = typer.Option("auto"),
+                seed: int = typer.Option(ReductionConfig.seed), device: str = typer.Option(ReductionConfig.device),
                 resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
                 quiet: bool = typer.Option(False)) -> None:
-        from trustlab.pi.reduce import ReductionConfig, run_reduction
+        from trustlab.pi.reduce import run_reduction
         from trustlab.report import render_report
 
         cfg = ReductionConfig(method=method, teacher=teacher, budget=budget, granularity=granularity,
                               search_epochs=search_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
-                              lr=lr, beta=beta, train_limit=train_limit, seed=seed, device=device)
+                              lr=lr, beta=beta, temperature=temperature, train_limit=train_limit, seed=seed, device=device)
         run = run_reduction(cfg, out or f"runs/pi-{method}-{budget}", resume=resume, quiet=quiet)
         s = run.summary()
         print(f"{method}: {s['relus']:,} ReLUs ({s['relu_reduction']:.2f}x fewer), test accuracy {s['test_acc']:.4f} "
@@ -119,19 +127,22 @@ for _method in METHODS.values():
 
 @app.command("shallow")
 def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab pi train`."),
-                target_relu_reduction: float = typer.Option(1.7, help="Remove inner ReLU layers until ReLUs fall by this factor."),
-                kernel: int = typer.Option(3, min=0, help="3: merged blocks become trained 3x3 convolutions (fewer MACs); 0: exact merge (5x5/7x7, more MACs)."),
+                target_relu_reduction: float = typer.Option(ShallowConfig.target_relu_reduction,
+                                                            help="Remove inner ReLU layers until ReLUs fall by this factor."),
+                kernel: int = typer.Option(ShallowConfig.kernel, min=0, help="3: merged blocks become trained 3x3 convolutions (fewer MACs); 0: exact merge (5x5/7x7, more MACs)."),
                 out: Optional[str] = typer.Option(None, help="Run folder to write (default runs/pi-shallow)."),
-                anneal_epochs: int = typer.Option(1, min=0, help="Epochs in which the removed ReLUs' slope rises from 0 to 1 before the exact merge (0: remove them at once)."),
-                ring_epochs: Optional[int] = typer.Option(None, min=0, help="Epochs in which merged kernels' taps outside the central 3x3 fade to 0 before the cut (default 1 with --kernel 3; 0: cut at once)."),
-                finetune_epochs: int = typer.Option(2, min=1, help="Epochs of distillation of the final shallow model."),
-                beta: float = typer.Option(0.0, min=0.0, help="Weight of block-wise alignment of block outputs with the teacher's."),
-                batch_size: int = typer.Option(128, min=1), lr: float = typer.Option(0.01),
+                anneal_epochs: int = typer.Option(ShallowConfig.anneal_epochs, min=0, help="Epochs in which the removed ReLUs' slope rises from 0 to 1 before the exact merge (0: remove them at once)."),
+                ring_epochs: Optional[int] = typer.Option(ShallowConfig.ring_epochs, min=0, help="Epochs in which merged kernels' taps outside the central 3x3 fade to 0 before the cut (default 1 with --kernel 3; 0: cut at once)."),
+                finetune_epochs: int = typer.Option(ShallowConfig.finetune_epochs, min=1,
+                                                    help="Epochs of distillation of the final shallow model."),
+                beta: float = typer.Option(ShallowConfig.beta, min=0.0,
+                                           help="Weight of block-wise alignment of block outputs with the teacher's."),
+                batch_size: int = typer.Option(ShallowConfig.batch_size, min=1), lr: float = typer.Option(ShallowConfig.lr),
                 train_limit: Optional[int] = typer.Option(None, min=1, help="Fine-tune on the teacher's first N training images only."),
-                seed: int = typer.Option(0), device: str = typer.Option("auto"),
+                seed: int = typer.Option(ShallowConfig.seed), device: str = typer.Option(ShallowConfig.device),
                 resume: bool = typer.Option(False), quiet: bool = typer.Option(False)) -> None:
     """Shallow model: remove the least sensitive inner ReLU layers and merge the convolutions around them."""
-    from trustlab.pi.shallow import ShallowConfig, run_shallow
+    from trustlab.pi.shallow import run_shallow
     from trustlab.report import render_report
 
     cfg = ShallowConfig(teacher=teacher, target_relu_reduction=target_relu_reduction, kernel=kernel,

@@ -8,8 +8,11 @@ from typing import Optional
 import typer
 
 from trustlab.errors import ConfigError
+from trustlab.replication.config import DUAL_FUSION as FUSION
+from trustlab.replication.config import CaptionDataConfig, DiffusionConfig, DualFusion
 
 app = typer.Typer(no_args_is_help=True)
+DATA, MODEL = CaptionDataConfig(), DiffusionConfig()  # the defaults of `replication train`
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -21,54 +24,54 @@ def _channels(text: str) -> tuple[int, ...]:
 
 @app.command("train")
 def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to write."),
-              dataset: str = typer.Option("emoji", help="emoji, or folder (with --folder)."),
+              dataset: str = typer.Option(DATA.dataset, help="emoji, or folder (with --folder)."),
               folder: Optional[str] = typer.Option(None, help="A folder of images with captions.jsonl."),
-              n: int = typer.Option(64, min=0, help="Training images (a seeded subset; 0: all)."),
-              size: int = typer.Option(32, min=1, help="Image side in pixels (multiple of 8)."),
-              captions: str = typer.Option("unique", help="unique (per image) | class"),
-              duplicate_share: float = typer.Option(0.0, help="Share of the images repeated in the training set."),
-              duplicate_times: int = typer.Option(1, min=1, help="Extra copies of each repeated image."),
-              duplicate_scheme: str = typer.Option("dup_both", help="dup_both (image and caption repeated) | dup_image "
+              n: int = typer.Option(DATA.n, min=0, help="Training images (a seeded subset; 0: all)."),
+              size: int = typer.Option(DATA.size, min=1, help="Image side in pixels (multiple of 8)."),
+              captions: str = typer.Option(DATA.captions, help="unique (per image) | class"),
+              duplicate_share: float = typer.Option(DATA.duplicate_share, help="Share of the images repeated in the training set."),
+              duplicate_times: int = typer.Option(DATA.duplicate_times, min=1, help="Extra copies of each repeated image."),
+              duplicate_scheme: str = typer.Option(DATA.duplicate_scheme, help="dup_both (image and caption repeated) | dup_image "
                                                                 "(the image repeated under other images' captions)."),
-              skin_tones: bool = typer.Option(False, "--skin-tones", help="emoji: keep the skin-tone variations "
+              skin_tones: bool = typer.Option(DATA.skin_tones, "--skin-tones", help="emoji: keep the skin-tone variations "
                                                                             "(dropped by default: near-identical images)."),
-              near_duplicate: float = typer.Option(0.9, help="Drop a source image whose flip-invariant pixel similarity "
+              near_duplicate: float = typer.Option(DATA.near_duplicate, help="Drop a source image whose flip-invariant pixel similarity "
                                                              "to an earlier one exceeds this (1: keep all)."),
-              encoder: str = typer.Option("minilm", help="minilm (all-MiniLM-L6-v2, offline) | hash (tests)"),
-              channels: str = typer.Option("32,64,64", help="U-Net widths of the three levels."),
-              steps: int = typer.Option(2000, min=1), batch_size: int = typer.Option(32, min=1), lr: float = typer.Option(1e-3),
-              caption_dropout: float = typer.Option(0.1, help="Share of empty captions (classifier-free guidance)."),
+              encoder: str = typer.Option(MODEL.encoder, help="minilm (all-MiniLM-L6-v2, offline) | hash (tests)"),
+              channels: str = typer.Option(",".join(map(str, MODEL.channels)), help="U-Net widths of the three levels."),
+              steps: int = typer.Option(MODEL.steps, min=1), batch_size: int = typer.Option(MODEL.batch_size, min=1),
+              lr: float = typer.Option(MODEL.lr),
+              caption_dropout: float = typer.Option(MODEL.caption_dropout, help="Share of empty captions (classifier-free guidance)."),
               mitigation: Optional[str] = typer.Option(None, help="Training mitigations, comma-separated: "
                                                        "caption-replace, word-add, word-repeat, embedding-noise."),
-              mitigation_p: float = typer.Option(0.1), mitigation_sigma: float = typer.Option(0.1),
+              mitigation_p: float = typer.Option(MODEL.mitigation_p), mitigation_sigma: float = typer.Option(MODEL.mitigation_sigma),
               generalize: Optional[str] = typer.Option(None, help="Train on generalized captions: wordnet | llm."),
               llm_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base, for --generalize llm."),
               llm_model: Optional[str] = typer.Option(None, "--model", help="Model name for --generalize llm."),
-              dual_fusion: bool = typer.Option(False, help="Dual fusion with the default weights (image 0.1, text 0.5)."),
+              dual_fusion: bool = typer.Option(False, help=f"Dual fusion with the default weights (image {FUSION.image_weight:g}, "
+                                                             f"text {FUSION.text_weight:g})."),
               fusion_image: Optional[float] = typer.Option(None, help="Weight of the auxiliary image mixed in."),
-              fusion_aux: str = typer.Option("fashion-mnist", help="Registry dataset of the auxiliary images."),
+              fusion_aux: str = typer.Option(FUSION.aux, help="Registry dataset of the auxiliary images."),
               fusion_text: Optional[float] = typer.Option(None, help="Weight of the 'with <class>' text states."),
-              fusion_text_mode: str = typer.Option("mix", help="mix (states) | append (class words to the caption)"),
+              fusion_text_mode: str = typer.Option(FUSION.text_mode, help="mix (states) | append (class words to the caption)"),
               rau_skips: Optional[str] = typer.Option(None, help="RAU-Net: skip indices that get an information "
                                                       "transfer block, e.g. 4,5, or 'default' (the skips the skip "
                                                       "ablation recommends on the emoji testbed)."),
-              itb: str = typer.Option("conv", help="ITB kind: conv | conv-silu | stacked | pool, for every skip, "
+              itb: str = typer.Option(MODEL.itb, help="ITB kind: conv | conv-silu | stacked | pool, for every skip, "
                                                   "or per skip index, e.g. conv,5:pool."),
-              itb_frozen: bool = typer.Option(False, help="Frozen random ITB weights (as the authors' released code)."),
-              tau: int = typer.Option(0, help="LoyalDiffusion: RAU-Net for timesteps >= tau, the plain U-Net "
+              itb_frozen: bool = typer.Option(MODEL.itb_frozen, help="Frozen random ITB weights (as the authors' released code)."),
+              tau: int = typer.Option(MODEL.tau, help="LoyalDiffusion: RAU-Net for timesteps >= tau, the plain U-Net "
                                               "below (0: RAU-Net everywhere)."),
-              checkpoint_every: int = typer.Option(250, min=0), seed: int = typer.Option(0),
-              device: str = typer.Option("auto", help="auto | cpu | cuda"),
+              checkpoint_every: int = typer.Option(MODEL.checkpoint_every, min=0), seed: int = typer.Option(MODEL.seed),
+              device: str = typer.Option(MODEL.device, help="auto | cpu | cuda"),
               resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
               quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Train the conditional U-Net on captioned images (DDPM loss, caption dropout, EMA)."""
-    from trustlab.replication.data import CaptionDataConfig
-    from trustlab.replication.fusion import DualFusion
-    from trustlab.replication.rau import parse_skips
-    from trustlab.replication.training import DiffusionConfig, train_diffusion
+    from trustlab.replication.skips import parse_skips
+    from trustlab.replication.training import train_diffusion
 
-    fusion = DualFusion(image_weight=fusion_image if fusion_image is not None else 0.1 * dual_fusion, aux=fusion_aux,
-                        text_weight=fusion_text if fusion_text is not None else 0.5 * dual_fusion,
+    fusion = DualFusion(image_weight=fusion_image if fusion_image is not None else FUSION.image_weight * dual_fusion,
+                        aux=fusion_aux, text_weight=fusion_text if fusion_text is not None else FUSION.text_weight * dual_fusion,
                         text_mode=fusion_text_mode)
     cfg = DiffusionConfig(data=CaptionDataConfig(dataset=dataset, folder=folder, n=n, size=size, captions=captions,
                                                  duplicate_share=duplicate_share, duplicate_times=duplicate_times,

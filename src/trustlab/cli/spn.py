@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from trustlab.errors import ConfigError
+from trustlab.spn.config import CompressConfig, FitConfig, SPNDataConfig
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,30 +26,32 @@ def _ranks(text: str) -> tuple[int, ...]:
 
 @app.command("fit")
 def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write."),
-            dataset: str = typer.Option("digits", help="digits | mnist | fashion-mnist | emoji | csv | debd"),
+            dataset: str = typer.Option(SPNDataConfig.dataset, help="digits | mnist | fashion-mnist | emoji | csv | debd"),
             csv: Optional[str] = typer.Option(None, help="With --dataset csv: rows of comma-separated 0/1 values."),
             name: Optional[str] = typer.Option(None, help="With --dataset debd: the set, e.g. nltcs, plants, jester, dna."),
             data_dir: Optional[str] = typer.Option(None, help="With --dataset debd: the folder holding "
                                                               "NAME.train.data, NAME.valid.data, NAME.test.data."),
             size: Optional[int] = typer.Option(None, min=1, help="Down-sample images to SIZE x SIZE before binarising."),
-            threshold: float = typer.Option(0.5, help="Grey level above which a pixel is 1."),
-            classify: bool = typer.Option(True, help="Model the class as variable 0 (generative classifier)."),
-            structure: str = typer.Option("learnspn", help="learnspn | rat (random region graph)"),
-            min_instances: int = typer.Option(30, min=1, help="LearnSPN: rows below which a node is fully factorised."),
-            alpha: float = typer.Option(0.001, help="LearnSPN: independence-test p-value threshold."),
-            depth: int = typer.Option(2, min=1, help="rat: splits per repetition."),
-            repetitions: int = typer.Option(4, min=1, help="rat: random variable permutations."),
-            sums: int = typer.Option(4, min=1, help="rat: sum nodes per region."),
-            leaves: int = typer.Option(4, min=1, help="rat: input distributions per leaf region."),
-            em_iterations: int = typer.Option(0, min=0, help="EM iterations after structure learning (rat: use ~20)."),
+            threshold: float = typer.Option(SPNDataConfig.threshold, help="Grey level above which a pixel is 1."),
+            classify: bool = typer.Option(SPNDataConfig.with_class, help="Model the class as variable 0 (generative classifier)."),
+            structure: str = typer.Option(FitConfig.structure, help="learnspn | rat (random region graph)"),
+            min_instances: int = typer.Option(FitConfig.min_instances, min=1,
+                                              help="LearnSPN: rows below which a node is fully factorised."),
+            alpha: float = typer.Option(FitConfig.alpha, help="LearnSPN: independence-test p-value threshold."),
+            depth: int = typer.Option(FitConfig.depth, min=1, help="rat: splits per repetition."),
+            repetitions: int = typer.Option(FitConfig.repetitions, min=1, help="rat: random variable permutations."),
+            sums: int = typer.Option(FitConfig.sums, min=1, help="rat: sum nodes per region."),
+            leaves: int = typer.Option(FitConfig.leaves, min=1, help="rat: input distributions per leaf region."),
+            em_iterations: int = typer.Option(FitConfig.em_iterations, min=0,
+                                              help="EM iterations after structure learning (rat: use ~20)."),
             limit: Optional[int] = typer.Option(None, min=1, help="Use the first N training images only."),
             test_limit: Optional[int] = typer.Option(None, min=1, help="Use the first N test images only."),
-            valid_share: float = typer.Option(0.1, help="Training rows held out for validation where the data has "
+            valid_share: float = typer.Option(SPNDataConfig.valid_share, help="Training rows held out for validation where the data has "
                                                         "no fixed split (debd has one)."),
-            seed: int = typer.Option(0)) -> None:
+            seed: int = typer.Option(FitConfig.seed)) -> None:
     """Learn an SPN (per class, under a class variable) and report its likelihood, accuracy and size."""
     from trustlab.report import render_report
-    from trustlab.spn.pipeline import FitConfig, SPNDataConfig, fit_spn
+    from trustlab.spn.pipeline import fit_spn
 
     cfg = FitConfig(data=SPNDataConfig(dataset=dataset, csv=csv, name=name, data_dir=data_dir, size=size,
                                        threshold=threshold, with_class=classify and dataset not in ("csv", "debd"),
@@ -70,25 +73,26 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
                  target_ratio: Optional[float] = typer.Option(None, help="Instead of --rank: the largest rank with "
                                                               "this many times fewer parameters than the SPN."),
                  out: Optional[str] = typer.Option(None, help="Run folder to write (default: RUN_DIR-tspn)."),
-                 init: str = typer.Option("auto", help="exact: truncate the exact tensor train; random: fit a random "
+                 init: str = typer.Option(CompressConfig.init, help="exact: truncate the exact tensor train; random: fit a random "
                                                        "train (SPNs whose exact train is too large); auto: exact "
                                                        "when its rank is at most --max-rank."),
-                 distill_samples: int = typer.Option(20000, min=0, help="Rows sampled from the SPN added to the "
+                 distill_samples: int = typer.Option(CompressConfig.distill_samples, min=0, help="Rows sampled from the SPN added to the "
                                                                         "training rows (0: the data alone)."),
-                 epochs: int = typer.Option(10, min=1, help="Most fine-tuning epochs per rank (the best on validation is kept)."),
-                 lr: float = typer.Option(0.02), batch_size: int = typer.Option(256, min=1),
-                 discriminative: float = typer.Option(0.0, help="Weight of log p(class|x) in fine-tuning."),
-                 order: str = typer.Option("spn", help="Variable order of the train: spn (the SPN's depth-first walk) "
+                 epochs: int = typer.Option(CompressConfig.epochs, min=1,
+                                            help="Most fine-tuning epochs per rank (the best on validation is kept)."),
+                 lr: float = typer.Option(CompressConfig.lr), batch_size: int = typer.Option(CompressConfig.batch_size, min=1),
+                 discriminative: float = typer.Option(CompressConfig.discriminative, help="Weight of log p(class|x) in fine-tuning."),
+                 order: str = typer.Option(CompressConfig.order, help="Variable order of the train: spn (the SPN's depth-first walk) "
                                                        "or mi (dependent variables side by side, from the training rows)."),
-                 rounding: str = typer.Option("kl", help="Truncation of the exact train: kl (KL-divergence NMF) or "
+                 rounding: str = typer.Option(CompressConfig.rounding, help="Truncation of the exact train: kl (KL-divergence NMF) or "
                                                          "als (alternating nonnegative least squares)."),
-                 max_rank: int = typer.Option(4096, min=1, help="The largest exact train that is built."),
-                 seed: int = typer.Option(0),
+                 max_rank: int = typer.Option(CompressConfig.max_rank, min=1, help="The largest exact train that is built."),
+                 seed: int = typer.Option(CompressConfig.seed),
                  resume: bool = typer.Option(False, help="Continue: keep the ranks already done."),
                  quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Compress an SPN into tensor trains (from its exact train, or fitted to it) and compare them with the SPN."""
     from trustlab.report import render_report
-    from trustlab.spn.pipeline import CompressConfig, compress_spn, load_fit, rank_for_ratio
+    from trustlab.spn.pipeline import compress_spn, load_fit, rank_for_ratio, start_route, variable_order
 
     if (rank is None) == (target_ratio is None):
         raise ConfigError("give exactly one of --rank and --target-ratio")
@@ -100,8 +104,8 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
     else:
         cfg.validate()
         _, _, graph, data = load_fit(run_dir)
-        variables = cfg.variable_order(graph, data)
-        ranks = (rank_for_ratio(graph, variables, target_ratio, exact=cfg.route(graph, variables) == "exact"),)
+        variables = variable_order(cfg, graph, data)
+        ranks = (rank_for_ratio(graph, variables, target_ratio, exact=start_route(cfg, graph, variables) == "exact"),)
     run = compress_spn(dataclasses.replace(cfg, ranks=ranks), out or f"{run_dir.rstrip('/')}-tspn", resume=resume,
                        quiet=quiet)
     s = run.summary()

@@ -1,5 +1,7 @@
 """Private inference: fewer ReLUs and shallower networks, and what they cost under secure inference.
 
+* :mod:`~trustlab.pi.config`: every job's settings and defaults (torch-free; the CLI reads them);
+  :mod:`~trustlab.pi.methods`: the table of ReLU-reduction methods;
 * :mod:`~trustlab.pi.models` / :mod:`~trustlab.pi.training`: ResNet18 / WRN classifiers and the
   all-ReLU teacher run; :mod:`~trustlab.pi.load` rebuilds the model of any PI run folder;
 * :mod:`~trustlab.pi.accounting`: ReLUs, MACs and parameters per layer; :mod:`~trustlab.pi.cost`:

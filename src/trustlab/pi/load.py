@@ -19,29 +19,28 @@ import torch.nn as nn
 from trustlab.pi.masks import install_partial_relus
 from trustlab.pi.merge import apply_merges
 from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS
-from trustlab.pi.training import DataConfig, load_classifier
-from trustlab.runs import RunDir, load_checkpoint_file
-from trustlab.train import load_state_tensors
+from trustlab.pi.config import ClassifierConfig, DataConfig, ShallowConfig
+from trustlab.pi.training import load_classifier
+from trustlab.runs import RunDir
+from trustlab.train import load_weights
 
 REDUCTION_KINDS = tuple(m.kind for m in METHODS.values())
-KINDS = ("pi-train", "pi-shallow", *REDUCTION_KINDS)
+KINDS = (ClassifierConfig.kind, ShallowConfig.kind, *REDUCTION_KINDS)
 
 
 def load_pi_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, int, int], DataConfig]:
     """(model in eval mode, input shape, the data configuration of the root training run)."""
     run = RunDir.open(run_dir, kind=KINDS)
-    if run.kind == "pi-train":
+    if run.kind == ClassifierConfig.kind:
         model, cfg, shape = load_classifier(run.path)
         return model, shape, cfg.data
     base, shape, data = load_pi_model(teacher_path(run))
-    if run.kind == "pi-shallow":
+    if run.kind == ShallowConfig.kind:
         model = apply_merges(base, run.summary()["merged_blocks"], run.config["kernel"] or None)
     else:
         model = base  # rebuilt by the call above, so it may change in place
         install_partial_relus(model, shape, run.config.get("granularity", DEFAULT_GRANULARITY))
-    tensors, _ = load_checkpoint_file(run.checkpoint_path("finetune"))
-    load_state_tensors(model, tensors)
-    return model.eval(), shape, data
+    return load_weights(model, run, "finetune"), shape, data
 
 
 def teacher_link(teacher: str | Path, out: str | Path) -> dict[str, str]:

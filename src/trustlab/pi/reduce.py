@@ -37,43 +37,14 @@ import torch.nn as nn
 
 from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
+from trustlab.pi.config import ReductionConfig
 from trustlab.pi.distill import DistillationLoss
 from trustlab.pi.load import load_pi_model, teacher_link
 from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
-from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
-from trustlab.runs import RunDir, atomic_save_figure, resumed_config
-from trustlab.train import TrainConfig, evaluate, fit
-
-@dataclass(frozen=True)
-class ReductionConfig:
-    method: str = "senet"
-    teacher: str = ""
-    budget: int = 0
-    granularity: str = DEFAULT_GRANULARITY
-    search_epochs: int = 1
-    finetune_epochs: int = 2
-    batch_size: int = 128
-    lr: float = 0.01  # fine-tuning (SGD, cosine)
-    search_lr: float = 0.01  # mask scores / α (AdamW, constant)
-    temperature: float = 4.0
-    beta: float = 1.0  # PRAM weight (SENet only)
-    proxy_density: float = 0.1
-    snl_lambda: float = 1e-4
-    probe_images: int = 1000  # images used for sensitivity and score initialisation
-    train_limit: int | None = None  # train on the teacher's first N training images only (shorter schedule)
-    seed: int = 0
-    device: str = "auto"
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
-        if self.granularity not in METHODS[self.method].granularities:
-            able = [m.name for m in METHODS.values() if self.granularity in m.granularities]
-            raise ConfigError(f"{self.granularity} granularity is available for {', '.join(able) or 'no method'} only")
-        if self.search_epochs < 0 or self.finetune_epochs < 1:
-            raise ConfigError("search epochs must be >= 0 and fine-tuning epochs >= 1")
-
+from trustlab.runs import Job, RunDir, atomic_save_figure
+from trustlab.train import evaluate, fit
+from trustlab.train_config import TrainConfig
 
 def _negative_part(teacher: nn.Module, layers: list[str], x: torch.Tensor, granularity: str) -> dict[str, torch.Tensor]:
     """Mean of relu(-input) at each position of each ReLU layer (per channel for channel masks)."""
@@ -229,10 +200,8 @@ IMPLEMENTATIONS: dict[str, Reduction] = {"senet": SENet(), "snl": SNL(), "layerd
 
 def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
     """Reduce the teacher run's model to ``cfg.budget`` ReLUs with ``cfg.method``; write a run folder."""
-    cfg.validate()
-    kind = METHODS[cfg.method].kind
-    cfg = resumed_config(ReductionConfig, out, kind, cfg, resume)
-    cfg.validate()
+    job = Job(cfg, out, resume)
+    cfg = job.config
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
     if partial_relus(teacher):
         raise ConfigError(f"teacher {cfg.teacher} already has partial ReLUs: give an all-ReLU (pi train) or shallow (pi shallow) run")
@@ -240,7 +209,7 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     if not 0 < cfg.budget < total:
         raise ConfigError(f"--budget {cfg.budget:,} is impossible: the teacher has {total:,} ReLUs, give 1..{total - 1:,}")
     data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
-    run = RunDir.start(out, cfg, kind, resume)
+    run = job.start()
     teacher_acc = evaluate(teacher, data.x_test, data.y_test)["acc"]
     torch.manual_seed(cfg.seed)
     student = copy.deepcopy(teacher)
@@ -296,4 +265,4 @@ def plot_accuracy_vs_relus(run: RunDir) -> None:
     plt.close(fig)
 
 
-__all__ = ["IMPLEMENTATIONS", "Reduction", "ReductionConfig", "Search", "run_reduction"]
+__all__ = ["IMPLEMENTATIONS", "Reduction", "Search", "run_reduction"]

@@ -35,7 +35,7 @@ distillation: the post-ReLU output of every block is aligned with the teacher's.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,13 +44,15 @@ import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
+from trustlab.pi.config import ShallowConfig
 from trustlab.pi.distill import DistillationLoss
 from trustlab.pi.load import load_pi_model, teacher_link
 from trustlab.pi.merge import MergedBlock, apply_merges, pad_first
 from trustlab.pi.models import BasicBlock
 from trustlab.pi.sensitivity import removal_sensitivity
-from trustlab.runs import RunDir, resumed_config
-from trustlab.train import TrainConfig, evaluate, fit
+from trustlab.runs import Job, RunDir
+from trustlab.train import evaluate, fit
+from trustlab.train_config import TrainConfig
 
 
 class SlopedReLU(nn.Module):
@@ -103,40 +105,6 @@ def plan_merges(model: nn.Module, shape: tuple[int, ...], target: float, sensiti
     return chosen
 
 
-@dataclass(frozen=True)
-class ShallowConfig:
-    teacher: str = ""
-    target_relu_reduction: float = 1.7
-    kernel: int = 3  # 0: exact merge (5x5 / 7x7 kernels); 3: 3x3 merged kernels (fewer MACs)
-    anneal_epochs: int = 1  # inner-ReLU slope 0 -> 1 before the merge
-    ring_epochs: int | None = None  # outer taps scaled 1 -> 0 before the cut to 3x3; None: 1 with kernel 3, else 0
-    finetune_epochs: int = 2
-    beta: float = 0.0  # weight of block-wise (post-ReLU block output) alignment with the teacher
-    batch_size: int = 128
-    lr: float = 0.01
-    temperature: float = 4.0
-    probe_images: int = 1000
-    train_limit: int | None = None  # fine-tune on the teacher's first N training images only
-    seed: int = 0
-    device: str = "auto"
-
-    @property
-    def ring_stage_epochs(self) -> int:
-        if self.ring_epochs is None:
-            return 1 if self.kernel else 0
-        return self.ring_epochs
-
-    def validate(self) -> None:
-        if self.kernel not in (0, 3):
-            raise ConfigError(f"--kernel must be 0 (exact merge) or 3, not {self.kernel}")
-        if min(self.anneal_epochs, self.ring_stage_epochs) < 0 or self.beta < 0:
-            raise ConfigError("--anneal-epochs, --ring-epochs and --beta cannot be negative")
-        if self.finetune_epochs < 1:
-            raise ConfigError("--finetune-epochs must be at least 1: the fine-tuning stage saves the shallow model")
-        if self.ring_stage_epochs and not self.kernel:
-            raise ConfigError("--ring-epochs shrinks merged kernels to 3x3: use it with --kernel 3")
-
-
 RAMP = 0.75  # a stage's schedule reaches its end value after this fraction of it, and holds it for the rest
 
 
@@ -159,8 +127,8 @@ def linearise(model: nn.Module, blocks: list[str]) -> list[SlopedReLU]:
 
 
 def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
-    cfg = resumed_config(ShallowConfig, out, "pi-shallow", cfg, resume)
-    cfg.validate()
+    job = Job(cfg, out, resume)
+    cfg = job.config
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
     blocks = mergeable_blocks(teacher)
     data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
@@ -168,7 +136,7 @@ def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, qu
     sens = {b.rsplit(".relu1", 1)[0]: v["kl"]
             for b, v in removal_sensitivity(teacher, probe_x, probe_y, [f"{b}.relu1" for b in blocks]).items()}
     chosen = plan_merges(teacher, shape, cfg.target_relu_reduction, sens)
-    run = RunDir.start(out, cfg, "pi-shallow", resume)
+    run = job.start()
     student = copy.deepcopy(teacher)  # before the loss freezes the teacher's parameters
     loss = DistillationLoss(teacher, [f"{b}.relu2" for b in blocks], cfg.temperature, cfg.beta)
     stages: dict[str, float] = {}

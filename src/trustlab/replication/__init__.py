@@ -1,5 +1,7 @@
 """Replication in text-conditional diffusion models: a testbed where it happens and is measured.
 
+* :mod:`~trustlab.replication.config`: the training settings and defaults (torch-free), dual
+  fusion weights included;
 * :mod:`~trustlab.replication.data`: captioned image sets (emoji, or a folder + captions.jsonl);
 * :mod:`~trustlab.replication.text`: MiniLM token states (offline) and a small test encoder;
 * :mod:`~trustlab.replication.training`: diffusers U-Net + DDPM training with EMA and resume;
@@ -12,6 +14,7 @@
   :mod:`~trustlab.replication.generality`: caption generality scores and generalized captions
   (WordNet offline, an LLM endpoint optionally), and the captions-file command;
 * :mod:`~trustlab.replication.fusion`: dual fusion (image mixing and caption fusion in training);
-* :mod:`~trustlab.replication.rau` / :mod:`~trustlab.replication.rau_analysis`: RAU-Net and
+* :mod:`~trustlab.replication.skips`: the U-Net's skips and the ITB kinds chosen on them;
+  :mod:`~trustlab.replication.rau` / :mod:`~trustlab.replication.rau_analysis`: RAU-Net and
   LoyalDiffusion, and the skip and timestep analyses that place them.
 """

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from trustlab.data.registry import get_spec
 from trustlab.errors import ConfigError, DataError
 from trustlab.files import read_image_rgba, read_text
 from trustlab.replication.captions import generalize
-from trustlab.replication.llm import ChatClient
+from trustlab.replication.config import CaptionDataConfig
 from trustlab.replication.metrics import pixel_similarity_mirrored
 
 
@@ -77,99 +76,52 @@ class CaptionedImages:
         return torch.bincount(self.origins(), minlength=self.distinct) > 1
 
 
-@dataclass(frozen=True)
-class CaptionDataConfig:
-    dataset: str = "emoji"  # a registry dataset with captions, or "folder" with folder=PATH
-    folder: str | None = None
-    n: int = 64  # seeded subset size (None or 0: all)
-    size: int = 32
-    captions: str = "unique"  # unique | class
-    duplicate_share: float = 0.0  # share of the n images repeated
-    duplicate_times: int = 1  # extra copies of each repeated image
-    duplicate_scheme: str = "dup_both"  # dup_both (image and caption repeated) | dup_image (other captions)
-    skin_tones: bool = False  # emoji: keep the skin-tone variations (near-identical to their base emoji)
-    near_duplicate: float = 0.9  # registry data: drop an image this similar to an earlier one (1: keep all)
-    generalize: str = ""  # "", wordnet or llm: train on generalized captions
-    llm_url: str = ""  # with generalize=llm: an OpenAI-compatible endpoint and model
-    llm_model: str = ""
-    seed: int = 0
+def load_captioned(cfg: CaptionDataConfig) -> CaptionedImages:
+    """The captioned training set ``cfg`` describes (subset, captions, generalization, duplicates)."""
+    cfg.validate()
+    if cfg.dataset == "folder":
+        data, dropped = read_folder(Path(cfg.folder), cfg.size), ""
+    else:
+        data, dropped = _from_registry(cfg.dataset, cfg.size, cfg.skin_tones, cfg.near_duplicate)
+    pool = data
+    rng = np.random.default_rng(cfg.seed)
+    keep = np.arange(len(data))
+    if cfg.n and cfg.n < len(data):
+        keep = np.sort(rng.choice(len(data), size=cfg.n, replace=False))
+        data = CaptionedImages(data.images[keep], [data.captions[i] for i in keep], data.labels[keep],
+                               data.classes, data.source)
+    if cfg.captions == "class":
+        data.captions = [data.classes[int(k)].replace("_", " ").lower() for k in data.labels]
+    if cfg.generalize:
+        data.original_captions = data.captions
+        data.captions = generalize(data.captions, cfg.generalize, cfg.llm_client())[0]
+    if cfg.duplicate_share and cfg.duplicate_times:
+        data = _duplicated(cfg, data, pool, keep, rng)
+    data.source += (f", {cfg.n or 'all'} images at {cfg.size}x{cfg.size}{dropped}, {cfg.captions} captions"
+                    + (f", {cfg.duplicate_share:.0%} duplicated x{cfg.duplicate_times} ({cfg.duplicate_scheme})"
+                       if cfg.duplicate_share else "")
+                    + (f", generalized ({cfg.generalize})" if cfg.generalize else ""))
+    return data
 
-    # run folders written before the near-duplicate filter kept every source image
-    LEGACY: ClassVar[dict] = {"skin_tones": True, "near_duplicate": 1.0}
 
-    def validate(self) -> None:
-        if self.duplicate_scheme not in ("dup_both", "dup_image"):
-            raise ConfigError(f"--duplicate-scheme {self.duplicate_scheme}: use dup_both or dup_image")
-        if not 0 < self.near_duplicate <= 1:
-            raise ConfigError(f"--near-duplicate {self.near_duplicate:g}: a pixel similarity bound lies in (0, 1] "
-                              "(1 keeps every image)")
-        if self.captions not in ("unique", "class"):
-            raise ConfigError(f"--captions {self.captions}: use unique or class")
-        if not 0 <= self.duplicate_share < 1 or self.duplicate_times < 0:
-            raise ConfigError(f"--duplicate-share {self.duplicate_share:g} must lie in [0, 1) (a share of the images) "
-                              "and --duplicate-times be >= 0")
-        if self.generalize not in ("", "wordnet", "llm"):
-            raise ConfigError(f"--generalize {self.generalize}: use wordnet or llm")
-        if self.generalize == "llm":
-            self.llm_client()
-        if self.size < 8 or self.size % 8:
-            raise ConfigError(f"--size {self.size}: use a multiple of 8 (the U-Net halves it three times)")
-
-    def load(self) -> CaptionedImages:
-        self.validate()
-        if self.dataset == "folder":
-            data, dropped = read_folder(Path(self.folder), self.size), ""
-        else:
-            data, dropped = _from_registry(self.dataset, self.size, self.skin_tones, self.near_duplicate)
-        pool = data
-        rng = np.random.default_rng(self.seed)
-        keep = np.arange(len(data))
-        if self.n and self.n < len(data):
-            keep = np.sort(rng.choice(len(data), size=self.n, replace=False))
-            data = CaptionedImages(data.images[keep], [data.captions[i] for i in keep], data.labels[keep],
-                                   data.classes, data.source)
-        if self.captions == "class":
-            data.captions = [data.classes[int(k)].replace("_", " ").lower() for k in data.labels]
-        if self.generalize:
-            data.original_captions = data.captions
-            data.captions = generalize(data.captions, self.generalize, self.llm_client())[0]
-        if self.duplicate_share and self.duplicate_times:
-            data = self._duplicated(data, pool, keep, rng)
-        data.source += (f", {self.n or 'all'} images at {self.size}x{self.size}{dropped}, {self.captions} captions"
-                        + (f", {self.duplicate_share:.0%} duplicated x{self.duplicate_times} ({self.duplicate_scheme})"
-                           if self.duplicate_share else "")
-                        + (f", generalized ({self.generalize})" if self.generalize else ""))
-        return data
-
-    def _duplicated(self, data: CaptionedImages, pool: CaptionedImages, keep: np.ndarray,
-                    rng: np.random.Generator) -> CaptionedImages:
-        """``data`` with a share of its images appended ``duplicate_times`` more times (see the module doc)."""
-        m = int(round(self.duplicate_share * len(data)))
-        dup = np.repeat(rng.choice(len(data), size=m, replace=False), self.duplicate_times)
-        idx = np.concatenate([np.arange(len(data)), dup])
-        captions = [data.captions[i] for i in idx]
-        original = None if data.original_captions is None else [data.original_captions[i] for i in idx]
-        if self.duplicate_scheme == "dup_image":
-            others = np.setdiff1d(np.arange(len(pool)), keep)
-            if not len(others):  # the whole pool is in the subset: borrow the captions of other training images
-                others = keep
-            borrowed = rng.choice(others, size=len(dup), replace=len(dup) > len(others))
-            captions[len(data):] = [pool.captions[i] for i in borrowed]
-            if original is not None:
-                original[len(data):] = captions[len(data):]
-        return CaptionedImages(data.images[idx], captions, data.labels[idx], data.classes, data.source,
-                               torch.from_numpy(idx), original)
-
-    @property
-    def proxy_dataset(self) -> str:
-        """The registry dataset whose proxy encoder measures quality (a user's folder is measured as emoji)."""
-        return "emoji" if self.dataset == "folder" else self.dataset
-
-    def llm_client(self):
-        if self.generalize != "llm":
-            return None
-
-        return ChatClient(self.llm_url, self.llm_model)
+def _duplicated(cfg: CaptionDataConfig, data: CaptionedImages, pool: CaptionedImages, keep: np.ndarray,
+                rng: np.random.Generator) -> CaptionedImages:
+    """``data`` with a share of its images appended ``duplicate_times`` more times (see the module doc)."""
+    m = int(round(cfg.duplicate_share * len(data)))
+    dup = np.repeat(rng.choice(len(data), size=m, replace=False), cfg.duplicate_times)
+    idx = np.concatenate([np.arange(len(data)), dup])
+    captions = [data.captions[i] for i in idx]
+    original = None if data.original_captions is None else [data.original_captions[i] for i in idx]
+    if cfg.duplicate_scheme == "dup_image":
+        others = np.setdiff1d(np.arange(len(pool)), keep)
+        if not len(others):  # the whole pool is in the subset: borrow the captions of other training images
+            others = keep
+        borrowed = rng.choice(others, size=len(dup), replace=len(dup) > len(others))
+        captions[len(data):] = [pool.captions[i] for i in borrowed]
+        if original is not None:
+            original[len(data):] = captions[len(data):]
+    return CaptionedImages(data.images[idx], captions, data.labels[idx], data.classes, data.source,
+                           torch.from_numpy(idx), original)
 
 
 def _from_registry(name: str, size: int, skin_tones: bool, near_duplicate: float) -> tuple[CaptionedImages, str]:
@@ -240,4 +192,4 @@ def read_folder(folder: Path, size: int) -> CaptionedImages:
     return CaptionedImages(x, captions, torch.zeros(len(captions), dtype=torch.long), ["image"], str(folder))
 
 
-__all__ = ["CaptionDataConfig", "CaptionedImages", "distinct_rows", "read_folder"]
+__all__ = ["CaptionedImages", "distinct_rows", "load_captioned", "read_folder"]

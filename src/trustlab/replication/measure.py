@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
+from trustlab.replication.config import DiffusionConfig
+from trustlab.replication.data import load_captioned
 from trustlab.replication.metrics import (TorchScriptEmbedder, background, calibrated_threshold, check_threshold,
                                           copy_rates, replication)
 from trustlab.replication.quality import quality
 from trustlab.replication.sampling import latest_samples, load_samples
-from trustlab.replication.training import DiffusionConfig
 from trustlab.report import render_report
 from trustlab.runs import RunDir, atomic_save_figure, atomic_write_json, config_from_dict, finished
 from trustlab.train import resolve_device
@@ -35,13 +36,13 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     if copy_threshold is not None:
         check_threshold(copy_threshold, "--copy-threshold")
     dev = resolve_device(device)
-    run = RunDir.open(run_dir, kind="replication-train")
+    run = RunDir.open(run_dir, kind=DiffusionConfig.kind)
     cfg = config_from_dict(DiffusionConfig, run.config)
     sscd_model = TorchScriptEmbedder(sscd, 288, "an SSCD model") if sscd else None
     inc_model = TorchScriptEmbedder(inception, 299, "Inception-v3") if inception else None
     path = Path(samples) if samples else latest_samples(run)
     gen, meta = load_samples(path)
-    data = cfg.data.load()
+    data = load_captioned(cfg.data)
     captions = data.captions_for(meta.get("prompt_captions", "training"))
     distinct = data.images[: data.distinct]
     rep = replication(gen, distinct, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip)

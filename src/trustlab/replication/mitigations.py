@@ -20,8 +20,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import torch
-
 from trustlab.errors import ConfigError
 
 TRAIN = ("caption-replace", "word-add", "word-repeat", "embedding-noise")
@@ -58,10 +56,13 @@ class Mitigations:
             out.append(" ".join(words))
         return out
 
-    def states(self, states: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def states(self, states: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # noqa: F821
+        """``states`` plus float32 Gaussian noise drawn on the generator's device (tensor methods only: this
+        module stays torch-free, so that configurations can check mitigation names without torch)."""
         if "embedding-noise" not in self.names or not self.sigma:
             return states
-        return states + self.sigma * torch.randn(states.shape, generator=generator).to(states)
+        noise = states.new_empty(states.shape, device=generator.device).float().normal_(generator=generator)
+        return states + self.sigma * noise.to(states)
 
 
 def parse(text: str | None, p: float = 0.1, sigma: float = 0.1) -> Mitigations:

@@ -21,6 +21,7 @@ import copy
 from pathlib import Path
 
 from trustlab.errors import ConfigError
+from trustlab.replication.data import load_captioned
 from trustlab.replication.metrics import check_threshold, replication
 from trustlab.replication.quality import quality
 from trustlab.replication.rau import RAUNet, TimestepRouter
@@ -58,7 +59,7 @@ def skip_ablation(run_dir: str | Path, *, modes: tuple[str, ...] = ("drop", "poo
     skips = cfg.skips()
     if not 1 <= choose <= len(skips):
         raise ConfigError(f"--choose must lie in 1..{len(skips)}")
-    data = cfg.data.load()
+    data = load_captioned(cfg.data)
     kw = dict(n=n, seed=seed, pixel_threshold=pixel_threshold, quiet=quiet, device=dev)
     base = score(unet, cfg, encoder, data, **kw)
     rows = []
@@ -103,7 +104,7 @@ def timestep_analysis(plain_dir: str | Path, rau_dir: str | Path, *, taus: tuple
                           "compare runs that differ only in --rau-skips")
     taus = list(taus) if taus is not None else list(range(0, cfg.timesteps + 1, cfg.timesteps // 5))
     check_taus(taus, cfg.timesteps)  # before minutes of sampling
-    data = cfg.data.load()
+    data = load_captioned(cfg.data)
     rows = [{"tau": tau, **score(TimestepRouter(plain, rau, tau), cfg, encoder, data, n=n, seed=seed,
                                  pixel_threshold=pixel_threshold, quiet=quiet, device=dev)} for tau in taus]
     chosen = choose_tau(rows, cfg.timesteps, fid_tolerance)

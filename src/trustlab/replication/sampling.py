@@ -21,6 +21,7 @@ import torch
 
 from trustlab.errors import ConfigError, RunError
 from trustlab.progress import progress_bar
+from trustlab.replication.data import load_captioned
 from trustlab.replication.mitigations import INFERENCE, Mitigations, parse, vocabulary
 from trustlab.replication.training import load_trained, make_scheduler
 from trustlab.runs import RunDir, atomic_write_bytes, load_checkpoint_file
@@ -57,7 +58,7 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
         raise ConfigError("--n and --steps must be positive, --guidance >= 0 and --eta in [0, 1]")
     check_prompts(prompts)
     mit = mitigations if mitigations is not None else parse("")
-    data = cfg.data.load()
+    data = load_captioned(cfg.data)
     captions = data.captions_for(prompts)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(data), size=n, replace=n > len(data))

@@ -13,75 +13,23 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from trustlab.errors import ConfigError, RunError
+from trustlab.errors import RunError
 from trustlab.progress import progress_bar
-from trustlab.replication.data import CaptionDataConfig
-from trustlab.replication.fusion import DualFusion
-from trustlab.replication.mitigations import TRAIN, parse, vocabulary
-from trustlab.replication.rau import RAUNet, Skip, TimestepRouter, check_skips, itb_kinds, skips_of
+from trustlab.replication.config import DiffusionConfig
+from trustlab.replication.data import load_captioned
+from trustlab.replication.fusion import aux_pool, fuse_captions, fuse_images, fuse_states
+from trustlab.replication.mitigations import parse, vocabulary
+from trustlab.replication.rau import RAUNet, TimestepRouter
 from trustlab.replication.text import make_encoder
-from trustlab.runs import RunDir, config_from_dict, resumed_config
-from trustlab.train import TrainConfig, load_state_tensors, make_optimizer, resolve_device, state_tensors
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
-    encoder: str = "minilm"
-    channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    head_dim: int = 8
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    timesteps: int = 1000
-    caption_dropout: float = 0.1
-    ema_decay: float = 0.999
-    mitigations: str = ""  # comma-separated training mitigations
-    mitigation_p: float = 0.1
-    mitigation_sigma: float = 0.1
-    fusion: DualFusion = field(default_factory=DualFusion)
-    rau_skips: tuple[int, ...] = ()  # skips with an information transfer block (empty: plain U-Net)
-    itb: str = "conv"  # one kind for every skip, or per skip index: "conv,5:pool"
-    itb_frozen: bool = False  # frozen random ITB weights instead of trained ones
-    tau: int = 0  # > 0: LoyalDiffusion, RAU-Net for t >= tau and the plain U-Net below
-    checkpoint_every: int = 250
-    seed: int = 0
-    device: str = "auto"
-
-    def validate(self) -> None:
-        self.data.validate()
-        self.fusion.validate()
-        parse(self.mitigations, self.mitigation_p, self.mitigation_sigma).check(TRAIN, "training")
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("--steps, --batch-size and --lr must be positive")
-        if not 0 <= self.caption_dropout < 1 or not 0 < self.ema_decay < 1:
-            raise ConfigError("--caption-dropout must lie in [0, 1) and the EMA decay in (0, 1)")
-        if len(self.channels) != 3:
-            raise ConfigError("--channels takes three widths, e.g. 32,64,64")
-        check_skips(self.itb_kinds(), self.skips())
-        if not 0 <= self.tau < self.timesteps:
-            raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{self.timesteps - 1}, not {self.tau}")
-        if self.tau and not self.rau_skips:
-            raise ConfigError("--tau routes high-noise timesteps to a RAU-Net: give its skips with --rau-skips")
-
-    def skips(self) -> list[Skip]:
-        return skips_of(tuple(self.channels), self.layers_per_block, self.data.size)
-
-    def itb_kinds(self) -> dict[int, str]:
-        """The ITB kind of each chosen skip."""
-        return itb_kinds(self.rau_skips, self.itb)
-
-    def architecture(self) -> str:
-        """``unet``, ``rau-net`` or ``loyal`` (the LoyalDiffusion pair)."""
-        return "loyal" if self.tau else "rau-net" if self.rau_skips else "unet"
+from trustlab.runs import Job, RunDir, config_from_dict
+from trustlab.train import load_state_tensors, make_optimizer, resolve_device, state_tensors
+from trustlab.train_config import TrainConfig
 
 
 def build_unet(cfg: DiffusionConfig, text_dim: int):
@@ -127,9 +75,9 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
                     max_steps: int | None = None) -> RunDir:
     """Train into the run folder ``out``; checkpoints every ``cfg.checkpoint_every`` steps."""
 
-    cfg = resumed_config(DiffusionConfig, out, "replication-train", cfg, resume)
-    cfg.validate()
-    data = cfg.data.load()
+    job = Job(cfg, out, resume)
+    cfg = job.config
+    data = load_captioned(cfg.data)
     encoder = make_encoder(cfg.encoder)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -137,7 +85,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     trainable = [p for p in unet.parameters() if p.requires_grad]  # frozen ITBs stay as initialized
     optimizer = make_optimizer(TrainConfig(optimizer="adamw", lr=cfg.lr, weight_decay=0.0), trainable)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    run = RunDir.start(Path(out), cfg, "replication-train", resume)
+    run = job.start()
     step, seconds = 0, 0.0
     if resume and run.has_checkpoint():
         tensors, meta = run.load_checkpoint()
@@ -149,7 +97,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     mit = parse(cfg.mitigations, cfg.mitigation_p, cfg.mitigation_sigma)
     vocab = vocabulary(data.captions)
     x0_all = data.images.to(device)
-    aux_pool = cfg.fusion.pool(cfg.data.size, cfg.seed)
+    pool = aux_pool(cfg.fusion, cfg.data.size, cfg.seed)
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
 
     def checkpoint() -> None:
@@ -169,13 +117,13 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
             captions = mit.captions([data.captions[i] for i in idx.tolist()], vocab, rng)
             drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-            captions = cfg.fusion.captions(captions, classes)
+            captions = fuse_captions(cfg.fusion, captions, classes)
             states, mask = encoder.encode(captions)
-            states, mask = cfg.fusion.states(states, mask, captions, classes, encoder)
+            states, mask = fuse_states(cfg.fusion, states, mask, captions, classes, encoder)
             states = mit.states(states, g)
             noise = torch.randn(x0_all[idx].shape, generator=g)
             t = torch.randint(0, cfg.timesteps, (cfg.batch_size,), generator=g)
-            x0 = cfg.fusion.images(x0_all[idx], aux_pool, g)
+            x0 = fuse_images(cfg.fusion, x0_all[idx], pool, g)
             xt = scheduler.add_noise(x0, noise.to(device), t.to(device))
             pred = unet(xt, t.to(device), encoder_hidden_states=states.to(device),
                         encoder_attention_mask=mask.to(device)).sample
@@ -216,7 +164,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
 def load_trained(run_dir: str | Path, weights: str = "ema"):
     """The U-Net of a finished ``replication-train`` run (EMA weights by default), its config and data."""
 
-    run = RunDir.open(run_dir, kind="replication-train")
+    run = RunDir.open(run_dir, kind=DiffusionConfig.kind)
     cfg = config_from_dict(DiffusionConfig, run.config)
     if not run.has_checkpoint():
         raise RunError(f"{run.path} has no checkpoint yet: train it first (or --resume)")
@@ -231,4 +179,4 @@ def load_trained(run_dir: str | Path, weights: str = "ema"):
     return unet.eval(), cfg, encoder, run
 
 
-__all__ = ["DiffusionConfig", "build_denoiser", "build_unet", "load_trained", "make_scheduler", "train_diffusion"]
+__all__ = ["build_denoiser", "build_unet", "load_trained", "make_scheduler", "train_diffusion"]

@@ -1,5 +1,6 @@
 """Sum-product networks and their tensor-train form (tSPN).
 
+* :mod:`~trustlab.spn.config`: the fit and compress settings and defaults (torch-free);
 * :mod:`~trustlab.spn.structure`: nodes, validity checks, JSON files;
 * :mod:`~trustlab.spn.circuit`: batched log-space inference (joint, marginals, MPE,
   sampling) and learning (EM, gradient);

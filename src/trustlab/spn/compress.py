@@ -22,11 +22,8 @@ import numpy as np
 import torch
 
 from trustlab.errors import ConfigError
+from trustlab.spn.config import NMF_LOSSES
 from trustlab.spn.tensor_train import TensorTrain
-
-
-NMF_LOSSES = {"kl": {"beta_loss": "kullback-leibler", "solver": "mu"},  # scikit-learn NMF settings per rounding
-              "als": {"beta_loss": "frobenius", "solver": "cd"}}
 
 
 def _environments(cores: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -128,4 +125,4 @@ def fine_tune(tt: TensorTrain, x: torch.Tensor, *, epochs: int = 5, batch_size: 
     return history
 
 
-__all__ = ["NMF_LOSSES", "fine_tune", "truncate"]
+__all__ = ["fine_tune", "truncate"]

@@ -22,6 +22,7 @@ import torch
 from trustlab.data.registry import load_classification
 from trustlab.errors import DataError
 from trustlab.files import existing_file, read_text
+from trustlab.spn.config import SPNDataConfig
 
 
 @dataclass
@@ -159,4 +160,17 @@ def debd(name: str, folder: str | Path) -> DiscreteData:
     return DiscreteData(x["train"], x["test"], [2] * x["train"].shape[1], f"DEBD {name} ({root})", x_valid=x["valid"])
 
 
-__all__ = ["DEBD_SPLITS", "DiscreteData", "binarized_images", "binary_csv", "debd", "with_valid_split"]
+def load_data(cfg: SPNDataConfig) -> DiscreteData:
+    """The rows ``cfg`` names, with a validation split (carved from training where the set has none)."""
+    cfg.validate()
+    if cfg.dataset == "csv":
+        data = binary_csv(cfg.csv)
+    elif cfg.dataset == "debd":
+        data = debd(cfg.name, cfg.data_dir)
+    else:
+        data = binarized_images(cfg.dataset, size=cfg.size, threshold=cfg.threshold, with_class=cfg.with_class,
+                                limit=cfg.limit, test_limit=cfg.test_limit)
+    return with_valid_split(data, cfg.valid_share)
+
+
+__all__ = ["DEBD_SPLITS", "DiscreteData", "binarized_images", "binary_csv", "debd", "load_data", "with_valid_split"]

@@ -12,81 +12,22 @@ checkpoint, so an interrupted sweep resumes at the next rank.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
 from trustlab.errors import ConfigError, RunError
 from trustlab.progress import progress_bar
-from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, resumed_config
+from trustlab.runs import Job, RunDir, atomic_save_figure, config_from_dict
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy
-from trustlab.spn.compress import NMF_LOSSES, fine_tune, truncate
-from trustlab.spn.data import DiscreteData, binarized_images, binary_csv, debd, with_valid_split
+from trustlab.spn.compress import fine_tune, truncate
+from trustlab.spn.config import CompressConfig, FitConfig
+from trustlab.spn.data import DiscreteData, load_data
 from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
 from trustlab.spn.structure import Graph
 from trustlab.spn.tensor_train import (TensorTrain, capped_ranks, dfs_order, exact_ranks, mutual_information_order,
                                        spn_to_tensor_train)
-
-STRUCTURES = ("learnspn", "rat")
-INITS = ("auto", "exact", "random")
-ORDERS = ("spn", "mi")  # the SPN's depth-first walk, or dependent variables side by side
-ROUNDINGS = tuple(NMF_LOSSES)  # truncation of the exact train: KL-divergence NMF or nonnegative least squares
-
-
-@dataclass(frozen=True)
-class SPNDataConfig:
-    dataset: str = "digits"  # a registry dataset, "csv" with csv=PATH, or "debd" with name and data_dir
-    csv: str | None = None
-    name: str | None = None  # debd: the set's name (nltcs, plants, ...)
-    data_dir: str | None = None  # debd: the folder holding NAME.{train,valid,test}.data
-    size: int | None = None  # down-sample images to size x size before binarising
-    threshold: float = 0.5
-    with_class: bool = True  # the class as variable 0 (generative classifier)
-    limit: int | None = None
-    test_limit: int | None = None
-    valid_share: float = 0.1  # training rows held out for validation where the data set has no fixed split
-
-    LEGACY: ClassVar[dict] = {"valid_share": 0.0}  # runs written before the split trained on every row
-
-    def load(self) -> DiscreteData:
-        return with_valid_split(self._load(), self.valid_share)
-
-    def _load(self) -> DiscreteData:
-        if self.dataset == "csv":
-            if not self.csv:
-                raise ConfigError("--dataset csv needs --csv PATH")
-            return binary_csv(self.csv)
-        if self.dataset == "debd":
-            if not self.name or not self.data_dir:
-                raise ConfigError("--dataset debd needs --name NAME and --data-dir DIR")
-            return debd(self.name, self.data_dir)
-        return binarized_images(self.dataset, size=self.size, threshold=self.threshold, with_class=self.with_class,
-                                limit=self.limit, test_limit=self.test_limit)
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    data: SPNDataConfig = field(default_factory=SPNDataConfig)
-    structure: str = "learnspn"
-    min_instances: int = 30  # LearnSPN: fewer rows end in a factorised product
-    alpha: float = 0.001  # LearnSPN: p-value below which two variables count as dependent
-    clusters: int = 2
-    depth: int = 2  # random region graph
-    repetitions: int = 4
-    sums: int = 4
-    leaves: int = 4
-    em_iterations: int = 0  # EM after structure learning (random region graphs need it)
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.structure not in STRUCTURES:
-            raise ConfigError(f"unknown structure '{self.structure}': use {' or '.join(STRUCTURES)}")
-        if self.em_iterations < 0:
-            raise ConfigError("--em-iterations must be >= 0")
-
 
 def _learn_one(cfg: FitConfig, x: torch.Tensor, cardinality: list[int], seed: int) -> Graph:
     if cfg.structure == "learnspn":
@@ -161,13 +102,13 @@ def tt_parameters(graph: Graph, order: list[int], rank: int | None = None, *, ex
 
 
 def fit_spn(cfg: FitConfig, out: str | Path) -> RunDir:
-    """Learn an SPN into the run folder ``out`` (``spn.json``, summary, report tables)."""
-    cfg.validate()
-    data = cfg.data.load()
+    """Learn an SPN into the run folder ``out`` (``spn.json``, summary, report tables); one fit, no resume."""
+    job = Job(cfg, out, resume=False)
+    data = load_data(cfg.data)
     t = time.perf_counter()
     graph = learn_model(cfg, data)
     seconds = time.perf_counter() - t
-    run = RunDir.create(Path(out), cfg, "spn-fit")
+    run = job.start()
     graph.save(run.path / "spn.json")
     circuit = Circuit(graph)
     summary = {"data": data.source, "variables": data.num_vars, "train_rows": len(data.x_train),
@@ -181,52 +122,25 @@ def fit_spn(cfg: FitConfig, out: str | Path) -> RunDir:
 
 
 def load_fit(run_dir: str | Path) -> tuple[RunDir, FitConfig, Graph, DiscreteData]:
-    run = RunDir.open(run_dir, kind="spn-fit")
+    run = RunDir.open(run_dir, kind=FitConfig.kind)
     cfg = config_from_dict(FitConfig, run.config)
     if not (run.path / "spn.json").exists():
         raise RunError(f"{run.path} has no spn.json: rerun `trustlab spn fit`")
-    return run, cfg, Graph.load(run.path / "spn.json"), cfg.data.load()
+    return run, cfg, Graph.load(run.path / "spn.json"), load_data(cfg.data)
 
 
-@dataclass(frozen=True)
-class CompressConfig:
-    source: str = ""  # the spn-fit run folder
-    ranks: tuple[int, ...] = (32,)
-    init: str = "auto"  # exact: truncate the exact map; random: fit a random train; auto: exact when it fits max_rank
-    distill_samples: int = 20000  # rows sampled from the SPN added to the training rows (0: the data alone)
-    epochs: int = 10  # at most: the epoch with the best validation likelihood is kept
-    lr: float = 0.02
-    batch_size: int = 256
-    discriminative: float = 0.0  # weight of log p(class | x) in the fine-tuning objective
-    nmf_iterations: int = 1500
-    rounding: str = "kl"  # how the exact train is truncated (ROUNDINGS)
-    order: str = "spn"  # the variable order of the train (ORDERS)
-    max_rank: int = 4096  # the largest exact train that is built
-    seed: int = 0
+def variable_order(cfg: CompressConfig, graph: Graph, data: DiscreteData) -> list[int]:
+    """The train's variable order: the SPN's depth-first walk, or from the training rows' mutual information."""
+    if cfg.order == "spn":
+        return dfs_order(graph)
+    return mutual_information_order(data.x_train, graph.cardinality)
 
-    def validate(self) -> None:
-        if not self.ranks or min(self.ranks) < 1:
-            raise ConfigError(f"ranks {list(self.ranks)}: every rank must be at least 1")
-        if self.init not in INITS:
-            raise ConfigError(f"--init {self.init}: use {', '.join(INITS)}")
-        if self.distill_samples < 0:
-            raise ConfigError("--distill-samples must be >= 0")
-        if self.order not in ORDERS:
-            raise ConfigError(f"--order {self.order}: use {', '.join(ORDERS)}")
-        if self.rounding not in ROUNDINGS:
-            raise ConfigError(f"--rounding {self.rounding}: use {', '.join(ROUNDINGS)}")
 
-    def variable_order(self, graph: Graph, data: DiscreteData) -> list[int]:
-        """The train's variable order: the SPN's depth-first walk, or from the training rows' mutual information."""
-        if self.order == "spn":
-            return dfs_order(graph)
-        return mutual_information_order(data.x_train, graph.cardinality)
-
-    def route(self, graph: Graph, order: list[int]) -> str:
-        """``exact`` or ``random``: how each rank's train starts (auto: exact when the exact train fits)."""
-        if self.init != "auto":
-            return self.init
-        return "exact" if max(exact_ranks(graph, order)) <= self.max_rank else "random"
+def start_route(cfg: CompressConfig, graph: Graph, order: list[int]) -> str:
+    """``exact`` or ``random``: how each rank's train starts (auto: exact when the exact train fits)."""
+    if cfg.init != "auto":
+        return cfg.init
+    return "exact" if max(exact_ranks(graph, order)) <= cfg.max_rank else "random"
 
 
 def rank_for_ratio(graph: Graph, order: list[int], ratio: float, *, exact: bool) -> int:
@@ -255,11 +169,11 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
     sees the SPN: the ablation that asks what the SPN adds.
     """
 
-    cfg.validate()
-    cfg = resumed_config(CompressConfig, out, "spn-compress", cfg, resume)
+    job = Job(cfg, out, resume)
+    cfg = job.config
     _, _, graph, data = load_fit(cfg.source)
-    order = cfg.variable_order(graph, data)
-    route = cfg.route(graph, order)
+    order = variable_order(cfg, graph, data)
+    route = start_route(cfg, graph, order)
     spn_params = graph.num_parameters()
     exact_info = {"parameters": tt_parameters(graph, order), "max_rank": max(exact_ranks(graph, order)),
                   "built": route == "exact"}
@@ -271,7 +185,7 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
         circuit64 = Circuit(graph, dtype=torch.float64)
         exact_info["max_abs_log_prob_gap"] = float((circuit64.log_prob(data.x_test) - exact.log_prob(data.x_test)).abs().max())
         exact_info.update(evaluate(TensorTrain([c.float() for c in exact.cores()], exact.order, exact.cardinality), data))
-    run = RunDir.start(Path(out), cfg, "spn-compress", resume)
+    run = job.start()
     circuit = Circuit(graph)
     spn_eval = {"parameters": spn_params, **evaluate(circuit, data)}
     samples = circuit.sample(cfg.distill_samples, seed=cfg.seed).float() if cfg.distill_samples else data.x_train[:0]
@@ -356,8 +270,8 @@ def _plot_tradeoff(run: RunDir, summary: dict, classify: bool) -> None:
 
 def load_model(run_dir: str | Path, rank: int | None = None) -> tuple[Circuit | TensorTrain, DiscreteData, str]:
     """The SPN of a fit run, or the tSPN at ``rank`` (default: the smallest) of a compress run."""
-    run = RunDir.open(run_dir, kind=("spn-fit", "spn-compress"))
-    if run.kind == "spn-fit":
+    run = RunDir.open(run_dir, kind=(FitConfig.kind, CompressConfig.kind))
+    if run.kind == FitConfig.kind:
         _, _, graph, data = load_fit(run_dir)
         return Circuit(graph), data, "SPN"
     cfg = config_from_dict(CompressConfig, run.config)
@@ -372,5 +286,5 @@ def load_model(run_dir: str | Path, rank: int | None = None) -> tuple[Circuit | 
     return TensorTrain.from_state(tensors, meta).eval(), data, f"tSPN rank {rank}"
 
 
-__all__ = ["CompressConfig", "FitConfig", "SPNDataConfig", "compress_spn", "evaluate", "fit_spn", "learn_model",
-           "load_model", "rank_for_ratio", "throughput", "tt_parameters"]
+__all__ = ["compress_spn", "evaluate", "fit_spn", "learn_model", "load_model", "rank_for_ratio", "start_route",
+           "throughput", "tt_parameters", "variable_order"]

@@ -1,0 +1,144 @@
+"""Every setting of the replication testbed and its default, in one torch-free module.
+
+``trustlab replication train`` shows these defaults as its own and ``bench/replication.py``
+builds its runs from these classes. Each config is written resolved into its run folder
+(``config.yaml``) and checked by ``validate()`` before any data is read or model built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from trustlab.data.registry import get_spec
+from trustlab.errors import ConfigError
+from trustlab.replication.llm import ChatClient
+from trustlab.replication.mitigations import TRAIN, parse
+from trustlab.replication.skips import Skip, check_skips, itb_kinds, skips_of
+
+
+@dataclass(frozen=True)
+class CaptionDataConfig:
+    dataset: str = "emoji"  # a registry dataset with captions, or "folder" with folder=PATH
+    folder: str | None = None
+    n: int = 64  # seeded subset size (None or 0: all)
+    size: int = 32
+    captions: str = "unique"  # unique | class
+    duplicate_share: float = 0.0  # share of the n images repeated
+    duplicate_times: int = 1  # extra copies of each repeated image
+    duplicate_scheme: str = "dup_both"  # dup_both (image and caption repeated) | dup_image (other captions)
+    skin_tones: bool = False  # emoji: keep the skin-tone variations (near-identical to their base emoji)
+    near_duplicate: float = 0.9  # registry data: drop an image this similar to an earlier one (1: keep all)
+    generalize: str = ""  # "", wordnet or llm: train on generalized captions
+    llm_url: str = ""  # with generalize=llm: an OpenAI-compatible endpoint and model
+    llm_model: str = ""
+    seed: int = 0
+
+    # run folders written before the near-duplicate filter kept every source image
+    LEGACY: ClassVar[dict] = {"skin_tones": True, "near_duplicate": 1.0}
+
+    def validate(self) -> None:
+        if self.duplicate_scheme not in ("dup_both", "dup_image"):
+            raise ConfigError(f"--duplicate-scheme {self.duplicate_scheme}: use dup_both or dup_image")
+        if not 0 < self.near_duplicate <= 1:
+            raise ConfigError(f"--near-duplicate {self.near_duplicate:g}: a pixel similarity bound lies in (0, 1] "
+                              "(1 keeps every image)")
+        if self.captions not in ("unique", "class"):
+            raise ConfigError(f"--captions {self.captions}: use unique or class")
+        if not 0 <= self.duplicate_share < 1 or self.duplicate_times < 0:
+            raise ConfigError(f"--duplicate-share {self.duplicate_share:g} must lie in [0, 1) (a share of the images) "
+                              "and --duplicate-times be >= 0")
+        if self.generalize not in ("", "wordnet", "llm"):
+            raise ConfigError(f"--generalize {self.generalize}: use wordnet or llm")
+        if self.generalize == "llm":
+            self.llm_client()
+        if self.size < 8 or self.size % 8:
+            raise ConfigError(f"--size {self.size}: use a multiple of 8 (the U-Net halves it three times)")
+
+    @property
+    def proxy_dataset(self) -> str:
+        """The registry dataset whose proxy encoder measures quality (a user's folder is measured as emoji)."""
+        return "emoji" if self.dataset == "folder" else self.dataset
+
+    def llm_client(self) -> ChatClient | None:
+        if self.generalize != "llm":
+            return None
+        return ChatClient(self.llm_url, self.llm_model)
+
+
+@dataclass(frozen=True)
+class DualFusion:
+    """How much of an auxiliary image and of the class words dual fusion mixes in (0: off); applied by
+    :mod:`trustlab.replication.fusion`."""
+
+    image_weight: float = 0.0
+    aux: str = "fashion-mnist"
+    text_weight: float = 0.0
+    text_mode: str = "mix"
+
+    def validate(self) -> None:
+        if not 0 <= self.image_weight < 1 or not 0 <= self.text_weight <= 1:
+            raise ConfigError("--fusion-image must lie in [0, 1) and --fusion-text in [0, 1]")
+        if self.text_mode not in ("mix", "append"):
+            raise ConfigError(f"--fusion-text-mode is mix or append, not '{self.text_mode}'")
+        if self.image_weight:
+            get_spec(self.aux)
+
+
+DUAL_FUSION = DualFusion(image_weight=0.1, text_weight=0.5)  # the weights `--dual-fusion` turns on (the GC&DF defaults)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
+    encoder: str = "minilm"
+    channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    head_dim: int = 8
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    timesteps: int = 1000
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    mitigations: str = ""  # comma-separated training mitigations
+    mitigation_p: float = 0.1
+    mitigation_sigma: float = 0.1
+    fusion: DualFusion = field(default_factory=DualFusion)
+    rau_skips: tuple[int, ...] = ()  # skips with an information transfer block (empty: plain U-Net)
+    itb: str = "conv"  # one kind for every skip, or per skip index: "conv,5:pool"
+    itb_frozen: bool = False  # frozen random ITB weights instead of trained ones
+    tau: int = 0  # > 0: LoyalDiffusion, RAU-Net for t >= tau and the plain U-Net below
+    checkpoint_every: int = 250
+    seed: int = 0
+    device: str = "auto"
+
+    kind: ClassVar[str] = "replication-train"
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.fusion.validate()
+        parse(self.mitigations, self.mitigation_p, self.mitigation_sigma).check(TRAIN, "training")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("--steps, --batch-size and --lr must be positive")
+        if not 0 <= self.caption_dropout < 1 or not 0 < self.ema_decay < 1:
+            raise ConfigError("--caption-dropout must lie in [0, 1) and the EMA decay in (0, 1)")
+        if len(self.channels) != 3:
+            raise ConfigError("--channels takes three widths, e.g. 32,64,64")
+        check_skips(self.itb_kinds(), self.skips())
+        if not 0 <= self.tau < self.timesteps:
+            raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{self.timesteps - 1}, not {self.tau}")
+        if self.tau and not self.rau_skips:
+            raise ConfigError("--tau routes high-noise timesteps to a RAU-Net: give its skips with --rau-skips")
+
+    def skips(self) -> list[Skip]:
+        return skips_of(tuple(self.channels), self.layers_per_block, self.data.size)
+
+    def itb_kinds(self) -> dict[int, str]:
+        """The ITB kind of each chosen skip."""
+        return itb_kinds(self.rau_skips, self.itb)
+
+    def architecture(self) -> str:
+        """``unet``, ``rau-net`` or ``loyal`` (the LoyalDiffusion pair)."""
+        return "loyal" if self.tau else "rau-net" if self.rau_skips else "unet"
