@@ -4,11 +4,11 @@ The base is the SENet-1/2 recipe of ``pi_relu_budget.py`` (1 search + 1 fine-tun
 20,000 images, activation alignment beta 1, KD temperature 4) on the same teacher, and its run
 folders are shared with that benchmark (``--runs``), so its finished seeds are reused. Each
 variant changes one thing: fine-tuning length, mask-search length, the alignment weight, the KD
-temperature. Every variant runs every seed; the table gives the accuracy drop (mean +- sd) and its
+temperature, and the two longer schedules together. Every variant runs every seed; the table gives the accuracy drop (mean +- sd) and its
 change against the base, seed by seed. Resumable: finished run folders are reused. Writes
 ``bench/results/pi_senet_ablation.json`` and ``.png``.
 
-    python bench/pi_senet_ablation.py              # about 75 minutes on 2 CPU cores beside a finished pi_relu_budget
+    python bench/pi_senet_ablation.py              # about 90 minutes on 2 CPU cores beside a finished pi_relu_budget
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ VARIANTS = {  # folder suffix: (what changes, the change)
     "-search2": ("mask search 2 epochs", {"search_epochs": 2}),
     "-beta0": ("no activation alignment (beta 0)", {"beta": 0.0}),
     "-t1": ("KD temperature 1", {"temperature": 1.0}),
+    "-search2-ft2": ("mask search 2 + fine-tuning 2 epochs", {"search_epochs": 2, "finetune_epochs": 2}),
 }
 
 

@@ -99,3 +99,24 @@ def test_job_settles_the_config_and_makes_the_folder_only_when_it_starts(tmp_pat
     assert not (tmp_path / "bad").exists()
     with pytest.raises(RunError, match="spn-compress"):
         Job(FitConfig(), tmp_path / "run", resume=True)  # a folder of another kind is not resumed as this one
+
+
+def test_a_resumed_stage_keeps_the_records_of_the_stages_before_it(tmp_path):
+    run = RunDir.create(tmp_path / "r", {"a": 1}, "k")
+    run.log(156, stage="search", train_loss=1.0)
+    run.log(100, stage="finetune", train_loss=0.5)
+    run.log(156, stage="finetune", train_loss=0.4)
+    run.truncate_metrics(100, "finetune")  # fine-tuning resumes from its step-100 checkpoint
+    assert [(m["stage"], m["step"]) for m in run.metrics()] == [("search", 156), ("finetune", 100)]
+
+
+def test_report_draws_a_line_per_stage_or_sweep_point(tmp_path):
+    from trustlab.report import _segments, plot_metric_curves
+
+    run = RunDir.create(tmp_path / "r", {"a": 1}, "k")
+    for rank in (2, 4):
+        for epoch in (1, 2, 3):
+            run.log(epoch, rank=rank, valid_ll=-7.0 + epoch / rank)
+    parts = _segments(run.metrics())
+    assert [[r["step"] for r in p] for p in parts] == [[1, 2, 3], [1, 2, 3]]
+    assert plot_metric_curves(run).exists()

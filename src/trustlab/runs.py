@@ -183,9 +183,10 @@ class RunDir:
                 continue  # a line cut by a kill: the step it belonged to is redone on resume
         return out
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop records logged after ``after_step`` (work a resumed run will redo)."""
-        kept = [m for m in self.metrics() if m.get("step", 0) <= after_step]
+    def truncate_metrics(self, after_step: int, stage: str | None = None) -> None:
+        """Drop the records of ``stage`` logged after ``after_step`` (work a resumed run will redo). A run of
+        several stages counts steps from 0 in each, so the records of its other stages are kept."""
+        kept = [m for m in self.metrics() if m.get("step", 0) <= after_step or m.get("stage") != stage]
         atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
 
     # -- checkpoints ----------------------------------------------------------------------

@@ -228,9 +228,11 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     ``schedule`` is called before every step with the fraction of training done (0 at the
     first step), for methods that change the model as training goes (a resumed run calls it
     from the resumed step on), and once more at the end (1 when training is complete).
-    Returns the final evaluation (``test_acc``, ``test_loss``) and ``steps``.
+    Returns the final evaluation (``test_acc``, ``test_loss``) and ``steps``. A job of several
+    stages gives each its checkpoint ``tag``; its records in ``metrics.jsonl`` carry it as ``stage``.
     """
     cfg.validate()
+    stage = None if tag == "last" else tag
     device = resolve_device(cfg.device)
     _init_distributed(device)
     rank, world_size = world()
@@ -251,7 +253,7 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         load_state_tensors(model, tensors, optimizer, meta)
         step, loss_sum, loss_count = meta["step"], meta.get("loss_sum", 0.0), meta.get("loss_count", 0)
         if rank == 0:
-            run.truncate_metrics(step)
+            run.truncate_metrics(step, stage)
     wrapped = model
     if world_size > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -290,7 +292,8 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_value:.3f}")
             epoch_done = step % steps_per_epoch == 0
             if epoch_done and rank == 0:
-                record = {"epoch": step // steps_per_epoch, "lr": lr, "train_loss": loss_sum / loss_count}
+                record = {"epoch": step // steps_per_epoch, "lr": lr, "train_loss": loss_sum / loss_count,
+                          **({"stage": stage} if stage else {})}
                 if x_test is not None:
                     ev = evaluate(model, x_test, y_test, cfg.eval_batch_size, device)
                     record.update(test_loss=ev["loss"], test_acc=ev["acc"])

@@ -73,7 +73,6 @@ def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write
               quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Train the all-ReLU baseline (the teacher of SENet, SNL, layer-drop and shallow)."""
     from trustlab.pi.training import train_classifier
-    from trustlab.report import render_report
 
     cfg = ClassifierConfig(model=model, width=width,
                            data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, test_limit=test_limit),
@@ -86,7 +85,7 @@ def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write
         return
     s = run.summary()
     print(f"test accuracy {s['test_acc']:.4f}, {s['relus']:,} ReLUs, {s['macs'] / 1e6:.1f} M MACs")
-    print(render_report(run.path))
+    print(run.path / "report.html")
 
 
 def _reduction_command(method: str, doc: str) -> None:
@@ -106,7 +105,6 @@ def _reduction_command(method: str, doc: str) -> None:
                 resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
                 quiet: bool = typer.Option(False)) -> None:
         from trustlab.pi.reduce import run_reduction
-        from trustlab.report import render_report
 
         cfg = ReductionConfig(method=method, teacher=teacher, budget=budget, granularity=granularity,
                               search_epochs=search_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
@@ -115,7 +113,7 @@ def _reduction_command(method: str, doc: str) -> None:
         s = run.summary()
         print(f"{method}: {s['relus']:,} ReLUs ({s['relu_reduction']:.2f}x fewer), test accuracy {s['test_acc']:.4f} "
               f"(teacher {s['teacher_acc']:.4f})")
-        print(render_report(run.path))
+        print(run.path / "report.html")
 
     command.__doc__ = doc
     app.command(method)(command)
@@ -143,7 +141,6 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
                 resume: bool = typer.Option(False), quiet: bool = typer.Option(False)) -> None:
     """Shallow model: remove the least sensitive inner ReLU layers and merge the convolutions around them."""
     from trustlab.pi.shallow import run_shallow
-    from trustlab.report import render_report
 
     cfg = ShallowConfig(teacher=teacher, target_relu_reduction=target_relu_reduction, kernel=kernel,
                         anneal_epochs=anneal_epochs, ring_epochs=ring_epochs, finetune_epochs=finetune_epochs, beta=beta,
@@ -153,7 +150,7 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
     s = run.summary()
     print(f"shallow: merged {len(s['merged_blocks'])} blocks, ReLUs {s['relu_reduction']:.2f}x fewer, MACs {s['mac_reduction']:.2f}x fewer, "
           f"depth {s['teacher_depth']} -> {s['depth']}, test accuracy {s['test_acc']:.4f} (teacher {s['teacher_acc']:.4f})")
-    print(render_report(run.path))
+    print(run.path / "report.html")
 
 
 @app.command("secure-infer")

@@ -87,6 +87,7 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
     s = run.summary()
     print(f"{s['architecture']}: {s['steps']} steps in {s['minutes']:.1f} min on {s.get('device', 'cpu')}, "
           f"{s['parameters']:,} parameters, final loss {s['final_loss']:.4f}: {run.path}")
+    print(run.path / "report.html")
 
 
 @app.command("sample")

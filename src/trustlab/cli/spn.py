@@ -50,7 +50,6 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
                                                         "no fixed split (debd has one)."),
             seed: int = typer.Option(FitConfig.seed)) -> None:
     """Learn an SPN (per class, under a class variable) and report its likelihood, accuracy and size."""
-    from trustlab.report import render_report
     from trustlab.spn.pipeline import fit_spn
 
     cfg = FitConfig(data=SPNDataConfig(dataset=dataset, csv=csv, name=name, data_dir=data_dir, size=size,
@@ -64,7 +63,7 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
     tt = (f"; exact tSPN: rank {s['exact_tt_max_rank']:,}, {s['exact_tt_parameters']:,} parameters"
           if "exact_tt_parameters" in s else "")
     print(f"SPN: {s['nodes']:,} nodes, {s['parameters']:,} parameters; {_lls(s)}{acc}{tt}")
-    print(render_report(run.path))
+    print(run.path / "report.html")
 
 
 @app.command("compress")
@@ -91,7 +90,6 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
                  resume: bool = typer.Option(False, help="Continue: keep the ranks already done."),
                  quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Compress an SPN into tensor trains (from its exact train, or fitted to it) and compare them with the SPN."""
-    from trustlab.report import render_report
     from trustlab.spn.pipeline import compress_spn, load_fit, rank_for_ratio, start_route, variable_order
 
     if (rank is None) == (target_ratio is None):
@@ -119,7 +117,7 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
         print(f"rank {r['rank']}: {r['parameters']:,} parameters ({r['ratio_vs_spn']:.2f}x fewer than the SPN, "
               f"{r['ratio_vs_exact_tspn']:.1f}x fewer than the exact tSPN), {_lls(r)}{acc}, "
               f"{r['speedup_vs_spn']:.1f}x the SPN's rows/s, {r['seconds']:.0f} s")
-    print(render_report(run.path))
+    print(run.path / "report.html")
 
 
 def _lls(figures: dict) -> str:

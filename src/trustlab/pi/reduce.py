@@ -42,6 +42,7 @@ from trustlab.pi.distill import DistillationLoss
 from trustlab.pi.load import load_pi_model, teacher_link
 from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
+from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, atomic_save_figure
 from trustlab.train import evaluate, fit
 from trustlab.train_config import TrainConfig
@@ -232,6 +233,7 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
                        "teacher_acc": teacher_acc, "acc_drop_points": 100 * (teacher_acc - result.get("test_acc", 0)),
                        "macs": acc.macs, **teacher_link(cfg.teacher, out), "input_shape": list(shape)})
     plot_accuracy_vs_relus(run)
+    render_report(run.path)
     return run
 
 

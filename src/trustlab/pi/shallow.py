@@ -50,6 +50,7 @@ from trustlab.pi.load import load_pi_model, teacher_link
 from trustlab.pi.merge import MergedBlock, apply_merges, pad_first
 from trustlab.pi.models import BasicBlock
 from trustlab.pi.sensitivity import removal_sensitivity
+from trustlab.report import render_report
 from trustlab.runs import Job, RunDir
 from trustlab.train import evaluate, fit
 from trustlab.train_config import TrainConfig
@@ -175,4 +176,5 @@ def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, qu
         "teacher_depth": depth(teacher, shape), "teacher_acc": teacher_acc, "acc_after_merge": merged_acc,
         **{k: v for k, v in stages.items() if k != "acc_after_finetune"},
         "test_acc": test_acc, "acc_drop_points": 100 * (teacher_acc - test_acc), "input_shape": list(shape)})
+    render_report(run.path)
     return run

@@ -8,6 +8,7 @@ from trustlab.data import ClassificationData
 from trustlab.pi.accounting import count
 from trustlab.pi.config import ClassifierConfig
 from trustlab.pi.models import build_model, check_input
+from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, config_from_dict
 from trustlab.train import fit, load_weights, world
 
@@ -51,6 +52,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, *, resume: bool = F
     run.write_summary({"test_acc": result.get("test_acc"), "test_loss": result.get("test_loss"), "relus": acc.relus,
                        "macs": acc.macs, "params": acc.params, "input_shape": list(data.shape),
                        "classes": len(data.classes), "train_examples": len(data.x_train), "steps": result["steps"]})
+    render_report(run.path)
     return run
 
 

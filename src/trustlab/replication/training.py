@@ -27,6 +27,7 @@ from trustlab.replication.fusion import aux_pool, fuse_captions, fuse_images, fu
 from trustlab.replication.mitigations import parse, vocabulary
 from trustlab.replication.rau import RAUNet, TimestepRouter
 from trustlab.replication.text import make_encoder
+from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, config_from_dict
 from trustlab.train import load_state_tensors, make_optimizer, resolve_device, state_tensors
 from trustlab.train_config import TrainConfig
@@ -158,6 +159,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
                            "mitigations": list(mit.names), "fusion": asdict(cfg.fusion), "architecture": cfg.architecture(),
                            "rau_skips": list(cfg.rau_skips), "itb": cfg.itb if cfg.rau_skips else None,
                            "tau": cfg.tau, "final_loss": run.metrics()[-1]["loss"]})
+        render_report(run.path)
     return run
 
 

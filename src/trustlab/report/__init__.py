@@ -23,16 +23,34 @@ from trustlab.files import read_text
 from trustlab.runs import RunDir, atomic_save_figure, atomic_write_text
 
 
-def plot_metric_curves(run: RunDir) -> Path | None:
-    """One panel per numeric metric against step; None when there is nothing to plot."""
-    records = run.metrics()
-    steps: dict[str, set] = {}
+def _segments(records: list[dict]) -> list[list[dict]]:
+    """The records split where the step stops advancing: a job of several stages (search, fine-tune) or a
+    sweep (one fit per rank) counts steps from the start in each part."""
+    parts: list[list[dict]] = []
     for r in records:
-        for k, v in r.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                steps.setdefault(k, set()).add(r["step"])
-    keys = sorted(k for k, s in steps.items() if len(s) > 1)  # a dot is no curve
-    if not records or not keys:
+        if "step" not in r:
+            continue
+        if not parts or r["step"] <= parts[-1][-1]["step"]:
+            parts.append([])
+        parts[-1].append(r)
+    return parts
+
+
+def _numeric(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def plot_metric_curves(run: RunDir) -> Path | None:
+    """One panel per numeric metric against step, a line per stage or sweep point (named by the keys that
+    are constant within each part and differ between them, e.g. ``stage`` or ``rank``); None when there is
+    nothing to plot."""
+    parts = _segments(run.metrics())
+    keys = sorted({k for p in parts for r in p for k, v in r.items() if k != "step" and _numeric(v)})
+    names = [k for k in sorted({k for p in parts for r in p for k in r} - {"step"}) if len(parts) > 1
+             and all(isinstance(r.get(k), (str, int)) for p in parts for r in p)  # labels, not measurements
+             and all(len({r.get(k) for r in p}) == 1 for p in parts) and len({p[0].get(k) for p in parts}) > 1]
+    keys = [k for k in keys if k not in names and len({r["step"] for p in parts for r in p if k in r}) > 1]  # a dot is no curve
+    if not keys:
         return None
     import matplotlib
 
@@ -43,11 +61,16 @@ def plot_metric_curves(run: RunDir) -> Path | None:
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
+        for part in parts:
+            pts = [(r["step"], r[key]) for r in part if key in r]
+            label = ", ".join(f"{k} {part[0][k]}" for k in names if k in part[0]) or None
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+        if names and len(parts) <= 8:
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
@@ -61,7 +84,7 @@ HEADLINE_FIRST = ("test_acc", "acc_drop_points", "test_ll", "copy_rate", "relus"
                   "params", "compression", "speedup", "depth")  # name fragments, in the order a reader wants them
 
 
-ROW_NAMES = ("figure", "layer", "block", "model", "method", "name", "step")
+ROW_NAMES = ("figure", "layer", "block", "model", "method", "variant", "name", "op", "rank", "skip", "tau", "step")
 
 
 def _order(keys: list[str]) -> list[str]:
@@ -77,8 +100,8 @@ def _fmt(v, key: str = "", base: Path | None = None) -> str:
     if isinstance(v, (int, float)):
         if "macs" in k and abs(v) >= 1e5:
             return f"{v / 1e6:,.1f} M"
-        if "bytes" in k and abs(v) >= 1e5:
-            return f"{v / 1e6:,.2f} MB"
+        if "bytes" in k:
+            return f"{v / 1e6:,.2f} MB" if abs(v) >= 1e5 else f"{v / 1e3:,.1f} kB" if abs(v) >= 1e3 else f"{v:,} B"
         if k.endswith("_points"):
             return f"{v:+.2f} points".replace("-", "−")
         if ("reduction" in k or "ratio" in k or "speedup" in k) and isinstance(v, float):
@@ -102,8 +125,8 @@ def _table(rows: list[dict], limit: int = 400, base: Path | None = None) -> str:
     """Rows with the same keys; a figure/value table takes each value's unit from its figure's name."""
     if not rows:
         return "<p><em>empty</em></p>"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    cols.sort(key=lambda c: c not in ROW_NAMES)  # the column that names a row first (files store keys sorted)
+    cols = list(dict.fromkeys(k for r in rows for k in r))  # files store keys sorted: order them for a reader
+    cols = [c for c in ROW_NAMES if c in cols] + _order([c for c in cols if c not in ROW_NAMES])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
 
     def cell(r: dict, c: str) -> str:

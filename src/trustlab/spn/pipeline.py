@@ -18,6 +18,7 @@ import torch
 
 from trustlab.errors import ConfigError, RunError
 from trustlab.progress import progress_bar
+from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, atomic_save_figure, config_from_dict
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy
@@ -118,6 +119,7 @@ def fit_spn(cfg: FitConfig, out: str | Path) -> RunDir:
         order = dfs_order(graph)
         summary.update(exact_tt_max_rank=max(exact_ranks(graph, order)), exact_tt_parameters=tt_parameters(graph, order))
     run.write_summary(summary)
+    render_report(run.path)
     return run
 
 
@@ -240,6 +242,7 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
     run.write_table("ranks", rows, title="tSPN at each rank: parameters (vs the SPN and the exact train), "
                                          "validation and test log-likelihood, accuracy, speed")
     _plot_tradeoff(run, summary, data.class_var is not None)
+    render_report(run.path)
     return run
 
 
