@@ -49,10 +49,34 @@ class NodesConfig:
     timeout_s: float = 60.0
     out: str | None = None
 
+    def validate(self) -> None:
+        from trustlab.pi.secure import PROTOCOLS, RELU_MODES
+
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, not '{self.protocol}'")
+        need = PROTOCOLS[self.protocol]
+        if not isinstance(self.parties, (list, tuple)) or len(self.parties) != need:
+            raise ConfigError(f"{self.protocol} needs {need} parties (host:port each), the file lists "
+                              f"{len(self.parties) if isinstance(self.parties, (list, tuple)) else 'none'}")
+        for i, addr in enumerate(self.parties):
+            host, _, port = str(addr).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"parties[{i}] = '{addr}' is not host:port")
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 1:
+            raise ConfigError(f"images = {self.images!r}: give a whole number of test images, 1 or more")
+        if (isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float))
+                or not 0 < self.timeout_s < 86400):
+            raise ConfigError(f"timeout_s = {self.timeout_s!r}: give seconds as a positive number")
+        if self.relu_mode not in RELU_MODES:
+            raise ConfigError(f"relu_mode = {self.relu_mode!r}: use {' or '.join(RELU_MODES)}")
+        for key in ("run", "out"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{key} = {value!r} is not a path")
+
 
 def load_nodes(path: str | Path) -> NodesConfig:
-    from trustlab.pi.secure import PROTOCOLS, RELU_MODES
-
+    """The nodes file at ``path``, checked (every error names the file)."""
     path = Path(path)
     doc = read_yaml(path, "nodes file")
     if not isinstance(doc, dict):
@@ -63,30 +87,12 @@ def load_nodes(path: str | Path) -> NodesConfig:
     for key in ("protocol", "parties", "run"):
         if key not in doc:
             raise ConfigError(f"{path}: '{key}' is required")
-    if doc["protocol"] not in PROTOCOLS:
-        raise ConfigError(f"{path}: protocol must be one of {', '.join(PROTOCOLS)}, not '{doc['protocol']}'")
-    parties = doc["parties"]
-    need = PROTOCOLS[doc["protocol"]]
-    if not isinstance(parties, list) or len(parties) != need:
-        raise ConfigError(f"{path}: {doc['protocol']} needs {need} parties (host:port each), the file lists "
-                          f"{len(parties) if isinstance(parties, list) else 'none'}")
-    for i, addr in enumerate(parties):
-        host, _, port = str(addr).rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"{path}: parties[{i}] = '{addr}' is not host:port")
-    images, timeout_s = doc.get("images", 4), doc.get("timeout_s", 60)
-    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
-        raise ConfigError(f"{path}: images = {images!r}: give a whole number of test images, 1 or more")
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < 86400:
-        raise ConfigError(f"{path}: timeout_s = {timeout_s!r}: give seconds as a positive number")
-    relu_mode = doc.get("relu_mode", "gather")
-    if relu_mode not in RELU_MODES:
-        raise ConfigError(f"{path}: relu_mode = {relu_mode!r}: use {' or '.join(RELU_MODES)}")
-    for key in ("run", "out"):
-        if key in doc and doc[key] is not None and not isinstance(doc[key], str):
-            raise ConfigError(f"{path}: {key} = {doc[key]!r} is not a path")
-    return NodesConfig(doc["protocol"], tuple(str(p) for p in parties), doc["run"], images, relu_mode,
-                       float(timeout_s), doc.get("out"))
+    cfg = NodesConfig(**doc)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return NodesConfig(**{**doc, "parties": tuple(str(p) for p in cfg.parties), "timeout_s": float(cfg.timeout_s)})
 
 
 def _check_can_listen(addr: str, party: int) -> None:
