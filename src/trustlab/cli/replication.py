@@ -9,10 +9,11 @@ import typer
 
 from trustlab.errors import ConfigError
 from trustlab.replication.config import DUAL_FUSION as FUSION
-from trustlab.replication.config import CaptionDataConfig, DiffusionConfig, DualFusion
+from trustlab.replication.config import AuditConfig, CaptionDataConfig, DiffusionConfig, DualFusion
 
 app = typer.Typer(no_args_is_help=True)
 DATA, MODEL = CaptionDataConfig(), DiffusionConfig()  # the defaults of `replication train`
+AUDIT = AuditConfig()
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -145,6 +146,43 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
     print(f"proxy FID {q['proxy_fid']:.2f} (trustlab encoder, not Inception), precision {q['precision']:.3f}, "
           f"recall {q['recall']:.3f}, caption match {q['caption_match']:.3f}; measured on {r['device']}")
     print(f"{run_dir}/report.html")
+
+
+@app.command("audit")
+def audit_cmd(generated: str = typer.Option(..., help="Folder of generated images (any size; png, jpg, webp, ...)."),
+              train: str = typer.Option(..., help="Folder of training images (with captions.jsonl for --captions)."),
+              out: str = typer.Option("runs/audit", help="Run folder to write (report, tables, copy grid, cache)."),
+              captions: Optional[str] = typer.Option(None, help="JSON lines {\"file\", \"caption\"}: each generation's "
+                                                     "prompt; reports how often the nearest training image has it."),
+              sscd: Optional[str] = typer.Option(None, help="TorchScript SSCD model for the SSCD metric."),
+              size: int = typer.Option(AUDIT.size, help="Side in pixels at which images are compared."),
+              pixel_threshold: float = typer.Option(AUDIT.pixel_threshold, help="Pixel-similarity share threshold."),
+              copy_threshold: Optional[float] = typer.Option(None, help="Copy threshold (default: calibrated on the "
+                                                             "training images, p99 of each one's nearest other)."),
+              flip: bool = typer.Option(AUDIT.flip, "--flip", help="Count mirrored copies."),
+              calibration: int = typer.Option(AUDIT.calibration, help="Training images that calibrate the threshold."),
+              background: int = typer.Option(AUDIT.background, help="Training images measured against the rest."),
+              batch: int = typer.Option(AUDIT.batch, help="Images per block of the nearest-neighbour search."),
+              bad_images: str = typer.Option(AUDIT.bad_images, help="stop | skip: what to do with a file that cannot be decoded."),
+              device: str = typer.Option(AUDIT.device, help="auto | cpu | cuda"),
+              resume: bool = typer.Option(False, help="Reuse the run folder (its cached images) and audit again."),
+              quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
+    """Replication metrics of any folder of generations against any folder of training images."""
+    from trustlab.replication.audit import audit
+
+    cfg = AuditConfig(generated=generated, train=train, captions=captions, sscd=sscd, size=size,
+                      pixel_threshold=pixel_threshold, copy_threshold=copy_threshold, flip=flip, calibration=calibration,
+                      background=background, batch=batch, bad_images=bad_images, device=device)
+    s = audit(cfg, out, resume=resume, quiet=quiet).summary()
+    rep, back = s["replication"], s["background"]
+    print(f"{s['generations']:,} generations against {s['train_images']:,} training images at {s['size']}x{s['size']}: "
+          f"copy rate {s['copy_rate']:.1%} ({s['copies']:,} above {s['copy_threshold']:.3f}, {s['threshold_source']})")
+    for k in (k for k in ("pixel", "carlini", "gu", "sscd") if k in rep):
+        print(f"{k:8s} replication score {rep[k]['score']:.3f}, share flagged {rep[k]['share']:.3f} (training images "
+              f"among themselves: {back[k]['score']:.3f})")
+    if s["own_prompt_nearest"] is not None:
+        print(f"nearest training image carries the generation's own prompt: {s['own_prompt_nearest']:.1%}")
+    print(f"{out}/report.html")
 
 
 @app.command("skip-ablation")

@@ -142,3 +142,42 @@ class DiffusionConfig:
     def architecture(self) -> str:
         """``unet``, ``rau-net`` or ``loyal`` (the LoyalDiffusion pair)."""
         return "loyal" if self.tau else "rau-net" if self.rau_skips else "unet"
+
+
+BAD_IMAGES = ("stop", "skip")  # what an audit does with a file it cannot decode
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """An audit of any folder of generations against any folder of training images (``replication audit``)."""
+
+    generated: str = ""  # folder of generated images (any size, any format PIL reads)
+    train: str = ""  # folder of training images
+    captions: str | None = None  # JSON lines {"file", "caption"}: each generation's prompt (train captions: captions.jsonl)
+    sscd: str | None = None  # TorchScript copy-detection model
+    size: int = 32  # images are compared at size x size RGB
+    pixel_threshold: float = 0.9
+    copy_threshold: float | None = None  # None: calibrated on the training images
+    flip: bool = False  # count mirrored copies
+    calibration: int = 2000  # training images whose nearest other training image calibrates the copy threshold
+    background: int = 512  # training images measured against the others (the background level)
+    batch: int = 1024  # images per block of the nearest-neighbour search
+    bad_images: str = "stop"  # stop | skip
+    device: str = "auto"
+    seed: int = 0
+
+    kind: ClassVar[str] = "replication-audit"
+
+    def validate(self) -> None:
+        if not self.generated or not self.train:
+            raise ConfigError("give both --generated DIR and --train DIR")
+        if self.size < 4 or self.size % 4:
+            raise ConfigError(f"--size {self.size}: use a multiple of 4 (Carlini's distance tiles images 4x4)")
+        for name in ("pixel_threshold", "copy_threshold"):
+            value = getattr(self, name)
+            if value is not None and not -1 < value <= 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {value:g}: a cosine similarity threshold lies in (-1, 1]")
+        if min(self.calibration, self.background) < 2 or self.batch < 1:
+            raise ConfigError("--calibration and --background need at least 2 images and --batch at least 1")
+        if self.bad_images not in BAD_IMAGES:
+            raise ConfigError(f"--bad-images {self.bad_images}: use {' or '.join(BAD_IMAGES)}")
