@@ -9,6 +9,7 @@
 * :mod:`~trustlab.replication.metrics` / :mod:`~trustlab.replication.quality`: replication
   (pixel, Carlini, Gu, SSCD) and quality (proxy FID, precision/recall, caption consistency);
 * :mod:`~trustlab.replication.measure`: replication and quality of a run's generations, into the run folder;
+  :mod:`~trustlab.replication.audit`: the same replication figures for any two folders of images;
 * :mod:`~trustlab.replication.mitigations`: the standard training and inference mitigations;
 * :mod:`~trustlab.replication.captions` / :mod:`~trustlab.replication.llm` /
   :mod:`~trustlab.replication.generality`: caption generality scores and generalized captions
