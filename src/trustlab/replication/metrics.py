@@ -18,6 +18,7 @@ images (a dataset of near-duplicates replicates "by itself").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
+from trustlab.progress import progress_bar
+
+GRID = 4  # Carlini's tiles per side
+CARLINI_K = 50  # Carlini's ratio compares the nearest with the mean of this many nearest
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
@@ -36,33 +41,6 @@ def _centred(x: torch.Tensor) -> torch.Tensor:
 def pixel_similarity(gen: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
     """[G, N] cosine similarity of mean-centred pixels."""
     return _centred(gen) @ _centred(train).T
-
-
-def tiled_l2(gen: torch.Tensor, train: torch.Tensor, grid: int = 4, chunk: int = 64) -> torch.Tensor:
-    """[G, N] largest per-tile ℓ2 distance over a ``grid``×``grid`` tiling."""
-    g, n = len(gen), len(train)
-    s = gen.shape[-1] // grid
-
-    def tiles(x):  # [B, grid*grid, C*s*s]
-        b, c = x.shape[:2]
-        return x.reshape(b, c, grid, s, grid, s).permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, -1).double()
-
-    tg, tt = tiles(gen), tiles(train)
-    out = torch.empty(g, n, dtype=torch.float64, device=gen.device)
-    for i in range(0, g, chunk):
-        d = torch.cdist(tg[i : i + chunk].transpose(0, 1), tt.transpose(0, 1))  # [T, chunk, N]
-        out[i : i + chunk] = d.max(0).values
-    return out
-
-
-def l2(gen: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
-    return torch.cdist(gen.flatten(1).double(), train.flatten(1).double())
-
-
-def _summary(score_values: torch.Tensor, flagged: torch.Tensor) -> dict:
-    v = score_values.double()
-    return {"score": float(torch.quantile(v, 0.95)), "share": float(flagged.double().mean()),
-            "median": float(v.median())}
 
 
 def check_threshold(threshold: float, option: str = "--pixel-threshold") -> None:
@@ -86,12 +64,11 @@ def calibrated_threshold(distinct: torch.Tensor, *, quantile: float = 0.99, flip
     generation above the 99th percentile of that is closer to a training image than almost any
     two different training images are to each other.
     """
-    x = distinct.to(device)
-    if len(x) < 2:
+    if len(distinct) < 2:
         raise ConfigError("a copy threshold needs at least two distinct training images")
-    sim = pixel_similarity_mirrored(x, x, flip)
-    sim.fill_diagonal_(-2.0)
-    return float(torch.quantile(sim.max(1).values, quantile))
+    rows = _rows(distinct)
+    nb = nearest(rows, rows, distinct.shape[-1], flip=flip, device=device, exclude=np.arange(len(rows)))
+    return float(torch.quantile(nb.pixel.double(), quantile))
 
 
 def copy_rates(max_similarity: torch.Tensor, nearest: torch.Tensor, prompt_index: torch.Tensor,
@@ -117,9 +94,135 @@ def copy_rates(max_similarity: torch.Tensor, nearest: torch.Tensor, prompt_index
             "prompts_dup": int(dup.sum()), "prompts_unique": int((~dup).sum())}
 
 
+@dataclass
+class Neighbours:
+    """For each query: its highest pixel similarity and that training image, the two smallest ℓ2
+    distances, the ``CARLINI_K`` smallest tiled ℓ2 distances, and the highest SSCD cosine."""
+
+    pixel: torch.Tensor
+    nearest: torch.Tensor
+    l2: torch.Tensor
+    tiled: torch.Tensor
+    sscd: torch.Tensor | None
+
+
+def _views(x: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """What the metrics compare, from float rows: centred unit vectors, squared norms, tiles and theirs."""
+    b = len(x)
+    s = size // GRID
+    tiles = x.view(b, 3, GRID, s, GRID, s).permute(2, 4, 0, 1, 3, 5).reshape(GRID * GRID, b, -1)
+    return {"unit": F.normalize(x - x.mean(1, keepdim=True), dim=1), "x": x, "sq": (x * x).sum(1),
+            "tiles": tiles, "tiles_sq": (tiles * tiles).sum(2)}
+
+
+def _distance(a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+    return (a_sq[..., :, None] + b_sq[..., None, :] - 2 * a @ b.transpose(-1, -2)).clamp_min(0).sqrt()
+
+
+def _merge(best: tuple[torch.Tensor, torch.Tensor] | None, values: torch.Tensor, index: torch.Tensor, k: int,
+           largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-``k`` (values, training indices) merged with a new block's."""
+    if best is not None:
+        values, index = torch.cat([best[0], values], 1), torch.cat([best[1], index], 1)
+    top = values.topk(min(k, values.shape[1]), 1, largest=largest)
+    return top.values, index.gather(1, top.indices)
+
+
+def _refine(queries: np.ndarray, train: np.ndarray, values: torch.Tensor, index: torch.Tensor, size: int,
+            tiled: bool, chunk: int = 64) -> torch.Tensor:
+    """The distances of the chosen neighbours computed again directly in float64, sorted: the block search
+    ranks by ``|a|² + |b|² − 2ab`` in float32, which cannot resolve the distance of an exact copy (0)
+    from rounding; excluded pairs (infinite) stay infinite."""
+    out = torch.empty(values.shape, dtype=torch.float64)
+    s = size // GRID
+    for i in range(0, len(queries), chunk):
+        q = torch.from_numpy(queries[i : i + chunk].astype(np.float64))
+        idx = index[i : i + chunk].cpu()
+        t = torch.from_numpy(train[idx.numpy().ravel()].astype(np.float64)).view(*idx.shape, -1)
+        diff = t - q[:, None, :]
+        if tiled:
+            diff = diff.view(*idx.shape, 3, GRID, s, GRID, s).permute(0, 1, 3, 5, 2, 4, 6).reshape(*idx.shape, GRID * GRID, -1)
+            d = diff.norm(dim=-1).amax(-1)
+        else:
+            d = diff.norm(dim=-1)
+        out[i : i + chunk] = torch.where(torch.isinf(values[i : i + chunk].cpu()), torch.inf, d)
+    return out.sort(1).values
+
+
+def nearest(queries: np.ndarray, train: np.ndarray, size: int, *, flip: bool = False, batch: int = 1024,
+            device: str | torch.device = "cpu", exclude: np.ndarray | None = None,
+            sscd: tuple[np.ndarray, np.ndarray] | None = None, quiet: bool = True, what: str = "search") -> Neighbours:
+    """Each query row's neighbours among the training rows, block by block (``exclude[i]``: a training
+    index query ``i`` may not match, its own, when training images are measured against the rest)."""
+    b, device = batch, torch.device(device)
+    out = {k: [] for k in ("pixel", "nearest", "l2", "tiled", "sscd")}
+    blocks = [(i, min(i + b, len(train))) for i in range(0, len(train), b)]
+    with progress_bar(quiet) as bar:
+        task = bar.add_task(what, total=len(queries))
+        for q0 in range(0, len(queries), b):
+            xq = torch.from_numpy(queries[q0 : q0 + b].astype(np.float32)).to(device)
+            vq = _views(xq, size)
+            mirrored = _views(xq.view(-1, 3, size, size).flip(-1).reshape(len(xq), -1), size) if flip else None
+            own = None if exclude is None else torch.from_numpy(exclude[q0 : q0 + b]).to(device)
+            best = {"pixel": None, "l2": None, "tiled": None, "sscd": None}
+            sq = None if sscd is None else torch.from_numpy(sscd[0][q0 : q0 + b].astype(np.float32)).to(device)
+            for t0, t1 in blocks:
+                vt = _views(torch.from_numpy(train[t0:t1].astype(np.float32)).to(device), size)
+                index = torch.arange(t0, t1, device=device).expand(len(xq), -1)
+                mask = None if own is None else index == own[:, None]
+                sim = vq["unit"] @ vt["unit"].T
+                if mirrored is not None:
+                    sim = torch.maximum(sim, mirrored["unit"] @ vt["unit"].T)
+                d = _distance(vq["x"], vq["sq"], vt["x"], vt["sq"])
+                tiled = _distance(vq["tiles"], vq["tiles_sq"], vt["tiles"], vt["tiles_sq"]).amax(0)
+                if mask is not None:
+                    sim, d, tiled = sim.masked_fill(mask, -2.0), d.masked_fill(mask, float("inf")), tiled.masked_fill(mask, float("inf"))
+                best["pixel"] = _merge(best["pixel"], sim, index, 1, True)
+                best["l2"] = _merge(best["l2"], d, index, 2, False)
+                best["tiled"] = _merge(best["tiled"], tiled, index, CARLINI_K, False)
+                if sq is not None:
+                    s = sq @ torch.from_numpy(sscd[1][t0:t1].astype(np.float32)).to(device).T
+                    best["sscd"] = _merge(best["sscd"], s if mask is None else s.masked_fill(mask, -2.0), index, 1, True)
+            out["pixel"].append(best["pixel"][0][:, 0].cpu())
+            out["nearest"].append(best["pixel"][1][:, 0].cpu())
+            block = queries[q0 : q0 + b]
+            out["l2"].append(_refine(block, train, *best["l2"], size, tiled=False))
+            out["tiled"].append(_refine(block, train, *best["tiled"], size, tiled=True))
+            if best["sscd"] is not None:
+                out["sscd"].append(best["sscd"][0][:, 0].cpu())
+            bar.update(task, advance=len(xq))
+    cat = {k: torch.cat(v) if v else None for k, v in out.items()}
+    return Neighbours(cat["pixel"], cat["nearest"], cat["l2"], cat["tiled"], cat["sscd"])
+
+
+def _summary(values: torch.Tensor, flagged: torch.Tensor) -> dict:
+    v = values.double()
+    return {"score": float(torch.quantile(v, 0.95)), "share": float(flagged.double().mean()), "median": float(v.median())}
+
+
+def statistics(nb: Neighbours, pixel_threshold: float) -> dict:
+    """The replication statistics of ``measure`` from the neighbours: pixel, Carlini, Gu, SSCD."""
+    out = {"pixel": _summary(nb.pixel, nb.pixel > pixel_threshold)}
+    if nb.l2.shape[1] >= 2:
+        finite = torch.isfinite(nb.tiled)  # a query's own image, excluded, stays at infinity in a small set
+        mean = torch.where(finite, nb.tiled, 0).sum(1) / finite.sum(1).clamp_min(1)
+        ratio = 0.5 * mean / nb.tiled[:, 0].clamp_min(1e-12)
+        out["carlini"] = _summary(ratio, ratio > 1)
+        gu = nb.l2[:, 1] / nb.l2[:, 0].clamp_min(1e-12)
+        out["gu"] = _summary(gu, gu > 3)
+    if nb.sscd is not None:
+        out["sscd"] = _summary(nb.sscd, nb.sscd > 0.5)
+    return out
+
+
+def _rows(images: torch.Tensor) -> np.ndarray:
+    return images.detach().flatten(1).float().cpu().numpy()
+
+
 def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: float = 0.9,
                 exclude_self: bool = False, sscd=None, device: str | torch.device = "cpu", flip: bool = False) -> dict:
-    """Replication statistics of ``gen`` against ``train`` (both [B, 3, S, S] in [-1, 1]), computed on ``device``.
+    """Replication statistics of ``gen`` against ``train`` (both [B, 3, S, S] in [-1, 1]), computed on ``device``
+    by :func:`nearest`; ``exclude_self``: generation ``i`` is not compared with training image ``i``.
 
     ``flip``: the pixel similarity is the larger of the generation's and its mirror image's, so a
     mirrored copy counts as a copy.
@@ -127,37 +230,12 @@ def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: floa
     check_threshold(pixel_threshold)
     if gen.shape[1:] != train.shape[1:]:
         raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(train.shape[1:])}")
-    gen_cpu, train_cpu = gen, train
-    gen, train = gen.to(device), train.to(device)
-    mask = None
-    if exclude_self:
-        mask = torch.eye(len(gen), len(train), dtype=torch.bool, device=gen.device)
-    sim = pixel_similarity_mirrored(gen, train, flip)
-    if mask is not None:
-        sim = sim.masked_fill(mask, -2.0)
-    best_sim, nearest = sim.max(1)
-    out = {"pixel": _summary(best_sim, best_sim > pixel_threshold), "nearest": nearest.tolist(),
-           "max_similarity": best_sim.tolist()}
-    if len(train) >= 2:
-        tl = tiled_l2(gen, train)
-        d = l2(gen, train)
-        if mask is not None:
-            tl = tl.masked_fill(mask, float("inf"))
-            d = d.masked_fill(mask, float("inf"))
-        k = min(50, len(train) - (1 if exclude_self else 0))
-        near = tl.topk(k, 1, largest=False).values
-        ratio = 0.5 * near.mean(1) / near[:, 0].clamp_min(1e-12)
-        out["carlini"] = _summary(ratio, ratio > 1)
-        two = d.topk(2, 1, largest=False).values
-        gu = two[:, 1] / two[:, 0].clamp_min(1e-12)
-        out["gu"] = _summary(gu, gu > 3)
+    descriptors = None
     if sscd is not None:
-        s = sscd.similarity(gen_cpu, train_cpu).to(gen.device)
-        if mask is not None:
-            s = s.masked_fill(mask, -2.0)
-        top = s.max(1).values
-        out["sscd"] = _summary(top, top > 0.5)
-    return out
+        descriptors = tuple(F.normalize(sscd.embed(x), dim=1).numpy() for x in (gen, train))
+    nb = nearest(_rows(gen), _rows(train), gen.shape[-1], flip=flip, device=device, sscd=descriptors,
+                 exclude=np.arange(len(gen)) if exclude_self else None)
+    return {**statistics(nb, pixel_threshold), "nearest": nb.nearest.tolist(), "max_similarity": nb.pixel.tolist()}
 
 
 class TorchScriptEmbedder:
@@ -203,13 +281,20 @@ class TorchScriptEmbedder:
 def background(train: torch.Tensor, *, limit: int = 512, seed: int = 0, pixel_threshold: float = 0.9, sscd=None,
                device: str | torch.device = "cpu", flip: bool = False) -> dict:
     """The replication statistics of (up to ``limit``) training images against the other training images."""
-    idx = np.sort(np.random.default_rng(seed).choice(len(train), size=min(limit, len(train)), replace=False))
-    sub = train[idx]
-    rest_first = torch.cat([sub, train[np.setdiff1d(np.arange(len(train)), idx)]])
-    res = replication(sub, rest_first, pixel_threshold=pixel_threshold, exclude_self=True, sscd=sscd, device=device,
-                      flip=flip)
-    return {k: v for k, v in res.items() if k not in ("nearest", "max_similarity")}
+    idx = sample(len(train), limit, seed)
+    rows = _rows(train)
+    descriptors = None
+    if sscd is not None:
+        every = F.normalize(sscd.embed(train), dim=1).numpy()
+        descriptors = (every[idx], every)
+    nb = nearest(rows[idx], rows, train.shape[-1], flip=flip, device=device, exclude=idx, sscd=descriptors)
+    return statistics(nb, pixel_threshold)
 
 
-__all__ = ["TorchScriptEmbedder", "background", "calibrated_threshold", "check_threshold", "copy_rates", "l2",
-           "pixel_similarity", "pixel_similarity_mirrored", "replication", "tiled_l2"]
+def sample(n: int, limit: int, seed: int) -> np.ndarray:
+    """A seeded, sorted sample of ``min(limit, n)`` of ``n`` indices."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
+
+
+__all__ = ["CARLINI_K", "GRID", "Neighbours", "TorchScriptEmbedder", "background", "calibrated_threshold", "check_threshold",
+           "copy_rates", "nearest", "pixel_similarity", "pixel_similarity_mirrored", "replication", "sample", "statistics"]
