@@ -40,9 +40,62 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _init_distributed(device: torch.device) -> None:
+def init_distributed(device: torch.device) -> tuple[int, int, int]:
+    """Join the process group under torchrun (gloo on CPU, nccl on GPU); (rank, world size, per-process
+    share of a batch). Each process takes its ``1/N`` slice of the same global batch."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world()
+
+
+def wrap_distributed(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """``model`` under DistributedDataParallel when there are several processes (DDP averages the
+    gradients, which equals the gradient of the global batch's mean loss), else ``model`` itself."""
+    if world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def broadcast_state(model: nn.Module) -> None:
+    """Every process starts from rank 0's weights and buffers (under torchrun; nothing otherwise)."""
+    if world()[1] > 1:
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, 0)
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Average the gradients over the processes of a torchrun job, as DDP does, in one flat all-reduce.
+
+    For models whose graph changes from step to step (LoyalDiffusion's router sends each sample to
+    one of two U-Nets), where DDP's bucketed hooks do not apply. A parameter that some process left
+    out of its step counts with a zero gradient there; one that every process left out keeps no
+    gradient, so the optimizer skips it exactly as a single process would."""
+    world_size = world()[1]
+    if world_size == 1:
+        return
+    used = [p.grad is not None for p in params]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor(used, dtype=grads[0].dtype, device=grads[0].device)])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for p, g, anywhere in zip(params, grads, flat[-len(params):].tolist()):
+        p.grad = (flat[offset : offset + g.numel()].view_as(p) / world_size).clone() if anywhere else None
+        offset += g.numel()
+
+
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """The mean of ``value`` over the processes of a torchrun job (itself in a single process)."""
+    if world()[1] == 1:
+        return value
+    value = value.clone()
+    torch.distributed.all_reduce(value)
+    return value / world()[1]
+
+
+def local_share(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ConfigError(f"batch size {batch_size} does not split over {world_size} processes: use a multiple")
+    return batch_size // world_size
 
 
 def finish_distributed() -> None:
@@ -234,10 +287,8 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     cfg.validate()
     stage = None if tag == "last" else tag
     device = resolve_device(cfg.device)
-    _init_distributed(device)
-    rank, world_size = world()
-    if cfg.batch_size % world_size:
-        raise ConfigError(f"batch size {cfg.batch_size} does not split over {world_size} processes: use a multiple")
+    rank, world_size = init_distributed(device)
+    local = local_share(cfg.batch_size, world_size)
     torch.manual_seed(cfg.seed)
     layout = training_layout(model, device)
     model.to(device, memory_format=layout).train()
@@ -254,9 +305,7 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         step, loss_sum, loss_count = meta["step"], meta.get("loss_sum", 0.0), meta.get("loss_count", 0)
         if rank == 0:
             run.truncate_metrics(step, stage)
-    wrapped = model
-    if world_size > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    wrapped = wrap_distributed(model, device, world_size)
 
     def checkpoint(done: bool) -> None:
         if run is not None and rank == 0:
@@ -264,7 +313,6 @@ def fit(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             meta.update(step=step, loss_sum=loss_sum, loss_count=loss_count, done=done, config=cfg.__dict__)
             run.save_checkpoint(tensors, meta, tag)
 
-    local = cfg.batch_size // world_size
     end = total if max_steps is None else min(total, max_steps)
 
     with progress_bar(quiet or rank != 0) as bar:

@@ -27,7 +27,7 @@ def _channels(text: str) -> tuple[int, ...]:
 def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to write."),
               dataset: str = typer.Option(DATA.dataset, help="emoji, or folder (with --folder)."),
               folder: Optional[str] = typer.Option(None, help="A folder of images with captions.jsonl."),
-              n: int = typer.Option(DATA.n, min=0, help="Training images (a seeded subset; 0: all)."),
+              n: int = typer.Option(DATA.n, "--n", "--images", min=0, help="Training images (a seeded subset; 0: all)."),
               size: int = typer.Option(DATA.size, min=1, help="Image side in pixels (multiple of 8)."),
               captions: str = typer.Option(DATA.captions, help="unique (per image) | class"),
               duplicate_share: float = typer.Option(DATA.duplicate_share, help="Share of the images repeated in the training set."),
@@ -85,6 +85,10 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
                           rau_skips=parse_skips(rau_skips or ""), itb=itb,
                           itb_frozen=itb_frozen, tau=tau, checkpoint_every=checkpoint_every, seed=seed, device=device)
     run = train_diffusion(cfg, out, resume=resume, quiet=quiet)
+    from trustlab.train import world
+
+    if world()[0] != 0:  # under torchrun, rank 0 reports
+        return
     s = run.summary()
     print(f"{s['architecture']}: {s['steps']} steps in {s['minutes']:.1f} min on {s.get('device', 'cpu')}, "
           f"{s['parameters']:,} parameters, final loss {s['final_loss']:.4f}: {run.path}")

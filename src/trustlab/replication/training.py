@@ -29,7 +29,8 @@ from trustlab.replication.rau import RAUNet, TimestepRouter
 from trustlab.replication.text import make_encoder
 from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, config_from_dict
-from trustlab.train import load_state_tensors, make_optimizer, resolve_device, state_tensors
+from trustlab.train import (average_gradients, broadcast_state, init_distributed, load_state_tensors, local_share,
+                            make_optimizer, mean_over_processes, resolve_device, state_tensors)
 from trustlab.train_config import TrainConfig
 
 
@@ -81,6 +82,9 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     data = load_captioned(cfg.data)
     encoder = make_encoder(cfg.encoder)
     device = resolve_device(cfg.device)
+    rank, world_size = init_distributed(device)
+    local = local_share(cfg.batch_size, world_size)
+    lo, hi = rank * local, (rank + 1) * local  # this process's slice of every global batch
     torch.manual_seed(cfg.seed)
     unet = build_denoiser(cfg, encoder.dim).to(device).train()
     trainable = [p for p in unet.parameters() if p.requires_grad]  # frozen ITBs stay as initialized
@@ -93,7 +97,9 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
         load_state_tensors(unet, tensors, optimizer, meta)
         ema = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
         step, seconds = meta["step"], meta.get("seconds", 0.0)
-        run.truncate_metrics(step)
+        if rank == 0:
+            run.truncate_metrics(step)
+    broadcast_state(unet)
     scheduler = make_scheduler(cfg)
     mit = parse(cfg.mitigations, cfg.mitigation_p, cfg.mitigation_sigma)
     vocab = vocabulary(data.captions)
@@ -102,11 +108,13 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
 
     def checkpoint() -> None:
+        if rank != 0:
+            return
         tensors, meta = state_tensors(unet, optimizer)
         tensors.update({f"ema.{k}": v for k, v in ema.items()})
         run.save_checkpoint(tensors, {**meta, "step": step, "seconds": seconds, "done": step >= cfg.steps})
 
-    with progress_bar(quiet) as bar:
+    with progress_bar(quiet or rank != 0) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=step)
         window = []
         while step < end:
@@ -126,27 +134,29 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
             t = torch.randint(0, cfg.timesteps, (cfg.batch_size,), generator=g)
             x0 = fuse_images(cfg.fusion, x0_all[idx], pool, g)
             xt = scheduler.add_noise(x0, noise.to(device), t.to(device))
-            pred = unet(xt, t.to(device), encoder_hidden_states=states.to(device),
-                        encoder_attention_mask=mask.to(device)).sample
-            loss = F.mse_loss(pred, noise.to(device))
+            # every draw above is for the global batch; this process trains on its slice of it
+            pred = unet(xt[lo:hi], t[lo:hi].to(device), encoder_hidden_states=states[lo:hi].to(device),
+                        encoder_attention_mask=mask[lo:hi].to(device)).sample
+            loss = F.mse_loss(pred, noise[lo:hi].to(device))
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(trainable)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
             step += 1
             seconds += time.perf_counter() - t0
-            window.append(float(loss.detach()))
+            window.append(float(mean_over_processes(loss.detach())))
             bar.update(task, advance=1, description=f"step {step}/{cfg.steps} loss {window[-1]:.4f}")
-            if step % 50 == 0 or step == cfg.steps:
+            if (step % 50 == 0 or step == cfg.steps) and rank == 0:
                 run.log(step, loss=sum(window) / len(window), minutes=seconds / 60)
                 window = []
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint()
-    if step >= cfg.steps:
+    if step >= cfg.steps and rank == 0:
         if cfg.rau_skips:
             where = f"t >= {cfg.tau} (plain U-Net below)" if cfg.tau else "every timestep"
             kinds = cfg.itb_kinds()
