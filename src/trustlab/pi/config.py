@@ -59,7 +59,7 @@ class ReductionConfig:
     teacher: str = ""
     budget: int = 0
     granularity: str = DEFAULT_GRANULARITY
-    search_epochs: int = 1
+    search_epochs: int = 2  # with 2 fine-tuning epochs: the best SENet recipe of bench/pi_senet_ablation.py
     finetune_epochs: int = 2
     batch_size: int = 128
     lr: float = 0.01  # fine-tuning (SGD, cosine)
