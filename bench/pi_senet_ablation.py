@@ -8,7 +8,7 @@ temperature, and the two longer schedules together. Every variant runs every see
 change against the base, seed by seed. Resumable: finished run folders are reused. Writes
 ``bench/results/pi_senet_ablation.json`` and ``.png``.
 
-    python bench/pi_senet_ablation.py              # about 90 minutes on 2 CPU cores beside a finished pi_relu_budget
+    python bench/pi_senet_ablation.py              # about 70 minutes on 2 CPU cores beside a finished pi_relu_budget
 """
 
 from __future__ import annotations
