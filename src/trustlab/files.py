@@ -104,6 +104,13 @@ def read_json(path: str | Path, what: str = "file", error: type[TrustlabError] =
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 
+def on_white(rgba):
+    """A PIL RGBA image composited on white, as RGB: how trustlab flattens transparent images."""
+    from PIL import Image
+
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
 def read_image_rgba(path: str | Path, error: type[TrustlabError] = ConfigError, where: str = ""):
     """The image at ``path`` as a PIL RGBA image; its header's size is checked before decoding.
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from trustlab.data.store import corrupt
 from trustlab.errors import DataError
+from trustlab.files import on_white
 
 Split = dict[str, np.ndarray]
 
@@ -147,8 +148,7 @@ def read_emoji(root: Path) -> tuple[dict[str, Split], list[str]]:
             raise DataError(f"{path} is missing: run `trustlab data fetch emoji`") from None
         except (OSError, Image.DecompressionBombError) as e:
             raise corrupt(path, "emoji", e.__class__.__name__) from None
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        images[i] = np.asarray(Image.alpha_composite(white, rgba).convert("RGB")).transpose(2, 0, 1)
+        images[i] = np.asarray(on_white(rgba)).transpose(2, 0, 1)
     labels = np.array([classes.index(c) for _, _, c in records], dtype=np.int64)
     captions = np.array([cap for _, cap, _ in records])
     return {"all": {"images": images, "labels": labels, "captions": captions}}, classes

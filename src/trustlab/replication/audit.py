@@ -33,14 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trustlab.errors import ConfigError, DataError
-from trustlab.files import read_image_rgba, read_text
+from trustlab.files import on_white, read_image_rgba
 from trustlab.progress import progress_bar
 from trustlab.replication.config import AuditConfig
 from trustlab.replication.measure import copy_grid
-from trustlab.replication.metrics import Neighbours, TorchScriptEmbedder, nearest, sample, statistics
+from trustlab.replication.data import caption_records
+from trustlab.replication.metrics import Neighbours, TorchScriptEmbedder, against_the_rest, nearest, sample, statistics
 from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, atomic_write_bytes, atomic_write_text
 from trustlab.train import resolve_device
@@ -71,7 +71,7 @@ class Encoded:
 
 
 def _listing_key(files: list[Path], size: int, sscd: TorchScriptEmbedder | None) -> str:
-    stats = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    stats = [[str(f), st.st_size, st.st_mtime_ns] for f, st in ((f, f.stat()) for f in files)]
     doc = json.dumps([size, str(sscd.path) if sscd else None, stats])
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
@@ -99,7 +99,7 @@ def encode_folder(files: list[Path], cfg: AuditConfig, cache: Path, what: str, s
                         raise DataError(f"{f} cannot be decoded: remove it, or pass --bad-images skip to leave it out") from None
                     skipped.append(str(f))
                     continue
-                rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+                rgb = on_white(rgba)
                 small.append(np.asarray(rgb.resize((cfg.size, cfg.size), Image.BICUBIC)).transpose(2, 0, 1))
                 if sscd is not None:
                     large.append(np.asarray(rgb.resize((sscd.size, sscd.size), Image.BICUBIC)).transpose(2, 0, 1))
@@ -107,8 +107,7 @@ def encode_folder(files: list[Path], cfg: AuditConfig, cache: Path, what: str, s
             if small:
                 rows.append((np.stack(small).reshape(len(small), -1).astype(np.float32) / 127.5 - 1).astype(np.float16))
             if large:
-                x = torch.from_numpy(np.stack(large)).float() / 127.5 - 1
-                descriptors.append(F.normalize(sscd.embed(x), dim=1).numpy().astype(np.float16))
+                descriptors.append(sscd.descriptors(torch.from_numpy(np.stack(large)).float() / 127.5 - 1).astype(np.float16))
             bar.update(task, advance=min(cfg.batch, len(files) - start))
     if not kept:
         raise DataError(f"none of the {len(files)} {what} images could be decoded")
@@ -120,18 +119,9 @@ def encode_folder(files: list[Path], cfg: AuditConfig, cache: Path, what: str, s
     return enc
 
 
-def _captions(path: Path, folder: Path, what: str) -> dict[str, str]:
+def _captions(path: Path, folder: Path) -> dict[str, str]:
     """``{"file", "caption"}`` JSON lines as absolute file path -> caption."""
-    out = {}
-    for no, line in enumerate(read_text(path, f"{what} captions", DataError).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            out[str((folder / str(rec["file"])).resolve())] = str(rec["caption"]).strip()
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path}:{no}: expected a JSON object with \"file\" and \"caption\"") from None
-    return out
+    return {str((folder / file).resolve()): caption for _, file, caption in caption_records(path)}
 
 
 def own_prompt_nearest(cfg: AuditConfig, gen: Encoded, train: Encoded, nb: Neighbours) -> float | None:
@@ -141,8 +131,8 @@ def own_prompt_nearest(cfg: AuditConfig, gen: Encoded, train: Encoded, nb: Neigh
     index = Path(cfg.train) / "captions.jsonl"
     if not index.is_file():
         raise ConfigError(f"--captions compares prompts with training captions: {index} is missing")
-    prompts = _captions(Path(cfg.captions), Path(cfg.generated), "generation")
-    train_caps = _captions(index, Path(cfg.train), "training")
+    prompts = _captions(Path(cfg.captions), Path(cfg.generated))
+    train_caps = _captions(index, Path(cfg.train))
     pairs = [(prompts.get(str(Path(f).resolve())), train_caps.get(str(Path(train.files[int(n)]).resolve())))
              for f, n in zip(gen.files, nb.nearest)]
     pairs = [(p, t) for p, t in pairs if p is not None]
@@ -170,14 +160,14 @@ def audit(cfg: AuditConfig, out: str | Path, *, resume: bool = False, quiet: boo
                  sscd=None if detector is None else (gen.sscd, train.sscd))
     if cfg.copy_threshold is None:
         calib = sample(len(train.rows), cfg.calibration, cfg.seed)
-        within = nearest(train.rows[calib], train.rows, cfg.size, **search, exclude=calib, what="calibration")
+        within = against_the_rest(train.rows, cfg.size, calib, **search, what="calibration")
         threshold, source = float(torch.quantile(within.pixel.double(), 0.99)), (
             f"p99 of {len(calib):,} training images' nearest other")
     else:
         threshold, source = cfg.copy_threshold, "given"
     back = sample(len(train.rows), cfg.background, cfg.seed + 1)
-    background = statistics(nearest(train.rows[back], train.rows, cfg.size, **search, exclude=back, what="background",
-                                    sscd=None if detector is None else (train.sscd[back], train.sscd)), cfg.pixel_threshold)
+    background = statistics(against_the_rest(train.rows, cfg.size, back, descriptors=train.sscd, **search,
+                                             what="background"), cfg.pixel_threshold)
     replication = statistics(nb, cfg.pixel_threshold)
     copied = nb.pixel > threshold
     summary = {"copy_rate": float(copied.double().mean()), "copies": int(copied.sum()), "copy_threshold": threshold,

@@ -30,7 +30,7 @@ from trustlab.data import load_dataset
 from trustlab.data.readers import SKIN_TONES
 from trustlab.data.registry import get_spec
 from trustlab.errors import ConfigError, DataError
-from trustlab.files import read_image_rgba, read_text
+from trustlab.files import on_white, read_image_rgba, read_text
 from trustlab.replication.captions import generalize
 from trustlab.replication.config import CaptionDataConfig
 from trustlab.replication.metrics import pixel_similarity_mirrored
@@ -162,6 +162,21 @@ def distinct_rows(images: torch.Tensor, bound: float) -> np.ndarray:
     return keep
 
 
+def caption_records(index: Path) -> list[tuple[int, str, str]]:
+    """(line number, file, caption) of each ``{"file", "caption"}`` JSON line of ``index``; a one-line
+    error naming the line for anything else."""
+    records = []
+    for no, line in enumerate(read_text(index, "captions index", DataError, max_bytes=256 * 1024 * 1024).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            records.append((no, str(rec["file"]), str(rec["caption"]).strip()))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{index}:{no}: expected a JSON object with \"file\" and \"caption\"") from None
+    return records
+
+
 def read_folder(folder: Path, size: int) -> CaptionedImages:
     """Images named by ``folder/captions.jsonl``; any size or mode, converted to RGB on white and resized."""
     from PIL import Image
@@ -169,22 +184,12 @@ def read_folder(folder: Path, size: int) -> CaptionedImages:
     index = folder / "captions.jsonl"
     if not index.is_file():
         raise DataError(f"{index} not found: a folder dataset needs captions.jsonl with {{\"file\", \"caption\"}} lines")
-    lines = read_text(index, "captions index", DataError, max_bytes=256 * 1024 * 1024).splitlines()
     images, captions = [], []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            file, caption = str(rec["file"]), str(rec["caption"]).strip()
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{index}:{no}: expected a JSON object with \"file\" and \"caption\"") from None
+    for no, file, caption in caption_records(index):
         if not caption:
             raise DataError(f"{index}:{no}: the caption of {file} is empty")
         rgba = read_image_rgba(folder / file, DataError, f"{index}:{no}: ")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        rgb = Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.BICUBIC)
-        images.append(np.asarray(rgb).transpose(2, 0, 1))
+        images.append(np.asarray(on_white(rgba).resize((size, size), Image.BICUBIC)).transpose(2, 0, 1))
         captions.append(caption)
     if not images:
         raise DataError(f"{index} lists no images")
@@ -192,4 +197,4 @@ def read_folder(folder: Path, size: int) -> CaptionedImages:
     return CaptionedImages(x, captions, torch.zeros(len(captions), dtype=torch.long), ["image"], str(folder))
 
 
-__all__ = ["CaptionedImages", "distinct_rows", "load_captioned", "read_folder"]
+__all__ = ["CaptionedImages", "caption_records", "distinct_rows", "load_captioned", "read_folder"]

@@ -66,8 +66,7 @@ def calibrated_threshold(distinct: torch.Tensor, *, quantile: float = 0.99, flip
     """
     if len(distinct) < 2:
         raise ConfigError("a copy threshold needs at least two distinct training images")
-    rows = _rows(distinct)
-    nb = nearest(rows, rows, distinct.shape[-1], flip=flip, device=device, exclude=np.arange(len(rows)))
+    nb = against_the_rest(_rows(distinct), distinct.shape[-1], np.arange(len(distinct)), flip=flip, device=device)
     return float(torch.quantile(nb.pixel.double(), quantile))
 
 
@@ -195,6 +194,14 @@ def nearest(queries: np.ndarray, train: np.ndarray, size: int, *, flip: bool = F
     return Neighbours(cat["pixel"], cat["nearest"], cat["l2"], cat["tiled"], cat["sscd"])
 
 
+def against_the_rest(rows: np.ndarray, size: int, idx: np.ndarray, *, descriptors: np.ndarray | None = None,
+                     **search) -> Neighbours:
+    """Training rows ``idx`` against every training row, none matching itself: what a look-alike reaches
+    without copying (the copy threshold's calibration and the background level)."""
+    sscd = None if descriptors is None else (descriptors[idx], descriptors)
+    return nearest(rows[idx], rows, size, exclude=idx, sscd=sscd, **search)
+
+
 def _summary(values: torch.Tensor, flagged: torch.Tensor) -> dict:
     v = values.double()
     return {"score": float(torch.quantile(v, 0.95)), "share": float(flagged.double().mean()), "median": float(v.median())}
@@ -230,9 +237,7 @@ def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: floa
     check_threshold(pixel_threshold)
     if gen.shape[1:] != train.shape[1:]:
         raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(train.shape[1:])}")
-    descriptors = None
-    if sscd is not None:
-        descriptors = tuple(F.normalize(sscd.embed(x), dim=1).numpy() for x in (gen, train))
+    descriptors = None if sscd is None else (sscd.descriptors(gen), sscd.descriptors(train))
     nb = nearest(_rows(gen), _rows(train), gen.shape[-1], flip=flip, device=device, sscd=descriptors,
                  exclude=np.arange(len(gen)) if exclude_self else None)
     return {**statistics(nb, pixel_threshold), "nearest": nb.nearest.tolist(), "max_similarity": nb.pixel.tolist()}
@@ -274,20 +279,16 @@ class TorchScriptEmbedder:
             outs.append(y.flatten(1).float())
         return torch.cat(outs)
 
-    def similarity(self, gen: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.embed(gen), dim=1) @ F.normalize(self.embed(train), dim=1).T
+    def descriptors(self, x: torch.Tensor) -> np.ndarray:
+        """Unit-length descriptors (float32): their dot products are the cosine similarities :func:`nearest` ranks."""
+        return F.normalize(self.embed(x), dim=1).numpy()
 
 
 def background(train: torch.Tensor, *, limit: int = 512, seed: int = 0, pixel_threshold: float = 0.9, sscd=None,
                device: str | torch.device = "cpu", flip: bool = False) -> dict:
     """The replication statistics of (up to ``limit``) training images against the other training images."""
-    idx = sample(len(train), limit, seed)
-    rows = _rows(train)
-    descriptors = None
-    if sscd is not None:
-        every = F.normalize(sscd.embed(train), dim=1).numpy()
-        descriptors = (every[idx], every)
-    nb = nearest(rows[idx], rows, train.shape[-1], flip=flip, device=device, exclude=idx, sscd=descriptors)
+    nb = against_the_rest(_rows(train), train.shape[-1], sample(len(train), limit, seed), flip=flip, device=device,
+                          descriptors=None if sscd is None else sscd.descriptors(train))
     return statistics(nb, pixel_threshold)
 
 
@@ -296,5 +297,5 @@ def sample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
 
 
-__all__ = ["CARLINI_K", "GRID", "Neighbours", "TorchScriptEmbedder", "background", "calibrated_threshold", "check_threshold",
+__all__ = ["CARLINI_K", "GRID", "Neighbours", "TorchScriptEmbedder", "against_the_rest", "background", "calibrated_threshold", "check_threshold",
            "copy_rates", "nearest", "pixel_similarity", "pixel_similarity_mirrored", "replication", "sample", "statistics"]
