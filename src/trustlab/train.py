@@ -40,9 +40,9 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed(device: torch.device) -> tuple[int, int, int]:
-    """Join the process group under torchrun (gloo on CPU, nccl on GPU); (rank, world size, per-process
-    share of a batch). Each process takes its ``1/N`` slice of the same global batch."""
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group under torchrun (gloo on CPU, nccl on GPU); (rank, world size). Each
+    process then takes its ``1/N`` slice of the same global batch (:func:`local_share`)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world()
@@ -85,14 +85,16 @@ def average_gradients(params: list[nn.Parameter]) -> None:
 
 def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
     """The mean of ``value`` over the processes of a torchrun job (itself in a single process)."""
-    if world()[1] == 1:
+    world_size = world()[1]
+    if world_size == 1:
         return value
     value = value.clone()
     torch.distributed.all_reduce(value)
-    return value / world()[1]
+    return value / world_size
 
 
 def local_share(batch_size: int, world_size: int) -> int:
+    """Each process's share of a global batch; a batch that does not split evenly is a one-line error."""
     if batch_size % world_size:
         raise ConfigError(f"batch size {batch_size} does not split over {world_size} processes: use a multiple")
     return batch_size // world_size

@@ -40,15 +40,27 @@ def _numeric(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _part_names(parts: list[list[dict]]) -> list[str]:
+    """The keys that name the parts: labels (text or integers, e.g. ``stage``, ``rank``) constant
+    within each part and different between them."""
+    if len(parts) < 2:
+        return []
+
+    def names_parts(key: str) -> bool:
+        labels = all(isinstance(r.get(key), (str, int)) for p in parts for r in p)
+        constant = all(len({r.get(key) for r in p}) == 1 for p in parts)
+        return labels and constant and len({p[0].get(key) for p in parts}) > 1
+
+    return [k for k in sorted({k for p in parts for r in p for k in r} - {"step"}) if names_parts(k)]
+
+
 def plot_metric_curves(run: RunDir) -> Path | None:
     """One panel per numeric metric against step, a line per stage or sweep point (named by the keys that
     are constant within each part and differ between them, e.g. ``stage`` or ``rank``); None when there is
     nothing to plot."""
     parts = _segments(run.metrics())
     keys = sorted({k for p in parts for r in p for k, v in r.items() if k != "step" and _numeric(v)})
-    names = [k for k in sorted({k for p in parts for r in p for k in r} - {"step"}) if len(parts) > 1
-             and all(isinstance(r.get(k), (str, int)) for p in parts for r in p)  # labels, not measurements
-             and all(len({r.get(k) for r in p}) == 1 for p in parts) and len({p[0].get(k) for p in parts}) > 1]
+    names = _part_names(parts)
     keys = [k for k in keys if k not in names and len({r["step"] for p in parts for r in p if k in r}) > 1]  # a dot is no curve
     if not keys:
         return None
@@ -60,10 +72,10 @@ def plot_metric_curves(run: RunDir) -> Path | None:
     cols = min(3, len(keys))
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    labels = [", ".join(f"{k} {part[0][k]}" for k in names if k in part[0]) or None for part in parts]
     for ax, key in zip(axes.flat, keys):
-        for part in parts:
+        for part, label in zip(parts, labels):
             pts = [(r["step"], r[key]) for r in part if key in r]
-            label = ", ".join(f"{k} {part[0][k]}" for k in names if k in part[0]) or None
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
         ax.set_title(key)
