@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from trustlab.pi.config import ClassifierConfig, DataConfig, ShallowConfig
 from trustlab.pi.masks import install_partial_relus
 from trustlab.pi.merge import apply_merges
 from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS
-from trustlab.pi.config import ClassifierConfig, DataConfig, ShallowConfig
 from trustlab.pi.training import load_classifier
 from trustlab.runs import RunDir
 from trustlab.train import load_weights
