@@ -104,6 +104,22 @@ def test_joint_is_normalised_and_marginals_sum_it_out(seed):
     torch.testing.assert_close(pm, expected, rtol=1e-9, atol=1e-12)
 
 
+def test_region_graph_sums_over_shared_children_are_normalised_and_mpe_is_the_best_path():
+    card = [2, 3, 2, 2, 2]
+    g = random_region_graph(card, depth=2, repetitions=2, sums=3, leaves=2, seed=4)
+    c = Circuit(g, torch.float64)
+    assert any(c._shared(j) is not None for j in range(len(c.layers)))  # the grouped path is the one under test
+    x = all_assignments(card)
+    assert c.log_prob(x).exp().sum().item() == pytest.approx(1.0, abs=1e-10)
+    xm = x.clone()
+    xm[:, 1] = math.nan
+    torch.testing.assert_close(c.log_prob(xm).exp().view(*card), c.log_prob(x).exp().view(*card).sum(1, keepdim=True)
+                               .expand(*card), rtol=1e-9, atol=1e-12)
+    best = c.values(x, "max")[:, c.root_pos]  # max-product value of each full assignment: its best path
+    completed = c.mpe(torch.full((1, len(card)), math.nan))
+    assert c.values(completed, "max")[0, c.root_pos].item() == pytest.approx(best.max().item(), abs=1e-9)
+
+
 def test_mpe_of_a_factorised_spn_is_the_exact_argmax_and_respects_evidence():
     leaves = [Leaf(0, "bernoulli", [0.8]), Leaf(1, "categorical", [0.2, 0.5, 0.3]), Leaf(2, "bernoulli", [0.1])]
     g = Graph([*leaves, Product([0, 1, 2])], 3, [2, 3, 2])

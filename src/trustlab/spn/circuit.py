@@ -1,10 +1,13 @@
 """Batched, layer-wise SPN inference and learning in log space.
 
 :class:`Circuit` compiles a :class:`~trustlab.spn.structure.Graph` once: leaves are grouped
-by kind, inner nodes by depth, and each depth becomes one gather + ``logsumexp`` (sums) and
-one gather + sum (products) over padded child-index matrices. Any DAG structure (LearnSPN
-trees, random region graphs) therefore runs as a handful of tensor ops per layer, on CPU or
-GPU, with autograd. Missing values are NaN: a missing variable's leaves evaluate to log 1,
+by kind, inner nodes by depth, and each depth becomes one gather of its edges' child values
+followed by a segment sum (products) or a segment ``logsumexp`` (sums) into its nodes. Values
+are held node-major ([nodes, batch]), so a gather copies whole rows, and the edges are a flat
+list, so a layer costs its edges, not its widest node times its node count. Any DAG structure
+(LearnSPN trees, random region graphs) therefore runs as a handful of tensor ops per layer,
+on CPU or GPU, with autograd. Top-down passes (MPE, sampling) read the same layers through
+padded child-index matrices. Missing values are NaN: a missing variable's leaves evaluate to log 1,
 which marginalises it exactly in a valid SPN.
 
 Two learners share the forward pass: :meth:`Circuit.em` reads expected counts off the
@@ -35,7 +38,9 @@ class _Layer:
     kind: str  # "sum" or "product"
     nodes: list[int]
     start: int
-    children: torch.Tensor  # [m, F] value positions, padded
+    children: torch.Tensor  # [m, F] value positions, padded (top-down passes)
+    edges: torch.Tensor  # [3, E]: parent row in the layer, child value position, slot in the parent's padded row
+    shared: torch.Tensor | None  # sums only: [G, F] child positions when the layer is G groups of sums over shared children
 
 
 class Circuit(nn.Module):
@@ -82,6 +87,13 @@ class Circuit(nn.Module):
                 ids = [i for i in range(len(nodes)) if depth[i] == d and isinstance(nodes[i], cls)]
                 if not ids:
                     continue
+                groups: dict[tuple, list[int]] = {}
+                for i in ids:
+                    groups.setdefault(tuple(nodes[i].children), []).append(i)
+                shapes = {(len(g), len(c)) for c, g in groups.items()}
+                shared = kind == "sum" and len(shapes) == 1 and min(shapes)[0] > 1
+                if shared:  # a region's sums over the same products (random region graphs): rows in group order
+                    ids = [i for g in groups.values() for i in g]
                 fan = max(len(nodes[i].children) for i in ids)
                 pad = _NEG_INF if kind == "sum" else _ZERO
                 ch = torch.full((len(ids), fan), pad, dtype=torch.long)
@@ -90,7 +102,9 @@ class Circuit(nn.Module):
                 start = 2 + len(pos)
                 for r, i in enumerate(ids):
                     pos[i] = start + r
-                self.layers.append(_Layer(kind, ids, start, ch))
+                edges = (ch >= 2).nonzero().T  # positions 0 and 1 are the padding constants
+                edges = torch.stack([edges[0], ch[edges[0], edges[1]], edges[1]])
+                self.layers.append(_Layer(kind, ids, start, ch, edges, ch[:: len(ids) // len(groups)] if shared else None))
                 if kind == "sum":
                     logits = torch.zeros(len(ids), fan, dtype=torch.float64)
                     mask = torch.ones(len(ids), fan, dtype=torch.bool)
@@ -104,12 +118,21 @@ class Circuit(nn.Module):
             self.register_buffer(f"_sum_pad{j}", m)
         for j, layer in enumerate(self.layers):
             self.register_buffer(f"_children{j}", layer.children)
+            self.register_buffer(f"_edges{j}", layer.edges)
+            self.register_buffer(f"_shared{j}", layer.shared)
         self.root_pos = pos[graph.root]
+        self.num_positions = 2 + len(pos)
         self._graph_shape = graph  # kept for to_graph(): the structure, not the parameters
 
     # -- parameters ---------------------------------------------------------------------------
     def _children(self, j: int) -> torch.Tensor:
         return getattr(self, f"_children{j}")
+
+    def _edges(self, j: int) -> torch.Tensor:
+        return getattr(self, f"_edges{j}")
+
+    def _shared(self, j: int) -> torch.Tensor | None:
+        return getattr(self, f"_shared{j}")
 
     def log_weights(self) -> list[torch.Tensor]:
         """Normalised log-weights of every sum layer (padding at -inf)."""
@@ -156,22 +179,56 @@ class Circuit(nn.Module):
 
     def values(self, x: torch.Tensor, mode: str = "sum", *, leaves: torch.Tensor | None = None,
                log_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Log-values of every node [B, 2 + nodes] (positions as compiled); ``mode`` sum or max."""
+        """Log-values of every node [B, 2 + nodes] (positions as compiled); ``mode`` sum or max.
+
+        Computed node-major and returned as a transposed view. A sum's ``logsumexp`` shifts by
+        its children's largest value, taken without gradient: the result does not depend on
+        the shift, so neither does its gradient. Groups of sums over the same children (a
+        random region graph's regions) are one batched matrix product in linear space, shifted
+        per group, so their children are read once per group rather than once per edge.
+        """
         leaves = self.leaf_values(x, mode) if leaves is None else leaves
         lw = self.log_weights() if log_weights is None else log_weights
-        const = torch.tensor([0.0, -math.inf], dtype=leaves.dtype, device=leaves.device).expand(len(leaves), 2)
-        v = torch.cat([const, leaves], 1)
+        b = len(leaves)
+        v = leaves.new_empty(self.num_positions, b)  # written layer by layer, never re-copied
+        v[_ZERO], v[_NEG_INF] = 0.0, -math.inf
+        v[2 : 2 + leaves.shape[1]] = leaves.T
         s = 0
         for j, layer in enumerate(self.layers):
-            ch = v[:, self._children(j)]
-            if layer.kind == "sum":
-                t = ch + lw[s]
+            m = len(layer.nodes)
+            if layer.kind == "sum" and self._shared(j) is not None:
+                v[layer.start : layer.start + m] = self._shared_sums(v, self._shared(j), lw[s], mode)
                 s += 1
-                out = torch.logsumexp(t, 2) if mode == "sum" else t.max(2).values
+                continue
+            parent, child, slot = self._edges(j)
+            t = v[child]  # [E, B]
+            if layer.kind == "product":
+                out = t.new_zeros(m, b).index_add_(0, parent, t)
             else:
-                out = ch.sum(2)
-            v = torch.cat([v, out], 1)
-        return v
+                t = t + lw[s][parent, slot].unsqueeze(1)
+                s += 1
+                with torch.no_grad():
+                    top = t.new_full((m, b), -math.inf).scatter_reduce_(0, parent.unsqueeze(1).expand_as(t), t, "amax")
+                if mode == "max":
+                    out = top
+                else:
+                    top = top.masked_fill(torch.isinf(top), 0.0)
+                    out = torch.log(t.new_zeros(m, b).index_add_(0, parent, torch.exp(t - top[parent]))) + top
+            v[layer.start : layer.start + m] = out
+        return v.T
+
+    @staticmethod
+    def _shared_sums(v: torch.Tensor, children: torch.Tensor, log_weights: torch.Tensor, mode: str) -> torch.Tensor:
+        """Sums in G groups of k over the same F children ([G, F] positions): their values [G*k, B]."""
+        (g, f), b = children.shape, v.shape[1]
+        t = v[children.reshape(-1)].view(g, f, b)
+        w = log_weights.view(g, -1, f)
+        if mode == "max":
+            return (t.unsqueeze(1) + w.unsqueeze(3)).amax(2).reshape(-1, b)
+        with torch.no_grad():
+            top = t.amax(1, keepdim=True)
+            top = top.masked_fill(torch.isinf(top), 0.0)
+        return (torch.log(torch.bmm(w.exp(), torch.exp(t - top))) + top).reshape(-1, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.values(x)[:, self.root_pos]

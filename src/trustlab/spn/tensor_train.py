@@ -64,46 +64,57 @@ class TensorTrain(nn.Module):
     def num_parameters(self) -> int:
         return sum(c.numel() for c in self.log_cores)
 
-    def log_partition(self) -> torch.Tensor:
+    def log_partition(self, cores: list[torch.Tensor] | None = None) -> torch.Tensor:
         """log of the sum of the train over every assignment (1 for an exact map of a normalised SPN)."""
-        ones = torch.full((1, self.num_vars), math.nan, dtype=self.log_cores[0].dtype)
-        return self._contract(ones)[0]
+        cores = self.cores() if cores is None else cores
+        v, scales = cores[0].new_ones(1, 1), []
+        for core in cores:
+            v = v @ core.sum(1)
+            scales.append(v.sum(1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny))
+            v = v / scales[-1]
+        return torch.log(torch.cat(scales, 1)).sum() + torch.log(v.squeeze())
 
-    def _sweep(self, x: torch.Tensor, positions: range, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sweep(self, x: torch.Tensor, positions: range, reverse: bool,
+               cores: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Contract the cores at ``positions`` for each row of ``x`` (NaN = summed out).
 
         Left to right the result is a row vector per example over the right rank of the last
         core; right to left, a column vector over the left rank of the first. Returned
-        normalised, with the log of the scale taken out ([B, r], [B]).
+        normalised, with the log of the scale taken out ([B, r], [B]). ``cores`` are the
+        exponentiated cores when the caller already has them.
         """
         b = len(x)
         dtype = self.log_cores[0].dtype
         size = 1 if not positions else (self.log_cores[positions[-1]].shape[2] if reverse
                                         else self.log_cores[positions[0]].shape[0])
         v = torch.ones(b, size, dtype=dtype, device=x.device)
-        log_scale = torch.zeros(b, dtype=dtype, device=x.device)
+        observed = not bool(torch.isnan(x).any())  # the common case (training rows): one gather per core
+        rows = torch.arange(b, device=x.device)
+        scales = [torch.ones(b, 1, dtype=dtype, device=x.device)]  # one log over all the scales at the end
         for k in (reversed(positions) if reverse else positions):
-            core = self.log_cores[k].exp()
+            core = self.log_cores[k].exp() if cores is None else cores[k]
             if reverse:
                 core = core.permute(2, 1, 0)
             r, n, r2 = core.shape
             col = x[:, self.order[k]]
-            miss = torch.isnan(col)
-            if bool(miss.all()):
+            if observed:
+                v = (v @ core.reshape(r, n * r2)).view(b, n, r2)[rows, col.long()]
+            elif bool(torch.isnan(col).all()):
                 v = v @ core.sum(1)
             else:
+                miss = torch.isnan(col)
                 ext = torch.cat([core, core.sum(1, keepdim=True)], 1)  # value n = summed out
                 idx = torch.where(miss, n, col.nan_to_num(0).long())
-                out = (v @ ext.reshape(r, (n + 1) * r2)).view(b, n + 1, r2)
-                v = out.gather(1, idx.view(b, 1, 1).expand(b, 1, r2)).squeeze(1)
+                v = (v @ ext.reshape(r, (n + 1) * r2)).view(b, n + 1, r2)[rows, idx]
             s = v.sum(1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
             v = v / s
-            log_scale = log_scale + torch.log(s.squeeze(1))
+            scales.append(s)
+        log_scale = torch.log(torch.cat(scales, 1)).sum(1)
         return v, log_scale
 
-    def _contract(self, x: torch.Tensor) -> torch.Tensor:
+    def _contract(self, x: torch.Tensor, cores: list[torch.Tensor] | None = None) -> torch.Tensor:
         """log of the unnormalised train at each row of ``x`` (NaN = summed out) [B]."""
-        v, log_scale = self._sweep(x, range(self.num_vars), reverse=False)
+        v, log_scale = self._sweep(x, range(self.num_vars), reverse=False, cores=cores)
         return log_scale + torch.log(v.squeeze(1).clamp_min(0.0))
 
     def log_joint_over(self, x: torch.Tensor, var: int) -> torch.Tensor:
@@ -121,7 +132,8 @@ class TensorTrain(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised log-probability of each row (NaN entries marginalised)."""
-        return self._contract(x) - self.log_partition()
+        cores = self.cores()
+        return self._contract(x, cores) - self.log_partition(cores)
 
     def check_data(self, x) -> torch.Tensor:
         x = torch.as_tensor(x, dtype=self.log_cores[0].dtype)
