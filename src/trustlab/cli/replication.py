@@ -65,9 +65,15 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
                                               "below (0: RAU-Net everywhere)."),
               checkpoint_every: int = typer.Option(MODEL.checkpoint_every, min=0), seed: int = typer.Option(MODEL.seed),
               device: str = typer.Option(MODEL.device, help="auto | cpu | cuda"),
+              pretrained: Optional[str] = typer.Option(None, help="A diffusers Stable Diffusion folder (save_pretrained "
+                                                       "layout): fine-tune its UNet in its VAE's latent space, with its "
+                                                       "CLIP text encoder and schedule (--encoder and --channels are then "
+                                                       "the pipeline's). Nothing is downloaded."),
+              bf16: bool = typer.Option(MODEL.bf16, "--bf16", help="bfloat16 mixed precision for the denoiser (GPUs)."),
               resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
               quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
-    """Train the conditional U-Net on captioned images (DDPM loss, caption dropout, EMA)."""
+    """Train the conditional U-Net on captioned images (DDPM loss, caption dropout, EMA), or fine-tune a local
+    Stable Diffusion folder's UNet (--pretrained)."""
     from trustlab.replication.skips import parse_skips
     from trustlab.replication.training import train_diffusion
 
@@ -83,7 +89,8 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
                           caption_dropout=caption_dropout, mitigations=mitigation or "", mitigation_p=mitigation_p,
                           mitigation_sigma=mitigation_sigma,
                           rau_skips=parse_skips(rau_skips or ""), itb=itb,
-                          itb_frozen=itb_frozen, tau=tau, checkpoint_every=checkpoint_every, seed=seed, device=device)
+                          itb_frozen=itb_frozen, tau=tau, checkpoint_every=checkpoint_every, seed=seed, device=device,
+                          pretrained=pretrained or "", bf16=bf16)
     run = train_diffusion(cfg, out, resume=resume, quiet=quiet)
     from trustlab.train import world
 

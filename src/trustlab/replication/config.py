@@ -14,6 +14,7 @@ from trustlab.data.registry import get_spec
 from trustlab.errors import ConfigError
 from trustlab.replication.llm import ChatClient
 from trustlab.replication.mitigations import TRAIN, parse
+from trustlab.replication.pipeline_folder import check_pipeline, vae_factor
 from trustlab.replication.skips import Skip, check_skips, itb_kinds, skips_of
 
 
@@ -113,6 +114,8 @@ class DiffusionConfig:
     checkpoint_every: int = 250
     seed: int = 0
     device: str = "auto"
+    pretrained: str = ""  # a diffusers Stable Diffusion folder: fine-tune its UNet in the VAE's latent space
+    bf16: bool = False  # bfloat16 autocast of the denoiser (mixed precision, for GPUs)
 
     kind: ClassVar[str] = "replication-train"
 
@@ -124,16 +127,34 @@ class DiffusionConfig:
             raise ConfigError("--steps, --batch-size and --lr must be positive")
         if not 0 <= self.caption_dropout < 1 or not 0 < self.ema_decay < 1:
             raise ConfigError("--caption-dropout must lie in [0, 1) and the EMA decay in (0, 1)")
-        if len(self.channels) != 3:
+        if self.pretrained:
+            parts = check_pipeline(self.pretrained)
+            unet = parts["unet"]
+            step = vae_factor(parts["vae"]) * 2 ** (len(unet["block_out_channels"]) - 1)
+            if self.data.size % step:
+                raise ConfigError(f"--size {self.data.size}: this pipeline's VAE and UNet need a multiple of {step}")
+        elif len(self.channels) != 3:
             raise ConfigError("--channels takes three widths, e.g. 32,64,64")
         check_skips(self.itb_kinds(), self.skips())
-        if not 0 <= self.tau < self.timesteps:
-            raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{self.timesteps - 1}, not {self.tau}")
+        if not 0 <= self.tau < self.num_timesteps():
+            raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{self.num_timesteps() - 1}, not {self.tau}")
         if self.tau and not self.rau_skips:
             raise ConfigError("--tau routes high-noise timesteps to a RAU-Net: give its skips with --rau-skips")
 
     def skips(self) -> list[Skip]:
-        return skips_of(tuple(self.channels), self.layers_per_block, self.data.size)
+        """The denoiser's skip connections: the testbed U-Net's, or the pretrained UNet's at the latent size."""
+        if not self.pretrained:
+            return skips_of(tuple(self.channels), self.layers_per_block, self.data.size)
+        parts = check_pipeline(self.pretrained)
+        unet = parts["unet"]
+        return skips_of(tuple(unet["block_out_channels"]), unet["layers_per_block"],
+                        self.data.size // vae_factor(parts["vae"]))
+
+    def num_timesteps(self) -> int:
+        """The noise schedule's length: ``timesteps``, or the pretrained pipeline's own."""
+        if not self.pretrained:
+            return self.timesteps
+        return int(check_pipeline(self.pretrained)["scheduler"].get("num_train_timesteps", 1000))
 
     def itb_kinds(self) -> dict[int, str]:
         """The ITB kind of each chosen skip."""

@@ -23,7 +23,9 @@ from trustlab.errors import ConfigError, RunError
 from trustlab.progress import progress_bar
 from trustlab.replication.data import load_captioned
 from trustlab.replication.mitigations import INFERENCE, Mitigations, parse, vocabulary
-from trustlab.replication.training import load_trained, make_scheduler
+from trustlab.replication import pretrained
+from trustlab.replication.pipeline_folder import vae_factor
+from trustlab.replication.training import latent_vae, load_trained, make_scheduler
 from trustlab.runs import RunDir, atomic_write_bytes, load_checkpoint_file
 from trustlab.train import resolve_device
 
@@ -69,6 +71,9 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
     g = torch.Generator().manual_seed(seed)
     dev = resolve_device(device)
     unet.to(dev)
+    vae = latent_vae(cfg, dev)  # a pretrained pipeline denoises latents; its VAE decodes them
+    shape = (3, cfg.data.size, cfg.data.size) if vae is None else \
+        (vae.config.latent_channels, *[cfg.data.size // vae_factor(vae.config)] * 2)
     started = time.perf_counter()
     null_states, null_mask = (t.to(dev) for t in encoder.encode([""]))
     out = []
@@ -81,11 +86,12 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
             states = mit.states(states, g)
             ctx = torch.cat([null_states.expand(b, -1, -1), states.to(dev)])
             ctx_mask = torch.cat([null_mask.expand(b, -1), mask.to(dev)])
-            x = torch.randn((b, 3, cfg.data.size, cfg.data.size), generator=g).to(dev)
+            x = torch.randn((b, *shape), generator=g).to(dev)
             for t in scheduler.timesteps:
                 eps = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx, encoder_attention_mask=ctx_mask).sample
                 uncond, cond = eps.chunk(2)
                 x = scheduler.step(uncond + guidance * (cond - uncond), t, x, eta=eta, generator=g).prev_sample
+            x = x if vae is None else pretrained.decode_latents(vae, x)
             out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
             bar.update(task, advance=b)
     meta = {"prompts": chosen, "prompt_captions": prompts, "used_prompts": used, "train_index": pick.tolist(),
@@ -103,7 +109,7 @@ def check_prompts(prompts: str) -> None:
 def save_samples(path: Path, images: torch.Tensor, meta: dict) -> Path:
     from safetensors.torch import save
 
-    atomic_write_bytes(path, save({"images": images}, metadata={"trustlab": json.dumps(meta)}))
+    atomic_write_bytes(path, save({"images": images.contiguous()}, metadata={"trustlab": json.dumps(meta)}))
     return path
 
 

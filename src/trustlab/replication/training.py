@@ -7,6 +7,9 @@ copy sampling uses). With ``rau_skips`` the U-Net gets information transfer bloc
 skips (RAU-Net); with ``tau`` > 0 as well, a plain U-Net and a RAU-Net are trained as one
 LoyalDiffusion pair, each on its own timesteps (see ``rau``). Every random draw of step ``s`` comes from a generator seeded by
 ``(seed, s)``, so a run killed and resumed from its checkpoint continues exactly.
+
+With ``pretrained`` the same loop fine-tunes a Stable Diffusion folder's UNet on the latents of
+its VAE, with its CLIP text encoder and its noise schedule (:mod:`trustlab.replication.pretrained`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trustlab.errors import RunError
+from trustlab.errors import ConfigError, RunError
 from trustlab.progress import progress_bar
 from trustlab.replication.config import DiffusionConfig
+from trustlab.replication import pretrained
 from trustlab.replication.data import load_captioned
 from trustlab.replication.fusion import aux_pool, fuse_captions, fuse_images, fuse_states
 from trustlab.replication.mitigations import parse, vocabulary
 from trustlab.replication.rau import RAUNet, TimestepRouter
-from trustlab.replication.text import make_encoder
+from trustlab.replication.text import TextEncoder, make_encoder
 from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, config_from_dict
 from trustlab.train import (average_gradients, broadcast_state, init_distributed, load_state_tensors, local_share,
@@ -35,9 +39,12 @@ from trustlab.train_config import TrainConfig
 
 
 def build_unet(cfg: DiffusionConfig, text_dim: int):
-    """The diffusers conditional U-Net of ``cfg``: three levels, cross-attention in the lower two."""
+    """The diffusers conditional U-Net of ``cfg``: the pretrained one, or three levels with cross-attention in the
+    lower two."""
     from diffusers import UNet2DConditionModel
 
+    if cfg.pretrained:
+        return pretrained.load_unet(cfg.pretrained)
     return UNet2DConditionModel(
         sample_size=cfg.data.size, in_channels=3, out_channels=3, block_out_channels=tuple(cfg.channels),
         layers_per_block=cfg.layers_per_block, cross_attention_dim=text_dim, attention_head_dim=cfg.head_dim,
@@ -57,11 +64,34 @@ def build_denoiser(cfg: DiffusionConfig, text_dim: int) -> torch.nn.Module:
 
 
 def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
+    """The noise schedule as DDPM (training) or DDIM (sampling): the pretrained pipeline's, or the testbed's."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
+    if cfg.pretrained:
+        return pretrained.load_scheduler(cfg.pretrained, kind)
     cls = DDPMScheduler if kind == "ddpm" else DDIMScheduler
     return cls(num_train_timesteps=cfg.timesteps, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
                clip_sample=True)
+
+
+def text_encoder_for(cfg: DiffusionConfig, device: torch.device | str = "cpu") -> TextEncoder:
+    """The encoder of the captions: the pretrained pipeline's CLIP, or the testbed's ``encoder``."""
+    return pretrained.ClipEncoder(cfg.pretrained, device) if cfg.pretrained else make_encoder(cfg.encoder)
+
+
+def latent_vae(cfg: DiffusionConfig, device: torch.device | str = "cpu"):
+    """The pretrained pipeline's VAE (the denoiser works on its latents), or None for the pixel-space testbed."""
+    return pretrained.load_vae(cfg.pretrained).to(device) if cfg.pretrained else None
+
+
+def noise_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the denoiser learns to predict: the noise, or the velocity for v-prediction pipelines (SD 2.x 768)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ConfigError(f"the pipeline's scheduler predicts '{kind}': trustlab trains epsilon or v_prediction models")
 
 
 def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
@@ -80,8 +110,8 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     job = Job(cfg, out, resume)
     cfg = job.config
     data = load_captioned(cfg.data)
-    encoder = make_encoder(cfg.encoder)
     device = resolve_device(cfg.device)
+    encoder = text_encoder_for(cfg, device)
     rank, world_size = init_distributed(device)
     local = local_share(cfg.batch_size, world_size)
     lo, hi = rank * local, (rank + 1) * local  # this process's slice of every global batch
@@ -103,8 +133,12 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     scheduler = make_scheduler(cfg)
     mit = parse(cfg.mitigations, cfg.mitigation_p, cfg.mitigation_sigma)
     vocab = vocabulary(data.captions)
-    x0_all = data.images.to(device)
+    vae = latent_vae(cfg, device)
+    x0_all = (data.images if vae is None else pretrained.encode_images(vae, data.images, device)).to(device)
     pool = aux_pool(cfg.fusion, cfg.data.size, cfg.seed)
+    if pool is not None and vae is not None:  # dual fusion mixes in latent space
+        pool = pretrained.encode_images(vae, pool, device)
+    del vae
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
 
     def checkpoint() -> None:
@@ -131,13 +165,15 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
             states, mask = fuse_states(cfg.fusion, states, mask, captions, classes, encoder)
             states = mit.states(states, g)
             noise = torch.randn(x0_all[idx].shape, generator=g)
-            t = torch.randint(0, cfg.timesteps, (cfg.batch_size,), generator=g)
+            t = torch.randint(0, cfg.num_timesteps(), (cfg.batch_size,), generator=g)
             x0 = fuse_images(cfg.fusion, x0_all[idx], pool, g)
             xt = scheduler.add_noise(x0, noise.to(device), t.to(device))
+            target = noise_target(scheduler, x0, noise.to(device), t.to(device))
             # every draw above is for the global batch; this process trains on its slice of it
-            pred = unet(xt[lo:hi], t[lo:hi].to(device), encoder_hidden_states=states[lo:hi].to(device),
-                        encoder_attention_mask=mask[lo:hi].to(device)).sample
-            loss = F.mse_loss(pred, noise[lo:hi].to(device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                pred = unet(xt[lo:hi], t[lo:hi].to(device), encoder_hidden_states=states[lo:hi].to(device),
+                            encoder_attention_mask=mask[lo:hi].to(device)).sample
+            loss = F.mse_loss(pred.float(), target[lo:hi])
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -165,7 +201,8 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
                                          "timesteps": where} for s in cfg.skips() if s.index in cfg.rau_skips],
                             title=f"{'LoyalDiffusion' if cfg.tau else 'RAU-Net'}: information transfer blocks")
         run.write_summary({"steps": step, "minutes": seconds / 60, "device": str(device), "images": len(data), "data": data.source,
-                           "parameters": sum(p.numel() for p in unet.parameters()), "encoder": cfg.encoder,
+                           "parameters": sum(p.numel() for p in unet.parameters()), "encoder": encoder.name,
+                           "pretrained": cfg.pretrained or None,
                            "mitigations": list(mit.names), "fusion": asdict(cfg.fusion), "architecture": cfg.architecture(),
                            "rau_skips": list(cfg.rau_skips), "itb": cfg.itb if cfg.rau_skips else None,
                            "tau": cfg.tau, "final_loss": run.metrics()[-1]["loss"]})
@@ -181,7 +218,7 @@ def load_trained(run_dir: str | Path, weights: str = "ema"):
     if not run.has_checkpoint():
         raise RunError(f"{run.path} has no checkpoint yet: train it first (or --resume)")
     tensors, meta = run.load_checkpoint()
-    encoder = make_encoder(cfg.encoder)
+    encoder = text_encoder_for(cfg)
     unet = build_denoiser(cfg, encoder.dim)
     prefix = "ema." if weights == "ema" else "model."
     try:
@@ -191,4 +228,5 @@ def load_trained(run_dir: str | Path, weights: str = "ema"):
     return unet.eval(), cfg, encoder, run
 
 
-__all__ = ["build_denoiser", "build_unet", "load_trained", "make_scheduler", "train_diffusion"]
+__all__ = ["build_denoiser", "build_unet", "latent_vae", "load_trained", "make_scheduler", "noise_target",
+           "text_encoder_for", "train_diffusion"]

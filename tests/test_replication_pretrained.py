@@ -1,0 +1,139 @@
+"""Fine-tuning a local Stable Diffusion folder in latent space, on a tiny random pipeline the tests build and save."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trustlab.errors import ConfigError
+from trustlab.replication.config import CaptionDataConfig, DiffusionConfig, DualFusion
+from trustlab.replication.training import train_diffusion
+from trustlab.runs import RunDir, load_checkpoint_file
+
+from test_replication import write_folder
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A StableDiffusionPipeline with random tiny parts (CLIP of 2 layers, a 2-block VAE and UNet), saved as a user's
+    folder would be: 16x16 images, 8x8x4 latents."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sd")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        tokenizer=CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16),
+        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
+                                                  bos_token_id=0, eos_token_id=1, pad_token_id=1)),
+        vae=AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                          norm_num_groups=8, sample_size=16),
+        unet=UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                  layers_per_block=1, cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+                                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        scheduler=DDPMScheduler(num_train_timesteps=100, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "pipe")
+    return root / "pipe"
+
+
+def config(folder, pipe, steps=4, size=16, **kw):
+    return DiffusionConfig(data=CaptionDataConfig(dataset="folder", folder=str(folder), n=0, size=size),
+                           pretrained=str(pipe), steps=steps, batch_size=4, checkpoint_every=2, device="cpu", **kw)
+
+
+def test_fine_tunes_in_latent_space_with_the_methods_and_resumes_exactly(tmp_path, pipeline):
+    """LoyalDiffusion skips on SD's layout, embedding noise and dual fusion in latent space; a killed run resumes
+    to the same weights; the UNet moved away from the pipeline's."""
+    folder = write_folder(tmp_path / "imgs")
+    opts = dict(rau_skips=(1, 2), tau=50, mitigations="embedding-noise", fusion=DualFusion(text_weight=0.5))
+    train_diffusion(config(folder, pipeline, **opts), tmp_path / "full", quiet=True)
+    train_diffusion(config(folder, pipeline, **opts), tmp_path / "cut", quiet=True, max_steps=2)
+    train_diffusion(config(folder, pipeline, **opts), tmp_path / "cut", quiet=True, resume=True)
+    a, meta = load_checkpoint_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    b, _ = load_checkpoint_file(tmp_path / "cut" / "checkpoints" / "last.safetensors")
+    assert meta["done"] and set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    s = RunDir(tmp_path / "full").summary()
+    assert s["architecture"] == "loyal" and s["encoder"] == "clip" and s["pretrained"] == str(pipeline)
+    from diffusers import UNet2DConditionModel
+
+    start = UNet2DConditionModel.from_pretrained(pipeline, subfolder="unet").state_dict()
+    moved = [k for k, v in start.items() if not torch.equal(v, a[f"model.high.unet.{k}"])]
+    assert moved and any(k.startswith("model.high.itbs.") for k in a)
+
+
+def test_cli_fine_tunes_samples_through_the_vae_and_measures(cli, tmp_path, pipeline):
+    folder = write_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+    r = cli("replication", "train", "--pretrained", str(pipeline), "--dataset", "folder", "--folder", str(folder),
+            "--n", "0", "--size", "16", "--steps", "2", "--batch-size", "4", "--quiet", "--device", "cpu", "--bf16",
+            "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    r = cli("replication", "sample", str(run), "--n", "3", "--steps", "2", "--quiet", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = cli("replication", "measure", str(run), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["generations"] == 3 and 0 <= m["copies"]["copy_rate"] <= 1
+
+
+def test_bad_pretrained_folders_name_the_part(cli, tmp_path, pipeline):
+    folder = write_folder(tmp_path / "imgs")
+    base = ["replication", "train", "--dataset", "folder", "--folder", str(folder), "--n", "0", "--quiet",
+            "--out", str(tmp_path / "run")]
+    r = cli(*base, "--pretrained", str(folder), "--size", "16")
+    assert r.returncode == 2 and "not a diffusers pipeline folder" in r.stderr and "Traceback" not in r.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(pipeline, broken)
+    shutil.rmtree(broken / "vae")
+    r = cli(*base, "--pretrained", str(broken), "--size", "16")
+    assert r.returncode == 2 and "lacks its vae" in r.stderr
+    r = cli(*base, "--pretrained", str(pipeline), "--size", "16", "--rau-skips", "9")
+    assert r.returncode == 2 and "skip 9 does not exist" in r.stderr and "0 (16 ch, 8x8)" in r.stderr
+    assert not (tmp_path / "run").exists()
+    deeper = tmp_path / "deeper"  # a UNet of four levels on this VAE needs images a multiple of 2 * 2**3 pixels
+    shutil.copytree(pipeline, deeper)
+    unet = json.loads((deeper / "unet" / "config.json").read_text())
+    (deeper / "unet" / "config.json").write_text(json.dumps({**unet, "block_out_channels": [16, 32, 32, 32]}))
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        config(folder, deeper, size=24).validate()
+    (broken / "vae").mkdir()
+    (broken / "vae" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="vae folder has a config but no weights"):
+        config(folder, broken).validate()
+
+
+def test_two_processes_fine_tune_the_pipeline_as_one(tmp_path, pipeline):
+    folder = write_folder(tmp_path / "imgs", n=8)
+    args = ["replication", "train", "--pretrained", str(pipeline), "--dataset", "folder", "--folder", str(folder),
+            "--size", "16", "--steps", "3", "--batch-size", "4", "--checkpoint-every", "3", "--quiet", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    runs = {}
+    for name, launcher in (("one", [sys.executable]), ("two", [str(torchrun), "--standalone", "--nproc_per_node", "2"])):
+        out = tmp_path / name
+        r = subprocess.run([*launcher, "-m", "trustlab", *args, "--out", str(out)], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[name] = load_checkpoint_file(out / "checkpoints" / "last.safetensors")[0]
+    one, two = runs["one"], runs["two"]
+    assert set(one) == set(two)
+    for k in one:
+        if k.startswith(("model.", "ema.")):
+            torch.testing.assert_close(one[k], two[k], rtol=0, atol=1e-4, msg=k)
