@@ -261,11 +261,11 @@ def test_duplicated_rows_know_their_distinct_image(tmp_path):
 
 
 def test_calibrated_threshold_separates_copies_from_look_alikes_and_flip_catches_mirrors():
-    from trustlab.replication.metrics import calibrated_threshold, replication
+    from trustlab.replication.metrics import compare, image_rows, replication
 
     g = torch.Generator().manual_seed(0)
     distinct = torch.rand(64, 3, 16, 16, generator=g) * 2 - 1
-    threshold = calibrated_threshold(distinct)
+    threshold = compare(image_rows(distinct[:2]), image_rows(distinct), 16, calibrate=np.arange(64), background=np.arange(8)).threshold
     sim = distinct.flatten(1).double() - distinct.flatten(1).double().mean(1, keepdim=True)
     sim = torch.nn.functional.normalize(sim, dim=1) @ torch.nn.functional.normalize(sim, dim=1).T
     sim.fill_diagonal_(-2)

@@ -15,7 +15,7 @@ at one block pair whatever the folder sizes:
 * SSCD cosine with a TorchScript copy detector (``sscd``), computed from the decoded images at
   the detector's own resolution.
 
-The search is :func:`trustlab.replication.metrics.nearest`, the one ``measure`` uses too. The copy
+The comparison is :func:`trustlab.replication.metrics.compare`, the one ``measure`` uses too. The copy
 threshold is calibrated as in ``measure``: the 99th percentile, over a sample of
 training images, of each one's similarity to its nearest *other* training image. The background
 is the same statistics for a sample of training images against the rest. ``nearest.csv`` lists
@@ -40,7 +40,7 @@ from trustlab.progress import progress_bar
 from trustlab.replication.config import AuditConfig
 from trustlab.replication.measure import copy_grid
 from trustlab.replication.data import caption_records
-from trustlab.replication.metrics import Neighbours, TorchScriptEmbedder, against_the_rest, nearest, sample, statistics
+from trustlab.replication.metrics import Neighbours, TorchScriptEmbedder, compare, sample
 from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, atomic_write_bytes, atomic_write_text
 from trustlab.train import resolve_device
@@ -155,23 +155,15 @@ def audit(cfg: AuditConfig, out: str | Path, *, resume: bool = False, quiet: boo
     gen = encode_folder(gen_files, cfg, cache, "generated", detector, quiet)
     if len(train.files) < 2:
         raise DataError(f"{cfg.train}: an audit needs at least two training images")
-    search = dict(flip=cfg.flip, batch=cfg.batch, device=device, quiet=quiet)
-    nb = nearest(gen.rows, train.rows, cfg.size, **search, what="generations vs training",
-                 sscd=None if detector is None else (gen.sscd, train.sscd))
-    if cfg.copy_threshold is None:
-        calib = sample(len(train.rows), cfg.calibration, cfg.seed)
-        within = against_the_rest(train.rows, cfg.size, calib, **search, what="calibration")
-        threshold, source = float(torch.quantile(within.pixel.double(), 0.99)), (
-            f"p99 of {len(calib):,} training images' nearest other")
-    else:
-        threshold, source = cfg.copy_threshold, "given"
-    back = sample(len(train.rows), cfg.background, cfg.seed + 1)
-    background = statistics(against_the_rest(train.rows, cfg.size, back, descriptors=train.sscd, **search,
-                                             what="background"), cfg.pixel_threshold)
-    replication = statistics(nb, cfg.pixel_threshold)
-    copied = nb.pixel > threshold
+    n = len(train.rows)
+    result = compare(gen.rows, train.rows, cfg.size, calibrate=sample(n, cfg.calibration, cfg.seed),
+                     background=sample(n, cfg.background, cfg.seed + 1), copy_threshold=cfg.copy_threshold,
+                     descriptors=None if detector is None else (gen.sscd, train.sscd),
+                     pixel_threshold=cfg.pixel_threshold, flip=cfg.flip, batch=cfg.batch, device=device, quiet=quiet)
+    nb, threshold, replication, background = result.neighbours, result.threshold, result.replication, result.background
+    copied = result.copied()
     summary = {"copy_rate": float(copied.double().mean()), "copies": int(copied.sum()), "copy_threshold": threshold,
-               "threshold_source": source, "generations": len(gen.files), "train_images": len(train.files),
+               "threshold_source": result.threshold_source, "generations": len(gen.files), "train_images": len(train.files),
                "skipped_generations": len(gen.skipped), "skipped_train_images": len(train.skipped),
                "size": cfg.size, "flip_invariant": cfg.flip, "device": str(device),
                "own_prompt_nearest": own_prompt_nearest(cfg, gen, train, nb),

@@ -1,5 +1,9 @@
 """``measure``: replication and quality of a run's generations, written into the run folder.
 
+The comparison with the training images is :func:`trustlab.replication.metrics.compare`, the
+one ``audit`` runs on folders; ``measure`` adds what a testbed run knows and a folder does not:
+each generation's prompt image (copy rates of duplicated and unique images) and quality.
+
 Adds ``measure-<samples>.json``, a table for the report, and the copy grid (generations beside
 their nearest training images, most similar first), then re-renders the run's report.
 """
@@ -8,12 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from trustlab.errors import ConfigError
 from trustlab.replication.config import DiffusionConfig
 from trustlab.replication.data import load_captioned
-from trustlab.replication.metrics import (TorchScriptEmbedder, background, calibrated_threshold, check_threshold,
-                                          copy_rates, replication)
+from trustlab.replication.metrics import TorchScriptEmbedder, check_threshold, compare, copy_rates, image_rows, sample
 from trustlab.replication.quality import quality
 from trustlab.replication.sampling import latest_samples, load_samples
 from trustlab.report import render_report
@@ -45,19 +50,25 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     data = load_captioned(cfg.data)
     captions = data.captions_for(meta.get("prompt_captions", "training"))
     distinct = data.images[: data.distinct]
-    rep = replication(gen, distinct, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip)
-    threshold = copy_threshold if copy_threshold is not None else calibrated_threshold(distinct, flip=flip, device=dev)
+    if gen.shape[1:] != distinct.shape[1:]:
+        raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(distinct.shape[1:])}")
+    descriptors = None if sscd_model is None else (sscd_model.descriptors(gen), sscd_model.descriptors(distinct))
+    n = len(distinct)
+    result = compare(image_rows(gen), image_rows(distinct), gen.shape[-1], calibrate=np.arange(n), background=sample(n, 512, 0),
+                     copy_threshold=copy_threshold, descriptors=descriptors, pixel_threshold=pixel_threshold,
+                     flip=flip, device=dev)
+    nb, threshold = result.neighbours, result.threshold
+    rep = {"nearest": nb.nearest.tolist(), "max_similarity": nb.pixel.tolist()}
     copies = None
     if meta.get("train_index") is not None:
-        copies = copy_rates(torch.tensor(rep["max_similarity"]), torch.tensor(rep["nearest"]),
-                            torch.tensor(meta["train_index"]), data.origins(), data.duplicated(), threshold)
+        copies = copy_rates(nb.pixel, nb.nearest, torch.tensor(meta["train_index"]), data.origins(), data.duplicated(),
+                            threshold)
         copies["threshold_source"] = "given" if copy_threshold is not None else "p99 of distinct images' nearest other"
     result = {"samples": str(path), "generations": len(gen), "train_images": len(data), "data": data.source,
               "compared_with": "distinct training images",
               "pixel_threshold": pixel_threshold, "device": str(dev), "flip_invariant": flip,
               "distinct_train_images": data.distinct, "copies": copies,
-              "replication": {k: v for k, v in rep.items() if k not in ("nearest", "max_similarity")},
-              "background": background(distinct, pixel_threshold=pixel_threshold, sscd=sscd_model, device=dev, flip=flip),
+              "replication": result.replication, "background": result.background,
               "own_prompt_nearest": _own_prompt_share(rep["nearest"], meta.get("train_index"), captions),
               "prompt_captions": meta.get("prompt_captions", "training"),
               "quality": quality(gen, data.images, meta["prompts"], captions, dataset=cfg.data.proxy_dataset,

@@ -55,21 +55,6 @@ def pixel_similarity_mirrored(gen: torch.Tensor, train: torch.Tensor, flip: bool
     return torch.maximum(sim, pixel_similarity(gen.flip(-1), train)) if flip else sim
 
 
-def calibrated_threshold(distinct: torch.Tensor, *, quantile: float = 0.99, flip: bool = False,
-                         device: str | torch.device = "cpu") -> float:
-    """The copy threshold below which ``quantile`` of distinct training images stay against each other.
-
-    Each distinct image's highest pixel similarity to any *other* distinct image is what a
-    look-alike reaches without copying (emoji: skin tones, white backgrounds, round faces); a
-    generation above the 99th percentile of that is closer to a training image than almost any
-    two different training images are to each other.
-    """
-    if len(distinct) < 2:
-        raise ConfigError("a copy threshold needs at least two distinct training images")
-    nb = against_the_rest(_rows(distinct), distinct.shape[-1], np.arange(len(distinct)), flip=flip, device=device)
-    return float(torch.quantile(nb.pixel.double(), quantile))
-
-
 def copy_rates(max_similarity: torch.Tensor, nearest: torch.Tensor, prompt_index: torch.Tensor,
                origin: torch.Tensor, duplicated: torch.Tensor, threshold: float) -> dict:
     """Share of generations that copy: overall, for prompts of duplicated and of unique images.
@@ -222,7 +207,49 @@ def statistics(nb: Neighbours, pixel_threshold: float) -> dict:
     return out
 
 
-def _rows(images: torch.Tensor) -> np.ndarray:
+@dataclass
+class Comparison:
+    """Generations against training images: the neighbours, the copy threshold, replication and background."""
+
+    neighbours: Neighbours
+    threshold: float
+    threshold_source: str
+    replication: dict
+    background: dict
+
+    def copied(self) -> torch.Tensor:
+        return self.neighbours.pixel > self.threshold
+
+
+def compare(gen: np.ndarray, train: np.ndarray, size: int, *, calibrate: np.ndarray | None, background: np.ndarray,
+            copy_threshold: float | None = None, descriptors: tuple[np.ndarray, np.ndarray] | None = None,
+            pixel_threshold: float = 0.9, **search) -> Comparison:
+    """What ``measure`` and ``audit`` both report, from image rows ([N, 3*size*size]).
+
+    The copy threshold is ``copy_threshold`` when given, else the 99th percentile of the
+    training rows ``calibrate`` against their nearest *other* training row; the background is the
+    statistics of the training rows ``background`` against the rest. ``descriptors``: SSCD
+    descriptors of the generations and of the training images. ``search``: options of :func:`nearest`.
+    """
+    check_threshold(pixel_threshold)
+    if len(train) < 2:
+        raise ConfigError("a comparison needs at least two training images (the copy threshold and the background "
+                          "compare each with the others)")
+    nb = nearest(gen, train, size, sscd=descriptors, what="generations vs training", **search)
+    if copy_threshold is None:
+        within = against_the_rest(train, size, calibrate, what="calibration", **search)
+        threshold = float(torch.quantile(within.pixel.double(), 0.99))
+        source = f"p99 of {len(calibrate):,} training images' nearest other"
+    else:
+        check_threshold(copy_threshold, "--copy-threshold")
+        threshold, source = copy_threshold, "given"
+    back = against_the_rest(train, size, background, descriptors=None if descriptors is None else descriptors[1],
+                            what="background", **search)
+    return Comparison(nb, threshold, source, statistics(nb, pixel_threshold), statistics(back, pixel_threshold))
+
+
+def image_rows(images: torch.Tensor) -> np.ndarray:
+    """Images [N, 3, S, S] as the float32 rows the search takes."""
     return images.detach().flatten(1).float().cpu().numpy()
 
 
@@ -238,7 +265,7 @@ def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: floa
     if gen.shape[1:] != train.shape[1:]:
         raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(train.shape[1:])}")
     descriptors = None if sscd is None else (sscd.descriptors(gen), sscd.descriptors(train))
-    nb = nearest(_rows(gen), _rows(train), gen.shape[-1], flip=flip, device=device, sscd=descriptors,
+    nb = nearest(image_rows(gen), image_rows(train), gen.shape[-1], flip=flip, device=device, sscd=descriptors,
                  exclude=np.arange(len(gen)) if exclude_self else None)
     return {**statistics(nb, pixel_threshold), "nearest": nb.nearest.tolist(), "max_similarity": nb.pixel.tolist()}
 
@@ -284,18 +311,11 @@ class TorchScriptEmbedder:
         return F.normalize(self.embed(x), dim=1).numpy()
 
 
-def background(train: torch.Tensor, *, limit: int = 512, seed: int = 0, pixel_threshold: float = 0.9, sscd=None,
-               device: str | torch.device = "cpu", flip: bool = False) -> dict:
-    """The replication statistics of (up to ``limit``) training images against the other training images."""
-    nb = against_the_rest(_rows(train), train.shape[-1], sample(len(train), limit, seed), flip=flip, device=device,
-                          descriptors=None if sscd is None else sscd.descriptors(train))
-    return statistics(nb, pixel_threshold)
-
-
 def sample(n: int, limit: int, seed: int) -> np.ndarray:
     """A seeded, sorted sample of ``min(limit, n)`` of ``n`` indices."""
     return np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
 
 
-__all__ = ["CARLINI_K", "GRID", "Neighbours", "TorchScriptEmbedder", "against_the_rest", "background", "calibrated_threshold", "check_threshold",
-           "copy_rates", "nearest", "pixel_similarity", "pixel_similarity_mirrored", "replication", "sample", "statistics"]
+__all__ = ["CARLINI_K", "GRID", "Comparison", "Neighbours", "TorchScriptEmbedder", "against_the_rest", "check_threshold",
+           "compare", "copy_rates", "nearest", "pixel_similarity", "pixel_similarity_mirrored", "replication", "image_rows",
+           "sample", "statistics"]
