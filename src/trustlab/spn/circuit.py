@@ -29,6 +29,7 @@ from trustlab.errors import ConfigError
 from trustlab.spn.structure import Graph, Leaf, Product, Sum
 
 _ZERO, _NEG_INF = 0, 1  # positions of the constants log 1 and log 0 in the value matrix
+VALUES_PER_BATCH = 2**28  # the most values one batch holds in a layer: large SPNs are evaluated in fewer rows at a time
 
 
 @dataclass
@@ -122,11 +123,18 @@ class Circuit(nn.Module):
             self.register_buffer(f"_shared{j}", layer.shared)
         self.root_pos = pos[graph.root]
         self.num_positions = 2 + len(pos)
+        self._width = {"up": max([self.num_positions] + [layer.edges.shape[1] for layer in self.layers]),
+                       "down": max([self.num_positions] + [layer.children.numel() for layer in self.layers])}
         self._graph_shape = graph  # kept for to_graph(): the structure, not the parameters
 
     # -- parameters ---------------------------------------------------------------------------
     def _children(self, j: int) -> torch.Tensor:
         return getattr(self, f"_children{j}")
+
+    def rows_per_batch(self, most: int, direction: str = "up") -> int:
+        """At most ``most`` rows, fewer where a layer of this SPN would hold more than ``VALUES_PER_BATCH`` values
+        (``up``: the bottom-up pass; ``down``: MPE and sampling, which read padded child lists)."""
+        return max(1, min(most, VALUES_PER_BATCH // self._width[direction]))
 
     def _edges(self, j: int) -> torch.Tensor:
         return getattr(self, f"_edges{j}")
@@ -237,14 +245,16 @@ class Circuit(nn.Module):
     def log_prob(self, x, batch_size: int = 4096) -> torch.Tensor:
         """log p(x) of each row (NaN entries marginalised), in batches."""
         x = self.check_data(x)
-        return torch.cat([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x[:, 0]
+        b = self.rows_per_batch(batch_size)
+        return torch.cat([self(x[i : i + b]) for i in range(0, len(x), b)]) if len(x) else x[:, 0]
 
     # -- MPE and sampling ---------------------------------------------------------------------
     @torch.no_grad()
     def mpe(self, x) -> torch.Tensor:
         """Fill every NaN with its value in the most probable explanation given the rest."""
         x = self.check_data(x)
-        return torch.cat([self._top_down(x[i : i + 2048], "max", None) for i in range(0, len(x), 2048)])
+        b = self.rows_per_batch(2048, "down")
+        return torch.cat([self._top_down(x[i : i + b], "max", None) for i in range(0, len(x), b)])
 
     @torch.no_grad()
     def sample(self, n: int | None = None, *, evidence=None, seed: int = 0) -> torch.Tensor:
@@ -252,7 +262,8 @@ class Circuit(nn.Module):
         dtype = self.leaf_logits.dtype
         x = torch.full((n, self.num_vars), math.nan, dtype=dtype) if evidence is None else self.check_data(evidence)
         g = torch.Generator().manual_seed(seed)
-        return torch.cat([self._top_down(x[i : i + 2048], "sum", g) for i in range(0, len(x), 2048)])
+        b = self.rows_per_batch(2048, "down")
+        return torch.cat([self._top_down(x[i : i + b], "sum", g) for i in range(0, len(x), b)])
 
     def _top_down(self, x: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
         def gumbel(shape):
@@ -303,6 +314,7 @@ class Circuit(nn.Module):
         ``smoothing`` is a Dirichlet pseudo-count for discrete leaves.
         """
         x = self.check_data(x)
+        batch_size = self.rows_per_batch(batch_size)
         history = []
         for it in range(iterations):
             lw = [w.detach().requires_grad_() for w in self.log_weights()]
