@@ -155,6 +155,16 @@ def test_cli_train_sample_measure(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
     assert m["flip_invariant"] and m["copies"]["threshold"] == 0.95 and m["copies"]["threshold_source"] == "given"
+    r = cli("replication", "export", str(run), "--out", str(tmp_path / "export"))
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "export" / "generated").glob("*.png"))) == 5
+    r = cli("replication", "audit", "--generated", str(tmp_path / "export" / "generated"), "--train",
+            str(tmp_path / "export" / "train"), "--captions", str(tmp_path / "export" / "generated" / "prompts.jsonl"),
+            "--size", "16", "--out", str(tmp_path / "audit"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    audited = RunDir(tmp_path / "audit").summary()
+    assert audited["generations"] == 5 and audited["train_images"] == m["distinct_train_images"]
+    assert audited["own_prompt_nearest"] is not None
     r = cli("replication", "measure", str(run), "--sscd", str(folder / "im0.png"))
     assert r.returncode == 2 and "TorchScript" in r.stderr and "Traceback" not in r.stderr
     r = cli("replication", "sample", str(run), "--mitigation", "caption-replace")

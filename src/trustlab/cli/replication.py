@@ -159,6 +159,18 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
     print(f"{run_dir}/report.html")
 
 
+@app.command("export")
+def export_cmd(run_dir: str = typer.Argument(..., help="A replication train run folder with samples."),
+               out: str = typer.Option(..., help="Folder to write train/ and generated/ into."),
+               samples: Optional[str] = typer.Option(None, help="Samples file (default: the run's latest).")) -> None:
+    """The run's distinct training images (with captions.jsonl) and its generations (with prompts.jsonl) as PNG
+    folders, the input of `replication audit` and of any other tool."""
+    from trustlab.replication.export import export_run
+
+    train, generated = export_run(run_dir, out, samples=samples)
+    print(f"{train}\n{generated}")
+
+
 @app.command("audit")
 def audit_cmd(generated: str = typer.Option(..., help="Folder of generated images (any size; png, jpg, webp, ...)."),
               train: str = typer.Option(..., help="Folder of training images (with captions.jsonl for --captions)."),
