@@ -104,6 +104,19 @@ def test_joint_is_normalised_and_marginals_sum_it_out(seed):
     torch.testing.assert_close(pm, expected, rtol=1e-9, atol=1e-12)
 
 
+def test_large_spns_are_evaluated_in_smaller_batches_with_the_same_result(monkeypatch):
+    from trustlab.spn import circuit as circuit_module
+
+    rng = np.random.default_rng(3)
+    c = Circuit(random_tree([2] * 10, rng), torch.float64)
+    x = all_assignments([2] * 10)
+    whole = c.log_prob(x)
+    monkeypatch.setattr(circuit_module, "VALUES_PER_BATCH", 3 * c.num_positions)
+    assert c.rows_per_batch(4096) == 3
+    torch.testing.assert_close(c.log_prob(x), whole, rtol=0, atol=1e-12)
+    assert c.mpe(torch.full((5, 10), math.nan)).shape == (5, 10)
+
+
 def test_region_graph_sums_over_shared_children_are_normalised_and_mpe_is_the_best_path():
     card = [2, 3, 2, 2, 2]
     g = random_region_graph(card, depth=2, repetitions=2, sums=3, leaves=2, seed=4)
