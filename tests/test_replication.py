@@ -409,20 +409,16 @@ def test_copies_of_a_duplicated_image_are_flagged_by_gu_and_carlini(tmp_path):
     assert m["copies"]["copy_rate_dup"] == 1.0 and m["copies"]["own_prompt_copy_rate"] == 1.0
 
 
-@pytest.mark.parametrize("extra", [[], ["--rau-skips", "2", "--tau", "500"]])
-def test_diffusion_training_on_two_processes_equals_one(tmp_path, extra):
-    """torchrun with two CPU processes, each on half of every global batch, reaches the weights (and EMA) of one."""
-    folder = write_folder(tmp_path / "imgs", n=8)
-    args = ["replication", "train", "--dataset", "folder", "--folder", str(folder), "--size", "16",  # all 8 images
-            "--encoder", "hash", "--channels", "8,16,16", "--steps", "6", "--batch-size", "4", "--checkpoint-every", "3",
-            "--quiet", "--device", "cpu", *extra]
+def assert_two_processes_train_as_one(tmp_path, args: list[str]) -> None:
+    """``trustlab replication train ARGS`` alone and under torchrun with two CPU processes (each on half of every
+    global batch) end at the same weights and EMA."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"
     runs = {}
     for name, launcher in (("one", [sys.executable]), ("two", [str(torchrun), "--standalone", "--nproc_per_node", "2"])):
         out = tmp_path / name
-        r = subprocess.run([*launcher, "-m", "trustlab", *args, "--out", str(out)], env=env, capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run([*launcher, "-m", "trustlab", "replication", "train", *args, "--quiet", "--device", "cpu",
+                            "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
         runs[name] = load_checkpoint_file(out / "checkpoints" / "last.safetensors")[0]
     one, two = runs["one"], runs["two"]
@@ -430,4 +426,12 @@ def test_diffusion_training_on_two_processes_equals_one(tmp_path, extra):
     for k in one:  # Adam divides by the root of tiny second moments: reduction-order noise moves a bias by
         if k.startswith(("model.", "ema.")):  # up to ~5e-5; a wrong split of the batch moves weights by ~lr (1e-3)
             torch.testing.assert_close(one[k], two[k], rtol=0, atol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("extra", [[], ["--rau-skips", "2", "--tau", "500"]])
+def test_diffusion_training_on_two_processes_equals_one(tmp_path, extra):
+    folder = write_folder(tmp_path / "imgs", n=8)
+    assert_two_processes_train_as_one(tmp_path, ["--dataset", "folder", "--folder", str(folder), "--size", "16",  # all 8
+                                                 "--encoder", "hash", "--channels", "8,16,16", "--steps", "6",
+                                                 "--batch-size", "4", "--checkpoint-every", "3", *extra])
     assert [m["step"] for m in RunDir.open(tmp_path / "two").metrics()] == [6]  # logged once, by rank 0

@@ -1,11 +1,7 @@
 """Fine-tuning a local Stable Diffusion folder in latent space, on a tiny random pipeline the tests build and save."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +11,7 @@ from trustlab.replication.config import CaptionDataConfig, DiffusionConfig, Dual
 from trustlab.replication.training import train_diffusion
 from trustlab.runs import RunDir, load_checkpoint_file
 
-from test_replication import write_folder
+from test_replication import assert_two_processes_train_as_one, write_folder
 
 
 @pytest.fixture(scope="module")
@@ -121,19 +117,6 @@ def test_bad_pretrained_folders_name_the_part(cli, tmp_path, pipeline):
 
 def test_two_processes_fine_tune_the_pipeline_as_one(tmp_path, pipeline):
     folder = write_folder(tmp_path / "imgs", n=8)
-    args = ["replication", "train", "--pretrained", str(pipeline), "--dataset", "folder", "--folder", str(folder),
-            "--size", "16", "--steps", "3", "--batch-size", "4", "--checkpoint-every", "3", "--quiet", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).parent / "torchrun"
-    runs = {}
-    for name, launcher in (("one", [sys.executable]), ("two", [str(torchrun), "--standalone", "--nproc_per_node", "2"])):
-        out = tmp_path / name
-        r = subprocess.run([*launcher, "-m", "trustlab", *args, "--out", str(out)], env=env, capture_output=True,
-                           text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-2000:]
-        runs[name] = load_checkpoint_file(out / "checkpoints" / "last.safetensors")[0]
-    one, two = runs["one"], runs["two"]
-    assert set(one) == set(two)
-    for k in one:
-        if k.startswith(("model.", "ema.")):
-            torch.testing.assert_close(one[k], two[k], rtol=0, atol=1e-4, msg=k)
+    assert_two_processes_train_as_one(tmp_path, ["--pretrained", str(pipeline), "--dataset", "folder", "--folder",
+                                                 str(folder), "--size", "16", "--steps", "3", "--batch-size", "4",
+                                                 "--checkpoint-every", "3"])
