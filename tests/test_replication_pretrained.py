@@ -8,6 +8,7 @@ import torch
 
 from trustlab.errors import ConfigError
 from trustlab.replication.config import CaptionDataConfig, DiffusionConfig, DualFusion
+from trustlab.replication.pretrained import save_random_pipeline
 from trustlab.replication.training import train_diffusion
 from trustlab.runs import RunDir, load_checkpoint_file
 
@@ -16,35 +17,8 @@ from test_replication import assert_two_processes_train_as_one, write_folder
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """A StableDiffusionPipeline with random tiny parts (CLIP of 2 layers, a 2-block VAE and UNet), saved as a user's
-    folder would be: 16x16 images, 8x8x4 latents."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("sd")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        tokenizer=CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16),
-        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
-                                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
-                                                  bos_token_id=0, eos_token_id=1, pad_token_id=1)),
-        vae=AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                          norm_num_groups=8, sample_size=16),
-        unet=UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                  layers_per_block=1, cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-                                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
-        scheduler=DDPMScheduler(num_train_timesteps=100, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(root / "pipe")
-    return root / "pipe"
+    """A tiny random Stable Diffusion pipeline saved as a user's folder would be: 16x16 images, 8x8x4 latents."""
+    return save_random_pipeline(tmp_path_factory.mktemp("sd"))
 
 
 def config(folder, pipe, steps=4, size=16, **kw):
@@ -79,6 +53,7 @@ def test_cli_fine_tunes_samples_through_the_vae_and_measures(cli, tmp_path, pipe
     run = tmp_path / "run"
     r = cli("replication", "train", "--pretrained", str(pipeline), "--dataset", "folder", "--folder", str(folder),
             "--n", "0", "--size", "16", "--steps", "2", "--batch-size", "4", "--quiet", "--device", "cpu", "--bf16",
+            "--checkpoint-every", "0",
             "--out", str(run))
     assert r.returncode == 0, r.stderr
     r = cli("replication", "sample", str(run), "--n", "3", "--steps", "2", "--quiet", "--device", "cpu")

@@ -15,6 +15,9 @@ configuration is validated before torch loads.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from trustlab.replication.text import TextEncoder
@@ -76,4 +79,45 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
 
 
-__all__ = ["ClipEncoder", "decode_latents", "encode_images", "load_scheduler", "load_unet", "load_vae"]
+def save_random_pipeline(path: str | Path, *, unet_widths: tuple[int, ...] = (16, 32), text_dim: int = 32,
+                         seed: int = 0) -> Path:
+    """Save a Stable Diffusion pipeline of random weights in the ``save_pretrained`` layout and return its folder.
+
+    The parts have SD's architecture at a small size: a CLIP text encoder of 2 layers over a
+    vocabulary of letters and digits (16 tokens), a 2-block VAE (latents of 4 channels, half
+    the image side) and a UNet with ``unet_widths`` (cross-attention in every level but the
+    deepest). It exercises the whole ``--pretrained`` path without any download, for tests and
+    for timing the loop on a device.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(seed)
+    levels = len(unet_widths)
+    pipe = StableDiffusionPipeline(
+        tokenizer=CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16),
+        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=text_dim, intermediate_size=37,
+                                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
+                                                  bos_token_id=0, eos_token_id=1, pad_token_id=1)),
+        vae=AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                          norm_num_groups=8, sample_size=16),
+        unet=UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=unet_widths,
+                                  layers_per_block=1, cross_attention_dim=text_dim, attention_head_dim=8,
+                                  norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+                                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1)),
+        scheduler=DDPMScheduler(num_train_timesteps=100, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "pipeline")
+    return root / "pipeline"
+
+
+__all__ = ["ClipEncoder", "decode_latents", "encode_images", "load_scheduler", "load_unet", "load_vae", "save_random_pipeline"]

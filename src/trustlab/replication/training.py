@@ -190,7 +190,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
             if (step % 50 == 0 or step == cfg.steps) and rank == 0:
                 run.log(step, loss=sum(window) / len(window), minutes=seconds / 60)
                 window = []
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:  # 0: at the end only
                 checkpoint()
     if step >= cfg.steps and rank == 0:
         if cfg.rau_skips:
