@@ -211,23 +211,40 @@ def debd_set(name: str) -> str | None:
     return base if base in DEBD_SETS else None
 
 
+def eligible(name: str, results: dict) -> bool:
+    """Whether an SPN counts as a source for the headline: its validation likelihood is within 1% of the LearnSPN
+    of the same set (the tolerance a tSPN is held to), so a tSPN within 1% of it is a good model of the data too.
+
+    A wide LearnSPN that memorises its training rows is a poor model, and any tensor train
+    within 1% of it would compress nothing worth keeping.
+    """
+    base = results.get(debd_set(name))
+    if base is None:
+        return False
+    return results[name]["spn"]["valid_ll"] >= base["spn"]["valid_ll"] - 0.01 * abs(base["spn"]["valid_ll"])
+
+
 def headline(results: dict) -> dict:
-    """Per DEBD set, the best compression over the SPNs learned on it (LearnSPN, wide LearnSPN, wide RAT-SPN);
-    the headline takes the worst set, as the issue defines it."""
+    """Per DEBD set, the best compression over the eligible SPNs learned on it (LearnSPN, wide LearnSPN, wide
+    RAT-SPN); the headline takes the worst set, as the issue defines it."""
     h = {"sets": list(results)}
     fidelity = [r["learnspn_gap"] for n, r in results.items() if n in DEBD_SETS]
     if fidelity:
         h["learnspn_ll_gap_max"] = max(fidelity)
-    by_source = {n: r["at_chosen"]["ratio_vs_spn"] if "at_chosen" in r else None for n, r in results.items() if debd_set(n)}
-    h["compression_vs_spn_by_source"] = by_source
+    sources = [n for n in results if debd_set(n)]
+    h["compression_vs_spn_by_source"] = {
+        n: {"ratio": results[n]["at_chosen"]["ratio_vs_spn"] if "at_chosen" in results[n] else None,
+            "spn_parameters": results[n]["spn"]["parameters"], "spn_valid_ll": results[n]["spn"]["valid_ll"],
+            "eligible": eligible(n, results)} for n in sources}
     best: dict[str, tuple] = {}
-    for n, ratio in by_source.items():
-        if ratio is not None and ratio > best.get(debd_set(n), (0,))[0]:
+    for n in sources:
+        ratio = h["compression_vs_spn_by_source"][n]["ratio"]
+        if ratio is not None and eligible(n, results) and ratio > best.get(debd_set(n), (0,))[0]:
             best[debd_set(n)] = (ratio, n)
-    covered = sorted({debd_set(n) for n in by_source})
+    covered = sorted({debd_set(n) for n in sources})
     h["compression_vs_spn_by_set"] = {d: ({"ratio": best[d][0], "source": best[d][1]} if d in best else None) for d in covered}
     h["compression_vs_spn_at_1pct"] = (min(best[d][0] for d in covered)
-                                       if covered and set(covered) == set(DEBD_SETS) and len(best) == len(covered) else None)
+                                       if set(covered) == set(DEBD_SETS) and len(best) == len(covered) else None)
     chosen = [results[n]["at_chosen"] for _, n in best.values()]
     if chosen:
         h["speedup_vs_spn_circuit"] = min(c["speedup_vs_spn_circuit"] for c in chosen)
