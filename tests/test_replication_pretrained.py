@@ -27,10 +27,11 @@ def config(folder, pipe, steps=4, size=16, **kw):
 
 
 def test_fine_tunes_in_latent_space_with_the_methods_and_resumes_exactly(tmp_path, pipeline):
-    """LoyalDiffusion skips on SD's layout, embedding noise and dual fusion in latent space; a killed run resumes
+    """LoyalDiffusion skips on SD's layout, embedding noise and dual fusion (images in latent space); a killed run resumes
     to the same weights; the UNet moved away from the pipeline's."""
     folder = write_folder(tmp_path / "imgs")
-    opts = dict(rau_skips=(1, 2), tau=50, mitigations="embedding-noise", fusion=DualFusion(text_weight=0.5))
+    opts = dict(rau_skips=(1, 2), tau=50, mitigations="embedding-noise",
+                fusion=DualFusion(image_weight=0.1, text_weight=0.5))
     train_diffusion(config(folder, pipeline, **opts), tmp_path / "full", quiet=True)
     train_diffusion(config(folder, pipeline, **opts), tmp_path / "cut", quiet=True, max_steps=2)
     train_diffusion(config(folder, pipeline, **opts), tmp_path / "cut", quiet=True, resume=True)
