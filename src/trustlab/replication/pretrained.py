@@ -22,6 +22,16 @@ import torch
 
 from trustlab.replication.text import TextEncoder
 
+def quiet_loading() -> None:
+    """No progress bars or advice from diffusers and transformers while the parts load: the command prints its own."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
 class ClipEncoder(TextEncoder):
     """The pipeline's own tokenizer and CLIP text encoder: every token's last hidden state, as the UNet was trained."""
 
@@ -31,6 +41,7 @@ class ClipEncoder(TextEncoder):
         super().__init__()
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        quiet_loading()
         self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
         self.model = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval().to(device)
         self.dim = self.model.config.hidden_size
@@ -46,13 +57,15 @@ class ClipEncoder(TextEncoder):
 def load_unet(path: str):
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+    quiet_loading()
+    return UNet2DConditionModel.from_pretrained(path, subfolder="unet", low_cpu_mem_usage=False)
 
 
 def load_vae(path: str):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(path, subfolder="vae").eval().requires_grad_(False)
+    quiet_loading()
+    return AutoencoderKL.from_pretrained(path, subfolder="vae", low_cpu_mem_usage=False).eval().requires_grad_(False)
 
 
 def load_scheduler(path: str, kind: str = "ddpm"):
@@ -89,6 +102,7 @@ def save_random_pipeline(path: str | Path, *, unet_widths: tuple[int, ...] = (16
     deepest). It exercises the whole ``--pretrained`` path without any download, for tests and
     for timing the loop on a device.
     """
+    quiet_loading()
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
