@@ -96,3 +96,21 @@ def test_two_processes_fine_tune_the_pipeline_as_one(tmp_path, pipeline):
     assert_two_processes_train_as_one(tmp_path, ["--pretrained", str(pipeline), "--dataset", "folder", "--folder",
                                                  str(folder), "--size", "16", "--steps", "3", "--batch-size", "4",
                                                  "--checkpoint-every", "3"])
+
+
+def test_v_prediction_pipelines_learn_the_velocity(tmp_path, pipeline):
+    """SD 2.x at 768 predicts the velocity: the loop's target follows the folder's scheduler."""
+    from trustlab.replication.pretrained import load_scheduler
+    from trustlab.replication.training import noise_target
+
+    v_pipe = tmp_path / "v"
+    shutil.copytree(pipeline, v_pipe)
+    config_file = v_pipe / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "v_prediction"}))
+    x0, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([5, 90])
+    sched = load_scheduler(str(v_pipe))
+    torch.testing.assert_close(noise_target(sched, x0, noise, t), sched.get_velocity(x0, noise, t))
+    assert torch.equal(noise_target(load_scheduler(str(pipeline)), x0, noise, t), noise)
+    folder = write_folder(tmp_path / "imgs")
+    s = train_diffusion(config(folder, v_pipe, steps=2), tmp_path / "run", quiet=True).summary()
+    assert s["steps"] == 2 and s["final_loss"] == s["final_loss"]  # finite: not NaN
