@@ -24,7 +24,6 @@ from common import write_result
 from trustlab.replication.config import CaptionDataConfig, DiffusionConfig
 from trustlab.replication.pretrained import save_random_pipeline
 from trustlab.replication.training import train_diffusion
-from trustlab.runs import RunDir
 
 PIPELINES = {"tiny": (16, 32), "small": (32, 64, 128, 128)}
 

@@ -136,8 +136,9 @@ class DiffusionConfig:
         elif len(self.channels) != 3:
             raise ConfigError("--channels takes three widths, e.g. 32,64,64")
         check_skips(self.itb_kinds(), self.skips())
-        if not 0 <= self.tau < self.num_timesteps():
-            raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{self.num_timesteps() - 1}, not {self.tau}")
+        timesteps = self.num_timesteps()
+        if not 0 <= self.tau < timesteps:
+            raise ConfigError(f"--tau must lie in the schedule's timesteps 0..{timesteps - 1}, not {self.tau}")
         if self.tau and not self.rau_skips:
             raise ConfigError("--tau routes high-noise timesteps to a RAU-Net: give its skips with --rau-skips")
 

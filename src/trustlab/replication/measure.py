@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trustlab.errors import ConfigError
 from trustlab.replication.config import DiffusionConfig
 from trustlab.replication.data import load_captioned
-from trustlab.replication.metrics import TorchScriptEmbedder, check_threshold, compare, copy_rates, image_rows, sample
+from trustlab.replication.metrics import (TorchScriptEmbedder, check_same_size, check_threshold, compare, copy_rates,
+                                          image_rows, sample)
 from trustlab.replication.quality import quality
 from trustlab.replication.sampling import latest_samples, load_samples
 from trustlab.report import render_report
@@ -50,8 +50,7 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     data = load_captioned(cfg.data)
     captions = data.captions_for(meta.get("prompt_captions", "training"))
     distinct = data.images[: data.distinct]
-    if gen.shape[1:] != distinct.shape[1:]:
-        raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(distinct.shape[1:])}")
+    check_same_size(gen, distinct)
     descriptors = None if sscd_model is None else (sscd_model.descriptors(gen), sscd_model.descriptors(distinct))
     n = len(distinct)
     result = compare(image_rows(gen), image_rows(distinct), gen.shape[-1], calibrate=np.arange(n), background=sample(n, 512, 0),

@@ -248,6 +248,12 @@ def compare(gen: np.ndarray, train: np.ndarray, size: int, *, calibrate: np.ndar
     return Comparison(nb, threshold, source, statistics(nb, pixel_threshold), statistics(back, pixel_threshold))
 
 
+def check_same_size(gen: torch.Tensor, train: torch.Tensor) -> None:
+    """Generations and training images compared pixel by pixel must have the same channels and side."""
+    if gen.shape[1:] != train.shape[1:]:
+        raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(train.shape[1:])}")
+
+
 def image_rows(images: torch.Tensor) -> np.ndarray:
     """Images [N, 3, S, S] as the float32 rows the search takes."""
     return images.detach().flatten(1).float().cpu().numpy()
@@ -262,8 +268,7 @@ def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: floa
     mirrored copy counts as a copy.
     """
     check_threshold(pixel_threshold)
-    if gen.shape[1:] != train.shape[1:]:
-        raise ConfigError(f"generations are {tuple(gen.shape[1:])}, training images {tuple(train.shape[1:])}")
+    check_same_size(gen, train)
     descriptors = None if sscd is None else (sscd.descriptors(gen), sscd.descriptors(train))
     nb = nearest(image_rows(gen), image_rows(train), gen.shape[-1], flip=flip, device=device, sscd=descriptors,
                  exclude=np.arange(len(gen)) if exclude_self else None)
@@ -316,6 +321,7 @@ def sample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
 
 
-__all__ = ["CARLINI_K", "GRID", "Comparison", "Neighbours", "TorchScriptEmbedder", "against_the_rest", "check_threshold",
+__all__ = ["CARLINI_K", "GRID", "Comparison", "Neighbours", "TorchScriptEmbedder", "against_the_rest", "check_same_size",
+           "check_threshold",
            "compare", "copy_rates", "nearest", "pixel_similarity", "pixel_similarity_mirrored", "replication", "image_rows",
            "sample", "statistics"]

@@ -102,18 +102,19 @@ def timestep_analysis(plain_dir: str | Path, rau_dir: str | Path, *, taus: tuple
     if _model_and_data(cfg) != _model_and_data(rau_cfg):
         raise ConfigError(f"{plain_dir} and {rau_dir} were trained on different data, encoder or U-Net widths: "
                           "compare runs that differ only in --rau-skips")
-    taus = list(taus) if taus is not None else list(range(0, cfg.num_timesteps() + 1, cfg.num_timesteps() // 5))
-    check_taus(taus, cfg.num_timesteps())  # before minutes of sampling
+    timesteps = cfg.num_timesteps()
+    taus = list(taus) if taus is not None else list(range(0, timesteps + 1, timesteps // 5))
+    check_taus(taus, timesteps)  # before minutes of sampling
     data = load_captioned(cfg.data)
     rows = [{"tau": tau, **score(TimestepRouter(plain, rau, tau), cfg, encoder, data, n=n, seed=seed,
                                  pixel_threshold=pixel_threshold, quiet=quiet, device=dev)} for tau in taus]
-    chosen = choose_tau(rows, cfg.num_timesteps(), fid_tolerance)
+    chosen = choose_tau(rows, timesteps, fid_tolerance)
     result = {"plain_run": str(plain_dir), "rau_run": str(run.path), "taus": taus, "rows": rows, "n": n, "seed": seed, "device": dev,
               "fid_tolerance": fid_tolerance, "chosen_tau": chosen["tau"], "rule": chosen["rule"]}
     atomic_write_json(run.path / "timestep-analysis.json", result)
     run.write_table("timestep-analysis", rows, title=f"RAU-Net for t >= tau, plain U-Net below ({n} generations "
                                                      f"each); chosen tau {chosen['tau']}: {chosen['rule']}")
-    _plot_taus(result, cfg.num_timesteps(), run.plot_path("timestep-analysis"))
+    _plot_taus(result, timesteps, run.plot_path("timestep-analysis"))
 
     render_report(run.path)
     return result

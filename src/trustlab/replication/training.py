@@ -140,6 +140,7 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
         pool = pretrained.encode_images(vae, pool, device)
     del vae
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+    timesteps = scheduler.config.num_train_timesteps  # the schedule's length (the pipeline's, for --pretrained)
 
     def checkpoint() -> None:
         if rank != 0:
@@ -164,14 +165,16 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
             states, mask = encoder.encode(captions)
             states, mask = fuse_states(cfg.fusion, states, mask, captions, classes, encoder)
             states = mit.states(states, g)
-            noise = torch.randn(x0_all[idx].shape, generator=g)
-            t = torch.randint(0, cfg.num_timesteps(), (cfg.batch_size,), generator=g)
-            x0 = fuse_images(cfg.fusion, x0_all[idx], pool, g)
-            xt = scheduler.add_noise(x0, noise.to(device), t.to(device))
-            target = noise_target(scheduler, x0, noise.to(device), t.to(device))
+            x0 = x0_all[idx]
+            noise = torch.randn(x0.shape, generator=g)
+            t = torch.randint(0, timesteps, (cfg.batch_size,), generator=g)
+            x0 = fuse_images(cfg.fusion, x0, pool, g)
+            noise, t = noise.to(device), t.to(device)
+            xt = scheduler.add_noise(x0, noise, t)
+            target = noise_target(scheduler, x0, noise, t)
             # every draw above is for the global batch; this process trains on its slice of it
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                pred = unet(xt[lo:hi], t[lo:hi].to(device), encoder_hidden_states=states[lo:hi].to(device),
+                pred = unet(xt[lo:hi], t[lo:hi], encoder_hidden_states=states[lo:hi].to(device),
                             encoder_attention_mask=mask[lo:hi].to(device)).sample
             loss = F.mse_loss(pred.float(), target[lo:hi])
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
