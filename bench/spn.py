@@ -30,6 +30,7 @@ invocation names, and the sets it does not name keep their last measurement (dat
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -219,9 +220,7 @@ def eligible(name: str, results: dict) -> bool:
     within 1% of it would compress nothing worth keeping.
     """
     base = results.get(debd_set(name))
-    if base is None:
-        return False
-    return results[name]["spn"]["valid_ll"] >= base["spn"]["valid_ll"] - 0.01 * abs(base["spn"]["valid_ll"])
+    return base is not None and within(results[name]["spn"], base["spn"])
 
 
 def headline(results: dict) -> dict:
@@ -237,10 +236,9 @@ def headline(results: dict) -> dict:
             "spn_parameters": results[n]["spn"]["parameters"], "spn_valid_ll": results[n]["spn"]["valid_ll"],
             "eligible": eligible(n, results)} for n in sources}
     best: dict[str, tuple] = {}
-    for n in sources:
-        ratio = h["compression_vs_spn_by_source"][n]["ratio"]
-        if ratio is not None and eligible(n, results) and ratio > best.get(debd_set(n), (0,))[0]:
-            best[debd_set(n)] = (ratio, n)
+    for n, source in h["compression_vs_spn_by_source"].items():
+        if source["ratio"] is not None and source["eligible"] and source["ratio"] > best.get(debd_set(n), (0,))[0]:
+            best[debd_set(n)] = (source["ratio"], n)
     covered = sorted({debd_set(n) for n in sources})
     h["compression_vs_spn_by_set"] = {d: ({"ratio": best[d][0], "source": best[d][1]} if d in best else None) for d in covered}
     h["compression_vs_spn_at_1pct"] = (min(best[d][0] for d in covered)
@@ -259,8 +257,6 @@ def earlier_results() -> dict:
     path = RESULTS / "spn.json"
     if not path.exists():
         return {}
-    import json
-
     return {n: r for n, r in json.loads(path.read_text()).get("results", {}).items() if n in SETS}
 
 

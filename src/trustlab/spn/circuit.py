@@ -252,18 +252,19 @@ class Circuit(nn.Module):
     @torch.no_grad()
     def mpe(self, x) -> torch.Tensor:
         """Fill every NaN with its value in the most probable explanation given the rest."""
-        x = self.check_data(x)
-        b = self.rows_per_batch(2048, "down")
-        return torch.cat([self._top_down(x[i : i + b], "max", None) for i in range(0, len(x), b)])
+        return self._top_down_batches(self.check_data(x), "max", None)
 
     @torch.no_grad()
     def sample(self, n: int | None = None, *, evidence=None, seed: int = 0) -> torch.Tensor:
         """Draw ``n`` samples, or complete the NaNs of ``evidence`` by sampling p(missing | observed)."""
         dtype = self.leaf_logits.dtype
         x = torch.full((n, self.num_vars), math.nan, dtype=dtype) if evidence is None else self.check_data(evidence)
-        g = torch.Generator().manual_seed(seed)
+        return self._top_down_batches(x, "sum", torch.Generator().manual_seed(seed))
+
+    def _top_down_batches(self, x: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+        """:meth:`_top_down` over ``x`` in batches of at most 2048 rows (fewer for large SPNs)."""
         b = self.rows_per_batch(2048, "down")
-        return torch.cat([self._top_down(x[i : i + b], "sum", g) for i in range(0, len(x), b)])
+        return torch.cat([self._top_down(x[i : i + b], mode, generator) for i in range(0, len(x), b)])
 
     def _top_down(self, x: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
         def gumbel(shape):
