@@ -4,7 +4,8 @@ Per data set (the DEBD sets read from ``--debd``, binarised 8x8 digits with a va
 carved from the training rows, MNIST 14x14) the SPN: LearnSPN, its independence threshold chosen
 on validation where several are given. The DEBD sets also get SPNs in the regime the tSPN
 papers compress: a wide LearnSPN (``WIDE_LEARNSPN``: a permissive independence test and
-clusters down to two rows) on each, and a wide RAT-SPN on NLTCS. Then, at each rank,
+clusters down to two rows) on NLTCS, Jester and DNA, and a RAT-SPN of over 100k parameters on
+each (``RAT_SPN``: EM keeps the iteration best on validation). Then, at each rank,
 tensor trains by several routes (``ROUTES``; each set names the ones it runs):
 
 * ``spn``: starts from the SPN (its exact train truncated by KL-NMF where that train can be
@@ -23,7 +24,8 @@ validation log-likelihood is within 1% of the SPN's (labelled sets: validation a
 the SPN's own circuit and the chosen tSPN on the same test rows (batch 4096, float32, the same
 threads), interleaved, best of ``--repeats``; SPFlow on ``--spflow-rows`` rows, the tSPN on
 the same rows. Writes ``bench/results/spn.json`` and ``spn_<set>.png``. Resumes: fitted and
-compressed run folders under ``--runs`` are reused; speed is measured again for every set an
+compressed run folders under ``--runs`` are reused (one made with other settings stops the run
+with exit code 2 rather than be reported under these); speed is measured again for every set an
 invocation names, and the sets it does not name keep their last measurement (dated).
 """
 
@@ -32,19 +34,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 from common import RESULTS, write_result
 
-from trustlab.runs import RunDir, finished
+from trustlab.runs import RunDir, config_from_dict, finished
 from trustlab.spn.config import CompressConfig, FitConfig, SPNDataConfig
 from trustlab.spn.pipeline import compress_spn, fit_spn, load_model, throughput
 from trustlab.spn.spflow_bridge import spflow_log_prob, to_spflow
 from trustlab.spn.structure import Graph
 
 WIDE_LEARNSPN = dict(alpha=0.9, min_instances=2)  # splits rows wherever dependence is suspected, down to 2 rows
+RAT_SPN = dict(structure="rat", repetitions=10, sums=10, leaves=10, em_iterations=15)  # depth: 4-6 variables per leaf region
 PUBLISHED_LEARNSPN = {"nltcs": -6.11, "plants": -12.98, "jester": -53.48, "dna": -82.52}  # Gens & Domingos 2013
 SETS = {  # name: data, fit options (alpha: a list chosen on validation), ranks
     "nltcs": dict(data=dict(dataset="debd", name="nltcs"), fit=dict(), ranks=(2, 4, 8, 16),
@@ -58,6 +62,9 @@ SETS = {  # name: data, fit options (alpha: a list chosen on validation), ranks
     "nltcs-rat": dict(data=dict(dataset="debd", name="nltcs"),
                       fit=dict(structure="rat", depth=2, repetitions=10, sums=40, leaves=10, em_iterations=10),
                       ranks=(2, 4, 8, 16), routes=("spn", "mi", "direct", "direct-mi")),
+    **{f"{name}-rat": dict(data=dict(dataset="debd", name=name), fit=dict(RAT_SPN, depth=depth), ranks=ranks,
+                           routes=("mi", "direct-mi"))  # a random region graph has no useful variable order
+       for name, depth, ranks in (("plants", 4, (4, 8, 16)), ("jester", 4, (2, 4, 8)), ("dna", 5, (2, 4, 8)))},
     **{f"{name}-wide": dict(data=dict(dataset="debd", name=name), fit=WIDE_LEARNSPN, ranks=(2, 4, 8),
                             routes=("spn",) if name == "dna" else ("mi", "direct-mi"))  # DNA: SPN order is its best
        for name in ("nltcs", "jester", "dna")},
@@ -72,6 +79,18 @@ ABLATION = {"spn": "direct", "als": "direct", "mi": "direct-mi"}  # the ablation
 DEFAULT_ROUTES = ("spn", "direct")
 
 
+def run_once(cfg, out: Path, job) -> None:
+    """``job(cfg, out, resume)`` unless ``out`` already holds the finished run of ``cfg``; a folder made
+    with other settings stops the benchmark rather than be reported under this invocation's."""
+    started = (out / "config.yaml").exists()
+    if started and config_from_dict(type(cfg), RunDir(out).config) != cfg:
+        print(f"error: {out} was made with other settings than this invocation's: pass another --runs or remove it",
+              file=sys.stderr)
+        raise SystemExit(2)
+    if not finished(out):
+        job(cfg, out, started)
+
+
 def fit_set(name: str, spec: dict, root: Path, args) -> Path:
     """The set's SPN run folder; with several alphas, the one with the best validation likelihood."""
     data = SPNDataConfig(**spec["data"], data_dir=args.debd if spec["data"]["dataset"] == "debd" else None)
@@ -81,8 +100,7 @@ def fit_set(name: str, spec: dict, root: Path, args) -> Path:
     best = None
     for alpha in alphas:
         out = root / (f"fit-a{alpha:g}" if len(alphas) > 1 else "fit")
-        if not finished(out):
-            fit_spn(FitConfig(data=data, alpha=alpha, **opts), out)
+        run_once(FitConfig(data=data, alpha=alpha, **opts), out, lambda cfg, path, _: fit_spn(cfg, path))
         valid = RunDir(out).summary()["valid_ll"]
         if best is None or valid > best[0]:
             best = (valid, out)
@@ -92,13 +110,12 @@ def fit_set(name: str, spec: dict, root: Path, args) -> Path:
 def compress_set(fit: Path, spec: dict, root: Path, route: str, args) -> dict:
     """The set's tSPNs of one route; the direct route gets as many gradient steps as the distilled one."""
     out = root / f"tspn-{route}"
-    if not finished(out):
-        opts = {"distill_samples": args.distill_samples, **ROUTES[route]}
-        n = RunDir(fit).summary()["train_rows"]
-        epochs = math.ceil(args.epochs * (n + args.distill_samples) / (n + opts["distill_samples"]))
-        cfg = CompressConfig(source=str(fit), ranks=spec["ranks"], epochs=epochs, lr=args.lr,
-                             batch_size=args.batch_size, max_rank=args.max_rank, **opts)
-        compress_spn(cfg, out, resume=(out / "config.yaml").exists(), quiet=args.quiet)
+    opts = {"distill_samples": args.distill_samples, **ROUTES[route]}
+    n = RunDir(fit).summary()["train_rows"]
+    epochs = math.ceil(args.epochs * (n + args.distill_samples) / (n + opts["distill_samples"]))
+    cfg = CompressConfig(source=str(fit), ranks=spec["ranks"], epochs=epochs, lr=args.lr,
+                         batch_size=args.batch_size, max_rank=args.max_rank, **opts)
+    run_once(cfg, out, lambda cfg, path, resume: compress_spn(cfg, path, resume=resume, quiet=args.quiet))
     return RunDir(out).summary()
 
 
@@ -166,7 +183,7 @@ def report(name: str, r: dict) -> None:
     spn = r["spn"]
     pub = f" (published LearnSPN {r['published_learnspn_test_ll']})" if "published_learnspn_test_ll" in r else ""
     print(f"{name}: SPN ({spn['structure']}) {spn['parameters']:,} params, valid {spn['valid_ll']:.3f}, test "
-          f"{spn['test_ll']:.3f}{pub}; exact tSPN {r['exact_tspn']['parameters']:,} params", flush=True)
+          f"{spn['test_ll']:.3f}{pub}; exact tSPN {r['exact_tspn']['parameters']:,.3g} params", flush=True)
     for route, rows in r["ranks"].items():
         for x in rows:
             print(f"  {route:9s} rank {x['rank']:3d}: {x['parameters']:8,} params ({x['ratio_vs_spn']:7.2f}x vs SPN) "

@@ -164,6 +164,20 @@ def test_em_never_decreases_the_likelihood_and_gradient_improves_it():
     assert c2.log_prob(x).mean().item() > before + 0.5
 
 
+def test_em_keeps_the_iteration_that_fits_validation_rows_best():
+    """40 training rows and a large random structure: EM overfits, and the kept parameters are the
+    iteration with the best validation likelihood, not the last one."""
+    rng = np.random.default_rng(0)
+    p = np.linspace(0.1, 0.9, 8)
+    x = torch.from_numpy((rng.random((40, 8)) < p).astype(np.float32))
+    valid = torch.from_numpy((rng.random((400, 8)) < p).astype(np.float32))
+    c = Circuit(random_region_graph([2] * 8, depth=2, repetitions=4, sums=6, leaves=6, seed=1))
+    seen = []
+    hist = c.em(x, iterations=8, valid=valid, callback=lambda i, ll: seen.append(c.log_prob(valid).mean().item()))
+    assert hist[-1] > hist[0] and seen[-1] < max(seen) - 0.05  # training improves, validation falls
+    assert c.log_prob(valid).mean().item() == pytest.approx(max(seen), abs=1e-5)
+
+
 def test_learnspn_splits_independent_blocks_at_the_root():
     rng = np.random.default_rng(0)
     a = rng.random((800, 1)) < 0.5

@@ -43,7 +43,7 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
             sums: int = typer.Option(FitConfig.sums, min=1, help="rat: sum nodes per region."),
             leaves: int = typer.Option(FitConfig.leaves, min=1, help="rat: input distributions per leaf region."),
             em_iterations: int = typer.Option(FitConfig.em_iterations, min=0,
-                                              help="EM iterations after structure learning (rat: use ~20)."),
+                                              help="Most EM iterations after structure learning (rat: use ~20); the one best on validation is kept."),
             limit: Optional[int] = typer.Option(None, min=1, help="Use the first N training images only."),
             test_limit: Optional[int] = typer.Option(None, min=1, help="Use the first N test images only."),
             valid_share: float = typer.Option(SPNDataConfig.valid_share, help="Training rows held out for validation where the data has "
@@ -60,7 +60,7 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
     run = fit_spn(cfg, out)
     s = run.summary()
     acc = f", accuracy {s['accuracy']:.4f}" if "accuracy" in s else ""
-    tt = (f"; exact tSPN: rank {s['exact_tt_max_rank']:,}, {s['exact_tt_parameters']:,} parameters"
+    tt = (f"; exact tSPN: rank {_count(s['exact_tt_max_rank'])}, {_count(s['exact_tt_parameters'])} parameters"
           if "exact_tt_parameters" in s else "")
     print(f"SPN: {s['nodes']:,} nodes, {s['parameters']:,} parameters; {_lls(s)}{acc}{tt}")
     print(run.path / "report.html")
@@ -110,14 +110,20 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
     ex, spn = s["exact_tspn"], s["spn"]
     gap = f", max |log p gap| to the SPN {ex['max_abs_log_prob_gap']:.2e}" if ex["built"] else " (not built)"
     print(f"SPN: {s['spn_parameters']:,} parameters, {_lls(spn)}, {spn['rows_per_s']:,.0f} rows/s; exact tSPN: "
-          f"{ex['parameters']:,} parameters (rank {ex['max_rank']:,}){gap}; tSPN from the {s['route']} route, "
+          f"{_count(ex['parameters'])} parameters (rank {_count(ex['max_rank'])}){gap}; tSPN from the {s['route']} route, "
           f"fitted on {s['fitted_on']}")
     for r in s["ranks"]:
         acc = f", accuracy {r['accuracy']:.4f} ({r['accuracy_drop_points']:+.2f} points lost)" if "accuracy" in r else ""
         print(f"rank {r['rank']}: {r['parameters']:,} parameters ({r['ratio_vs_spn']:.2f}x fewer than the SPN, "
-              f"{r['ratio_vs_exact_tspn']:.1f}x fewer than the exact tSPN), {_lls(r)}{acc}, "
+              f"{_count(r['ratio_vs_exact_tspn'], ',.1f')}x fewer than the exact tSPN), {_lls(r)}{acc}, "
               f"{r['speedup_vs_spn']:.1f}x the SPN's rows/s, {r['seconds']:.0f} s")
     print(run.path / "report.html")
+
+
+def _count(x: float, spec: str = ",") -> str:
+    """``x`` as ``spec`` formats it, or in scientific notation from a billion up (exact trains of
+    wide SPNs reach 1e60 entries)."""
+    return format(x, spec) if abs(x) < 1e9 else f"{x:.2e}"
 
 
 def _lls(figures: dict) -> str:

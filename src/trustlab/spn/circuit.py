@@ -308,15 +308,20 @@ class Circuit(nn.Module):
 
     # -- learning -----------------------------------------------------------------------------
     def em(self, x, *, iterations: int = 10, batch_size: int = 2048, smoothing: float = 0.1,
-           min_std: float = 1e-2, callback=None) -> list[float]:
+           min_std: float = 1e-2, valid=None, callback=None) -> list[float]:
         """Expectation-maximisation over the whole of ``x``; returns the mean log-likelihood per iteration.
 
         Expected counts come from one backward pass per batch; missing values add no counts.
-        ``smoothing`` is a Dirichlet pseudo-count for discrete leaves.
+        ``smoothing`` is a Dirichlet pseudo-count for discrete leaves. With ``valid`` rows, the
+        parameters of the iteration with the best validation likelihood are kept: a large
+        random structure overfits after a few iterations, and the number of iterations is then
+        chosen on held-out rows rather than on the training rows.
         """
         x = self.check_data(x)
+        valid = None if valid is None or not len(valid) else self.check_data(valid)
         batch_size = self.rows_per_batch(batch_size)
         history = []
+        best = (-math.inf, None)
         for it in range(iterations):
             lw = [w.detach().requires_grad_() for w in self.log_weights()]
             counts = [torch.zeros_like(w) for w in lw]
@@ -358,8 +363,15 @@ class Circuit(nn.Module):
                     self.gauss_mean.copy_(mean)
                     self.gauss_log_std.copy_(0.5 * torch.log(var.clamp_min(min_std**2)))
             history.append(total / len(x))
+            if valid is not None:
+                with torch.no_grad():
+                    score = float(self.log_prob(valid).mean())
+                if score > best[0]:
+                    best = (score, {k: v.clone() for k, v in self.state_dict().items()})
             if callback is not None:
                 callback(it, history[-1])
+        if best[1] is not None:
+            self.load_state_dict(best[1])
         return history
 
     def fit_gradient(self, x, *, epochs: int = 10, batch_size: int = 256, lr: float = 0.05, seed: int = 0,

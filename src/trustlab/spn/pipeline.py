@@ -30,7 +30,9 @@ from trustlab.spn.structure import Graph
 from trustlab.spn.tensor_train import (TensorTrain, capped_ranks, dfs_order, exact_ranks, mutual_information_order,
                                        spn_to_tensor_train)
 
-def _learn_one(cfg: FitConfig, x: torch.Tensor, cardinality: list[int], seed: int) -> Graph:
+def _learn_one(cfg: FitConfig, x: torch.Tensor, valid: torch.Tensor | None, cardinality: list[int],
+               seed: int) -> Graph:
+    """One SPN over ``x``; EM (where asked) keeps the iteration that fits the ``valid`` rows best."""
     if cfg.structure == "learnspn":
         g = learn_spn(x.numpy(), cardinality, min_instances=cfg.min_instances, alpha=cfg.alpha,
                       clusters=cfg.clusters, seed=seed)
@@ -39,7 +41,7 @@ def _learn_one(cfg: FitConfig, x: torch.Tensor, cardinality: list[int], seed: in
                                 leaves=cfg.leaves, seed=seed)
     if cfg.em_iterations:
         c = Circuit(g)
-        c.em(x, iterations=cfg.em_iterations)
+        c.em(x, iterations=cfg.em_iterations, valid=valid)
         g = c.to_graph()
     return g
 
@@ -48,7 +50,7 @@ def learn_model(cfg: FitConfig, data: DiscreteData) -> Graph:
     """The SPN of ``cfg`` for ``data``: one per class under a class variable, or one over all columns."""
     cfg.validate()
     if data.class_var is None:
-        return _learn_one(cfg, data.x_train, data.cardinality, cfg.seed)
+        return _learn_one(cfg, data.x_train, data.x_valid, data.cardinality, cfg.seed)
     y = data.x_train[:, data.class_var].long()
     feats = [v for v in range(data.num_vars) if v != data.class_var]
     per_class, priors = [], []
@@ -56,7 +58,10 @@ def learn_model(cfg: FitConfig, data: DiscreteData) -> Graph:
         rows = data.x_train[y == k][:, feats]
         if len(rows) < 2:
             raise ConfigError(f"class {k} has {len(rows)} training rows: each class needs at least two")
-        per_class.append(_learn_one(cfg, rows, [data.cardinality[v] for v in feats], cfg.seed + k))
+        valid = None
+        if data.x_valid is not None:
+            valid = data.x_valid[data.x_valid[:, data.class_var].long() == k][:, feats]
+        per_class.append(_learn_one(cfg, rows, valid, [data.cardinality[v] for v in feats], cfg.seed + k))
         priors.append(len(rows) / len(y))
     return with_class_variable(per_class, priors)
 
