@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from common import RESULTS, write_result
 
+from trustlab.report import number
 from trustlab.runs import RunDir, config_from_dict, finished
 from trustlab.spn.config import CompressConfig, FitConfig, SPNDataConfig
 from trustlab.spn.pipeline import compress_spn, fit_spn, load_model, throughput
@@ -183,7 +184,7 @@ def report(name: str, r: dict) -> None:
     spn = r["spn"]
     pub = f" (published LearnSPN {r['published_learnspn_test_ll']})" if "published_learnspn_test_ll" in r else ""
     print(f"{name}: SPN ({spn['structure']}) {spn['parameters']:,} params, valid {spn['valid_ll']:.3f}, test "
-          f"{spn['test_ll']:.3f}{pub}; exact tSPN {r['exact_tspn']['parameters']:,.3g} params", flush=True)
+          f"{spn['test_ll']:.3f}{pub}; exact tSPN {number(r['exact_tspn']['parameters'])} params", flush=True)
     for route, rows in r["ranks"].items():
         for x in rows:
             print(f"  {route:9s} rank {x['rank']:3d}: {x['parameters']:8,} params ({x['ratio_vs_spn']:7.2f}x vs SPN) "

@@ -74,13 +74,14 @@ def test_report_reads_like_a_results_section(tmp_path):
     teacher = RunDir.start(tmp_path / "teacher", Outer(), "test", False)
     run = RunDir.start(tmp_path / "student", Outer(), "test", False)
     run.write_summary({"method": "senet", "teacher": str(teacher.path), "macs": 28_573_184, "relus": 54_272,
-                       "acc_drop_points": 1.45, "test_acc": 0.9083, "relu_reduction": 2.0})
+                       "acc_drop_points": 1.45, "test_acc": 0.9083, "relu_reduction": 2.0,
+                       "exact_tt_parameters": 8 * 10**63, "ratio_vs_exact_tspn": 9.49e59})
     run.log(100, lr=0.01)  # one point: no panel
     assert plot_metric_curves(run) is None
     run.log(200, lr=0.005, train_loss=0.5)
     run.log(300, train_loss=0.4)
     page = render_report(run.path).read_text()
-    for shown in ("90.83%", "+1.45 points", "28.6 M", "54,272", "2.00×", "<td>../teacher</td>"):
+    for shown in ("90.83%", "+1.45 points", "28.6 M", "54,272", "2.00×", "<td>../teacher</td>", "8.00e+63", "9.49e+59×"):
         assert shown in page, shown
     assert page.index("test_acc") < page.index("acc_drop_points") < page.index("method")  # headline figures first
 

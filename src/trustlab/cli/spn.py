@@ -50,6 +50,7 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
                                                         "no fixed split (debd has one)."),
             seed: int = typer.Option(FitConfig.seed)) -> None:
     """Learn an SPN (per class, under a class variable) and report its likelihood, accuracy and size."""
+    from trustlab.report import number
     from trustlab.spn.pipeline import fit_spn
 
     cfg = FitConfig(data=SPNDataConfig(dataset=dataset, csv=csv, name=name, data_dir=data_dir, size=size,
@@ -60,7 +61,7 @@ def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write
     run = fit_spn(cfg, out)
     s = run.summary()
     acc = f", accuracy {s['accuracy']:.4f}" if "accuracy" in s else ""
-    tt = (f"; exact tSPN: rank {_count(s['exact_tt_max_rank'])}, {_count(s['exact_tt_parameters'])} parameters"
+    tt = (f"; exact tSPN: rank {number(s['exact_tt_max_rank'])}, {number(s['exact_tt_parameters'])} parameters"
           if "exact_tt_parameters" in s else "")
     print(f"SPN: {s['nodes']:,} nodes, {s['parameters']:,} parameters; {_lls(s)}{acc}{tt}")
     print(run.path / "report.html")
@@ -90,6 +91,7 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
                  resume: bool = typer.Option(False, help="Continue: keep the ranks already done."),
                  quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Compress an SPN into tensor trains (from its exact train, or fitted to it) and compare them with the SPN."""
+    from trustlab.report import number
     from trustlab.spn.pipeline import compress_spn, load_fit, rank_for_ratio, start_route, variable_order
 
     if (rank is None) == (target_ratio is None):
@@ -110,20 +112,14 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
     ex, spn = s["exact_tspn"], s["spn"]
     gap = f", max |log p gap| to the SPN {ex['max_abs_log_prob_gap']:.2e}" if ex["built"] else " (not built)"
     print(f"SPN: {s['spn_parameters']:,} parameters, {_lls(spn)}, {spn['rows_per_s']:,.0f} rows/s; exact tSPN: "
-          f"{_count(ex['parameters'])} parameters (rank {_count(ex['max_rank'])}){gap}; tSPN from the {s['route']} route, "
+          f"{number(ex['parameters'])} parameters (rank {number(ex['max_rank'])}){gap}; tSPN from the {s['route']} route, "
           f"fitted on {s['fitted_on']}")
     for r in s["ranks"]:
         acc = f", accuracy {r['accuracy']:.4f} ({r['accuracy_drop_points']:+.2f} points lost)" if "accuracy" in r else ""
         print(f"rank {r['rank']}: {r['parameters']:,} parameters ({r['ratio_vs_spn']:.2f}x fewer than the SPN, "
-              f"{_count(r['ratio_vs_exact_tspn'], ',.1f')}x fewer than the exact tSPN), {_lls(r)}{acc}, "
+              f"{number(r['ratio_vs_exact_tspn'], ',.1f')}x fewer than the exact tSPN), {_lls(r)}{acc}, "
               f"{r['speedup_vs_spn']:.1f}x the SPN's rows/s, {r['seconds']:.0f} s")
     print(run.path / "report.html")
-
-
-def _count(x: float, spec: str = ",") -> str:
-    """``x`` as ``spec`` formats it, or in scientific notation from a billion up (exact trains of
-    wide SPNs reach 1e60 entries)."""
-    return format(x, spec) if abs(x) < 1e9 else f"{x:.2e}"
 
 
 def _lls(figures: dict) -> str:

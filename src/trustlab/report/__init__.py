@@ -104,6 +104,12 @@ def _order(keys: list[str]) -> list[str]:
     return sorted(keys, key=lambda k: rank[k])  # stable: the area's own order within a rank
 
 
+def number(x: float, spec: str = ",") -> str:
+    """``x`` as ``spec`` formats it, or in scientific notation from a billion up: the exact tensor
+    train of a large SPN has 1e60 entries, which no reader counts digit by digit."""
+    return format(x, spec) if abs(x) < 1e9 else f"{x:.2e}"
+
+
 def _fmt(v, key: str = "", base: Path | None = None) -> str:
     """One figure as text, its unit taken from its name (``key``); paths relative to ``base``."""
     k = key.lower()
@@ -117,14 +123,14 @@ def _fmt(v, key: str = "", base: Path | None = None) -> str:
         if k.endswith("_points"):
             return f"{v:+.2f} points".replace("-", "−")
         if ("reduction" in k or "ratio" in k or "speedup" in k) and isinstance(v, float):
-            return f"{v:,.2f}×"
+            return f"{number(v, ',.2f')}×"
         if "acc" in k and isinstance(v, float) and 0 <= v <= 1:
             return f"{100 * v:.2f}%"
         if "seconds" in k and isinstance(v, float):
             return f"{v:,.3g} s"
         if isinstance(v, int):
-            return f"{v:,}"
-        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+            return number(v)
+        return f"{v:,.4g}" if abs(v) < 1e4 else number(v, ",.0f")
     if isinstance(v, (list, dict)):
         return html.escape(json.dumps(v)[:200])
     text = str(v)
