@@ -233,6 +233,40 @@ def test_tspn_of_categorical_variables_and_class_posterior_in_one_sweep():
     assert accuracy(tt, x) == accuracy(c, x)
 
 
+def test_tspn_gradient_is_that_of_the_plain_product_despite_the_running_scales():
+    """The sweep divides each row by scales it treats as constants; the log-likelihood's gradient,
+    the joint over a variable's values included, must be the textbook one."""
+    from trustlab.spn.tensor_train import TensorTrain
+
+    card = [2, 3, 2, 2, 4]
+    tt = TensorTrain.random([3, 0, 4, 1, 2], card, 3, seed=5).double()
+    x = torch.tensor([[0, 2, 1, 0, 3], [1, math.nan, 0, 1, math.nan], [1, 0, 1, 1, 2]], dtype=torch.float64)
+
+    def plain(cores, row):  # the train as a product of matrices, no scaling
+        v = torch.ones(1, 1, dtype=torch.float64)
+        for k, core in enumerate(cores):
+            value = row[tt.order[k]]
+            v = v @ (core.sum(1) if math.isnan(value) else core[:, int(value)])
+        return v.squeeze()
+
+    def reference(log_cores):
+        cores = [c.exp() for c in log_cores]
+        z = plain(cores, [math.nan] * len(card))
+        joint = torch.stack([torch.stack([plain(cores, [*r[:4].tolist(), k]) for k in range(4)]) for r in x])
+        return torch.stack([plain(cores, r.tolist()) for r in x]).log() - z.log(), joint.log() - z.log()
+
+    params = list(tt.parameters())
+    ll, joint = reference(params)
+    ours_ll, ours_joint = tt(x), tt.log_joint_over(x, 4)
+    torch.testing.assert_close(ours_ll, ll, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours_joint, joint, rtol=0, atol=1e-12)
+    weights = torch.rand(3, 4, dtype=torch.float64)
+    for ours, theirs in ((ours_ll.sum(), ll.sum()), ((ours_joint * weights).sum(), (joint * weights).sum())):
+        for a, b in zip(torch.autograd.grad(ours, params, retain_graph=True),
+                        torch.autograd.grad(theirs, params, retain_graph=True)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_gaussian_leaves_cannot_map_onto_a_tensor_train():
     g = Graph([Leaf(0, "gaussian", [0.0, 1.0]), Leaf(1, "bernoulli", [0.5]), Product([0, 1])], 2, [0, 2])
     with pytest.raises(ConfigError, match="discrete"):

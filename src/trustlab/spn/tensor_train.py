@@ -18,7 +18,8 @@ the SPN first reaches them (:func:`dfs_order`).
 
 Inference contracts the cores left to right for a batch: each step is one matrix product
 ``[B, r] @ [r, n*r']`` and a gather of the observed value (or the core summed over its values
-for a missing one), with a running scale so long trains do not underflow.
+for a missing one), with a running scale so long trains do not underflow. The partition
+function is the same sweep over one more row, every variable missing.
 """
 
 from __future__ import annotations
@@ -64,57 +65,51 @@ class TensorTrain(nn.Module):
     def num_parameters(self) -> int:
         return sum(c.numel() for c in self.log_cores)
 
-    def log_partition(self, cores: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """log of the sum of the train over every assignment (1 for an exact map of a normalised SPN)."""
-        cores = self.cores() if cores is None else cores
-        v, scales = cores[0].new_ones(1, 1), []
-        for core in cores:
-            v = v @ core.sum(1)
-            scales.append(v.sum(1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny))
-            v = v / scales[-1]
-        return torch.log(torch.cat(scales, 1)).sum() + torch.log(v.squeeze())
+    def log_partition(self) -> torch.Tensor:
+        """log of the sum of the train over every assignment (0 for an exact map of a normalised SPN)."""
+        return self._contract(self.log_cores[0].new_full((1, self.num_vars), float("nan")))[0]
 
-    def _sweep(self, x: torch.Tensor, positions: range, reverse: bool,
-               cores: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sweep(self, x: torch.Tensor, positions: range, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Contract the cores at ``positions`` for each row of ``x`` (NaN = summed out).
 
         Left to right the result is a row vector per example over the right rank of the last
         core; right to left, a column vector over the left rank of the first. Returned
-        normalised, with the log of the scale taken out ([B, r], [B]). ``cores`` are the
-        exponentiated cores when the caller already has them.
+        normalised, with the log of the scale taken out ([B, r], [B]). The scales are constants
+        to autograd: dividing a row by a number that the log adds back leaves the gradient of
+        the log-likelihood unchanged, and the backward pass skips their bookkeeping (a training
+        step is then mostly the matrix products).
         """
         b = len(x)
         dtype = self.log_cores[0].dtype
-        size = 1 if not positions else (self.log_cores[positions[-1]].shape[2] if reverse
-                                        else self.log_cores[positions[0]].shape[0])
+        seq = list(reversed(positions) if reverse else positions)
+        size = 1 if not seq else (self.log_cores[seq[0]].shape[2] if reverse else self.log_cores[seq[0]].shape[0])
         v = torch.ones(b, size, dtype=dtype, device=x.device)
-        observed = not bool(torch.isnan(x).any())  # the common case (training rows): one gather per core
-        rows = torch.arange(b, device=x.device)
-        scales = [torch.ones(b, 1, dtype=dtype, device=x.device)]  # one log over all the scales at the end
-        for k in (reversed(positions) if reverse else positions):
-            core = self.log_cores[k].exp() if cores is None else cores[k]
+        if not seq:
+            return v, torch.zeros(b, dtype=dtype, device=x.device)
+        cols = x[:, [self.order[k] for k in seq]]
+        missing = torch.isnan(cols)
+        partial = bool(missing.any())
+        if partial:  # value n of a variable with n values = summed out
+            card = torch.tensor([self.cardinality[self.order[k]] for k in seq], dtype=cols.dtype, device=x.device)
+            cols = torch.where(missing, card, cols)
+        idx, rows = cols.long(), torch.arange(b, device=x.device)
+        scales = []
+        for j, k in enumerate(seq):
+            core = self.log_cores[k].exp()
             if reverse:
                 core = core.permute(2, 1, 0)
+            if partial:
+                core = torch.cat([core, core.sum(1, keepdim=True)], 1)
             r, n, r2 = core.shape
-            col = x[:, self.order[k]]
-            if observed:
-                v = (v @ core.reshape(r, n * r2)).view(b, n, r2)[rows, col.long()]
-            elif bool(torch.isnan(col).all()):
-                v = v @ core.sum(1)
-            else:
-                miss = torch.isnan(col)
-                ext = torch.cat([core, core.sum(1, keepdim=True)], 1)  # value n = summed out
-                idx = torch.where(miss, n, col.nan_to_num(0).long())
-                v = (v @ ext.reshape(r, (n + 1) * r2)).view(b, n + 1, r2)[rows, idx]
-            s = v.sum(1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+            v = (v @ core.reshape(r, n * r2)).view(b, n, r2)[rows, idx[:, j]]
+            s = v.detach().sum(1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
             v = v / s
             scales.append(s)
-        log_scale = torch.log(torch.cat(scales, 1)).sum(1)
-        return v, log_scale
+        return v, torch.log(torch.cat(scales, 1)).sum(1)
 
-    def _contract(self, x: torch.Tensor, cores: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def _contract(self, x: torch.Tensor) -> torch.Tensor:
         """log of the unnormalised train at each row of ``x`` (NaN = summed out) [B]."""
-        v, log_scale = self._sweep(x, range(self.num_vars), reverse=False, cores=cores)
+        v, log_scale = self._sweep(x, range(self.num_vars), reverse=False)
         return log_scale + torch.log(v.squeeze(1).clamp_min(0.0))
 
     def log_joint_over(self, x: torch.Tensor, var: int) -> torch.Tensor:
@@ -131,9 +126,10 @@ class TensorTrain(nn.Module):
         return torch.log(joint) + (ls + rs).unsqueeze(1) - self.log_partition()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised log-probability of each row (NaN entries marginalised)."""
-        cores = self.cores()
-        return self._contract(x, cores) - self.log_partition(cores)
+        """Normalised log-probability of each row (NaN entries marginalised); the partition function
+        is one more row of the same sweep, every variable summed out."""
+        both = self._contract(torch.cat([x, x.new_full((1, self.num_vars), float("nan"))]))
+        return both[:-1] - both[-1]
 
     def check_data(self, x) -> torch.Tensor:
         x = torch.as_tensor(x, dtype=self.log_cores[0].dtype)
