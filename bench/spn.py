@@ -24,7 +24,9 @@ validation log-likelihood is within 1% of the SPN's (labelled sets: validation a
 1 point); its test figures are reported beside the ablation's in the same variable order. Speed:
 the SPN's own circuit and the chosen tSPN on the same test rows (batch 4096, float32, the same
 threads), interleaved, best of ``--repeats``; SPFlow on ``--spflow-rows`` rows, the tSPN on
-the same rows. Writes ``bench/results/spn.json`` and ``spn_<set>.png``. Resumes: fitted and
+the same rows. The SPNs are fitted one at a time on every thread, then the routes are trained
+``--jobs`` side by side on one thread each, then the speeds are measured with nothing else
+running. Writes ``bench/results/spn.json`` and ``spn_<set>.png``. Resumes: fitted and
 compressed run folders under ``--runs`` are reused (one made with other settings stops the run
 with exit code 2 rather than be reported under these); speed is measured again for every set an
 invocation names, and the sets it does not name keep their last measurement (dated).
@@ -35,8 +37,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -83,16 +88,14 @@ ABLATION = {"spn": "direct", "als": "direct", "mi": "direct-mi"}  # the ablation
 DEFAULT_ROUTES = ("spn", "direct")
 
 
-def run_once(cfg, out: Path, job) -> None:
-    """``job(cfg, out, resume)`` unless ``out`` already holds the finished run of ``cfg``; a folder made
-    with other settings stops the benchmark rather than be reported under this invocation's."""
-    started = (out / "config.yaml").exists()
-    if started and config_from_dict(type(cfg), RunDir(out).config) != cfg:
+def reusable(cfg, out: Path) -> bool:
+    """Whether ``out`` holds the finished run of ``cfg``; a folder made with other settings stops the
+    benchmark rather than be reported under this invocation's."""
+    if (out / "config.yaml").exists() and config_from_dict(type(cfg), RunDir(out).config) != cfg:
         print(f"error: {out} was made with other settings than this invocation's: pass another --runs or remove it",
               file=sys.stderr)
         raise SystemExit(2)
-    if not finished(out):
-        job(cfg, out, started)
+    return finished(out)
 
 
 def fit_set(name: str, spec: dict, root: Path, args) -> Path:
@@ -104,23 +107,57 @@ def fit_set(name: str, spec: dict, root: Path, args) -> Path:
     best = None
     for alpha in alphas:
         out = root / (f"fit-a{alpha:g}" if len(alphas) > 1 else "fit")
-        run_once(FitConfig(data=data, alpha=alpha, **opts), out, lambda cfg, path, _: fit_spn(cfg, path))
+        cfg = FitConfig(data=data, alpha=alpha, **opts)
+        if not reusable(cfg, out):
+            fit_spn(cfg, out)
         valid = RunDir(out).summary()["valid_ll"]
         if best is None or valid > best[0]:
             best = (valid, out)
     return best[1]
 
 
-def compress_set(fit: Path, spec: dict, root: Path, route: str, args) -> dict:
-    """The set's tSPNs of one route; the direct route gets as many gradient steps as the distilled one."""
-    out = root / f"tspn-{route}"
+def compress_config(fit: Path, spec: dict, route: str, args) -> CompressConfig:
+    """The settings of one route's tSPNs; the direct route gets as many gradient steps as the distilled one."""
     opts = {"distill_samples": args.distill_samples, **ROUTES[route]}
     n = RunDir(fit).summary()["train_rows"]
     epochs = math.ceil(args.epochs * (n + args.distill_samples) / (n + opts["distill_samples"]))
-    cfg = CompressConfig(source=str(fit), ranks=spec["ranks"], epochs=epochs, lr=args.lr,
-                         batch_size=args.batch_size, max_rank=args.max_rank, **opts)
-    run_once(cfg, out, lambda cfg, path, resume: compress_spn(cfg, path, resume=resume, quiet=args.quiet))
-    return RunDir(out).summary()
+    return CompressConfig(source=str(fit), ranks=spec["ranks"], epochs=epochs, lr=args.lr,
+                          batch_size=args.batch_size, max_rank=args.max_rank, **opts)
+
+
+def compress_job(cfg: CompressConfig, out: Path, quiet: bool) -> None:
+    """One route's tSPNs (resuming a started folder); in a worker of the pool, on one thread."""
+    compress_spn(cfg, out, resume=(out / "config.yaml").exists(), quiet=quiet)
+
+
+def compress_all(fits: dict[str, Path], args) -> None:
+    """Every unfinished route of the named sets: ``--jobs`` at a time, one thread each.
+
+    A train's step is a chain of small products that a second thread hardly speeds up (rank 8:
+    not at all, rank 32: 1.15x), so two one-thread trains side by side do nearly twice the work
+    of one two-thread train; a train computes the same figures on one thread as on two. The
+    largest jobs (rows x epochs x variables x ranks) go first so that none is left alone at the end.
+    """
+    jobs = []
+    for name, fit in fits.items():
+        s = RunDir(fit).summary()
+        for route in SETS[name].get("routes", DEFAULT_ROUTES):
+            cfg, out = compress_config(fit, SETS[name], route, args), fit.parent / f"tspn-{route}"
+            if not reusable(cfg, out):
+                rows = s["train_rows"] + cfg.distill_samples
+                jobs.append((rows * cfg.epochs * s["variables"] * len(cfg.ranks), f"{name}/{route}", cfg, out))
+    jobs.sort(key=lambda j: -j[0])
+    if args.jobs == 1 or len(jobs) < 2:
+        for _, label, cfg, out in jobs:
+            compress_job(cfg, out, args.quiet)
+        return
+    t0 = time.time()
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pool inherited from this one
+    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        running = {pool.submit(compress_job, cfg, out, True): label for _, label, cfg, out in jobs}
+        for done in as_completed(running):
+            done.result()
+            print(f"  {running[done]} compressed ({(time.time() - t0) / 60:.1f} min)", flush=True)
 
 
 def within(row: dict, spn: dict) -> bool:
@@ -149,12 +186,10 @@ def speed(fit: Path, tspn_run: Path, rank: int, args) -> dict:
             "speedup_vs_spflow": tspn_few / spflow_rate}
 
 
-def bench_set(name: str, spec: dict, args) -> dict:
-    root = Path(args.runs) / name
-    t0 = time.time()
-    fit = fit_set(name, spec, root, args)
+def bench_set(name: str, fit: Path, args) -> dict:
+    """The set's figures from its finished runs: SPN, every route's ranks, the chosen tSPN and its speed."""
     s = RunDir(fit).summary()
-    routes = {route: compress_set(fit, spec, root, route, args) for route in spec.get("routes", DEFAULT_ROUTES)}
+    routes = {route: RunDir(fit.parent / f"tspn-{route}").summary() for route in SETS[name].get("routes", DEFAULT_ROUTES)}
     first = next(iter(routes.values()))
     spn = first["spn"]
     ok = [(route, r) for route in FROM_SPN if route in routes for r in routes[route]["ranks"] if within(r, spn)]
@@ -173,13 +208,12 @@ def bench_set(name: str, spec: dict, args) -> dict:
         out["at_chosen"] = {"route": chosen_route, "rank": chosen["rank"], "parameters": chosen["parameters"],
                             "ratio_vs_spn": chosen["ratio_vs_spn"], "ratio_vs_exact_tspn": chosen["ratio_vs_exact_tspn"],
                             "test_ll": chosen["test_ll"], "test_ll_direct": direct.get("test_ll"),
-                            **speed(fit, root / f"tspn-{chosen_route}", chosen["rank"], args)}
+                            **speed(fit, fit.parent / f"tspn-{chosen_route}", chosen["rank"], args)}
         if "accuracy" in chosen:
             out["at_chosen"].update(accuracy=chosen["accuracy"], accuracy_direct=direct.get("accuracy"))
     out["minutes_recorded"] = (s["fit_seconds"] + sum(r["seconds"] for rr in routes.values() for r in rr["ranks"])) / 60
     plot_set(name, out, RESULTS / f"spn_{name}.png")
     report(name, out)
-    print(f"({(time.time() - t0) / 60:.1f} min this invocation)", flush=True)
     return out
 
 
@@ -296,12 +330,16 @@ def main() -> None:
                          "truncation of larger ones takes hours")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--spflow-rows", type=int, default=1000)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count(),
+                    help="tSPN routes trained side by side, one thread each (1: one at a time, on every thread)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     names = [n for n in args.sets.split(",") if n]
     unknown = set(names) - set(SETS)
     if unknown:
         ap.error(f"unknown sets {sorted(unknown)}: choose from {','.join(SETS)}")
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     torch.manual_seed(0)
     t0, results = time.time(), earlier_results()
     settings = {"sets": SETS, "debd": args.debd, "epochs": args.epochs, "lr": args.lr,
@@ -310,13 +348,16 @@ def main() -> None:
                 "parameters": "SPN: sum weights + leaf probabilities (K-1 per leaf); tSPN: entries of its dense cores",
                 "chosen_rank": "largest SPN/tSPN ratio with validation LL within 1% of the SPN's (labelled: and "
                                "validation accuracy within 1 point); test figures reported",
-                "speed": "test rows, batch 4096, float32, same threads, interleaved, best of repeats"}
-    for n in names:
-        results[n] = {**bench_set(n, SETS[n], args), "measured": time.strftime("%Y-%m-%d")}
+                "speed": "test rows, batch 4096, float32, same threads, interleaved, best of repeats, with no other job running; "
+                         "the rows/s of each rank in 'ranks' are measured inside its job (one thread, beside the other jobs)",
+                "jobs": args.jobs}
+    fits = {n: fit_set(n, SETS[n], Path(args.runs) / n, args) for n in names}  # on every thread: one fit at a time
+    compress_all(fits, args)
+    for n in names:  # speed alone on the machine, after every job
+        results[n] = {**bench_set(n, fits[n], args), "measured": time.strftime("%Y-%m-%d")}
         results = {k: results[k] for k in SETS if k in results}
         print(write_result("spn", {**headline(results), "complete": len(results) == len(SETS),
                                    "minutes_this_invocation": (time.time() - t0) / 60}, settings, results=results), flush=True)
-
 
 if __name__ == "__main__":
     main()
