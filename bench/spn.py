@@ -234,6 +234,46 @@ def report(name: str, r: dict) -> None:
         print("  no rank within 1% of the SPN's validation likelihood", flush=True)
 
 
+COLUMNS = {"spn": "from the SPN, SPN order", "als": "from the SPN, ALS rounding", "mi": "from the SPN, MI order",
+           "direct": "direct, SPN order", "direct-mi": "direct, MI order"}
+
+
+def markdown(name: str, r: dict) -> str:
+    """A set's figures as the README shows them: one row per rank, one column per route, then the choice."""
+    spn, chosen = r["spn"], r.get("at_chosen")
+    routes = {k: r["ranks"][k] for k in SETS[name].get("routes", DEFAULT_ROUTES)}
+    ranks = sorted({x["rank"] for rows in routes.values() for x in rows})
+    lines = ["| rank | parameters (SPN / tSPN) | " + " | ".join(f"{COLUMNS[k]}: valid / test LL" for k in routes) + " |",
+             "|---" * (len(routes) + 2) + "|"]
+    for rank in ranks:
+        at = {k: next((x for x in rows if x["rank"] == rank), None) for k, rows in routes.items()}
+        sizes = sorted({(x["parameters"], x["ratio_vs_spn"]) for x in at.values() if x})
+        cells = []
+        for k, x in at.items():
+            cell = "" if x is None else f"{x['valid_ll']:.3f} / {x['test_ll']:.3f}"
+            if x and chosen and (k, rank) == (chosen["route"], chosen["rank"]):
+                cell = f"**{cell}** (chosen)"
+            if x and "accuracy" in x:
+                cell += f" (acc {x['accuracy']:.3f})"
+            cells.append(cell)
+        lines.append(f"| {rank} | " + " or ".join(f"{p:,} ({q:.2f}×)" for p, q in sizes) + " | " + " | ".join(cells) + " |")
+    lines.append("")
+    if chosen:
+        lines.append(f"Chosen: {chosen['route']} at rank {chosen['rank']} (SPN/tSPN parameter ratio {chosen['ratio_vs_spn']:.2f}): "
+                     f"{chosen['tspn_rows_per_s']:,.0f} rows/s against the SPN circuit's {chosen['spn_rows_per_s']:,.0f} "
+                     f"(**{chosen['speedup_vs_spn_circuit']:.1f}×**) and {chosen['speedup_vs_spflow']:.1f}× SPFlow's "
+                     f"{chosen['spflow_rows_per_s']:,.0f}.")
+    else:
+        bar = spn["valid_ll"] - 0.01 * abs(spn["valid_ll"])
+        line = f"No tSPN from the SPN is within 1% (valid ≥ {bar:.3f})"
+        for label, pool in (("the best", FROM_SPN), ("the best direct train", ("direct", "direct-mi"))):
+            best = max(((k, x) for k in pool for x in routes.get(k, [])), key=lambda kx: kx[1]["valid_ll"], default=None)
+            if best:
+                line += f"; {label}, {best[0]} at rank {best[1]['rank']}, is {bar - best[1]['valid_ll']:.3f} nats short"
+        lines.append(line + ".")
+    return "\n".join(lines)
+
+
 def plot_set(name: str, r: dict, path: Path) -> None:
     import matplotlib
 
@@ -333,6 +373,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=os.cpu_count(),
                     help="tSPN routes trained side by side, one thread each (1: one at a time, on every thread)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="print the named sets' tables from the results file and stop")
     args = ap.parse_args()
     names = [n for n in args.sets.split(",") if n]
     unknown = set(names) - set(SETS)
@@ -340,6 +381,11 @@ def main() -> None:
         ap.error(f"unknown sets {sorted(unknown)}: choose from {','.join(SETS)}")
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
+    if args.markdown:
+        results = earlier_results()
+        for n in names:
+            print(f"{n}:\n{markdown(n, results[n])}\n" if n in results else f"{n}: not measured yet\n")
+        return
     torch.manual_seed(0)
     t0, results = time.time(), earlier_results()
     settings = {"sets": SETS, "debd": args.debd, "epochs": args.epochs, "lr": args.lr,
