@@ -16,7 +16,10 @@ tensor trains by several routes (``ROUTES``; each set names the ones it runs):
 * ``mi``: a random train in the mutual-information variable order, fitted like ``spn``;
 * ``direct`` and ``direct-mi``: the ablation, a random train in the SPN's (or the mutual-
   information) order fitted to the training rows alone (never sees the SPN), for as many
-  gradient steps as the distilled routes take over their larger set of rows.
+  gradient steps as the distilled routes take over their larger set of rows. ``direct-mi``
+  depends on the data alone, so it is trained once per data set, in the folder of the set's
+  LearnSPN (fitted too when an invocation names only another SPN of the same data), and every
+  SPN of that data reads it at its own ranks.
 
 Each keeps the epoch with the best validation likelihood. The *chosen* tSPN is, over the
 routes that start from the SPN, the one with the largest SPN/tSPN parameter ratio whose
@@ -86,6 +89,28 @@ ROUTES = {"spn": {"init": "auto"}, "als": {"init": "exact", "rounding": "als"}, 
 FROM_SPN = ("spn", "als", "mi")  # the routes a chosen tSPN may come from; the direct ones are the ablation
 ABLATION = {"spn": "direct", "als": "direct", "mi": "direct-mi"}  # the ablation in the same variable order
 DEFAULT_ROUTES = ("spn", "direct")
+DATA_ONLY = ("direct-mi",)  # the data's rows in an order taken from them: the same train for every SPN of the data
+
+
+def home(name: str) -> str:
+    """The set whose folder holds the data-only routes of ``name``: the LearnSPN of the same data."""
+    return debd_set(name) or name
+
+
+def routes_of(name: str) -> tuple[str, ...]:
+    return SETS[name].get("routes", DEFAULT_ROUTES)
+
+
+def route_owner(name: str, route: str) -> str:
+    """The set whose run folder holds ``route`` for ``name`` (a data-only route lives with the LearnSPN)."""
+    return home(name) if route in DATA_ONLY else name
+
+
+def needs_fits(names: list[str]) -> list[str]:
+    """The sets to fit for ``names``: those named, then the LearnSPNs whose folders hold their data-only routes."""
+    assert all(set(SETS[n]["ranks"]) <= set(SETS[route_owner(n, r)]["ranks"]) for n in SETS for r in routes_of(n)), \
+        "a data-only route is trained at its LearnSPN's ranks, which must include those of every SPN of the data"
+    return list(dict.fromkeys([*names, *(route_owner(n, r) for n in names for r in routes_of(n))]))
 
 
 def reusable(cfg, out: Path) -> bool:
@@ -130,22 +155,26 @@ def compress_job(cfg: CompressConfig, out: Path, quiet: bool) -> None:
     compress_spn(cfg, out, resume=(out / "config.yaml").exists(), quiet=quiet)
 
 
-def compress_all(fits: dict[str, Path], args) -> None:
-    """Every unfinished route of the named sets: ``--jobs`` at a time, one thread each.
+def compress_all(names: list[str], fits: dict[str, Path], args) -> None:
+    """Every unfinished route of the named sets (a data-only route once per data): ``--jobs`` at a time, one thread each.
 
     A train's step is a chain of small products that a second thread hardly speeds up (rank 8:
     not at all, rank 32: 1.15x), so two one-thread trains side by side do nearly twice the work
     of one two-thread train; a train computes the same figures on one thread as on two. The
     largest jobs (rows x epochs x variables x ranks) go first so that none is left alone at the end.
     """
+    todo = {}
+    for name in names:
+        for route in routes_of(name):
+            owner = route_owner(name, route)
+            todo[(owner, route)] = compress_config(fits[owner], SETS[owner], route, args)
     jobs = []
-    for name, fit in fits.items():
-        s = RunDir(fit).summary()
-        for route in SETS[name].get("routes", DEFAULT_ROUTES):
-            cfg, out = compress_config(fit, SETS[name], route, args), fit.parent / f"tspn-{route}"
-            if not reusable(cfg, out):
-                rows = s["train_rows"] + cfg.distill_samples
-                jobs.append((rows * cfg.epochs * s["variables"] * len(cfg.ranks), f"{name}/{route}", cfg, out))
+    for (owner, route), cfg in todo.items():
+        out = fits[owner].parent / f"tspn-{route}"
+        if not reusable(cfg, out):
+            s = RunDir(fits[owner]).summary()
+            rows = s["train_rows"] + cfg.distill_samples
+            jobs.append((rows * cfg.epochs * s["variables"] * len(cfg.ranks), f"{owner}/{route}", cfg, out))
     jobs.sort(key=lambda j: -j[0])
     if args.jobs == 1 or len(jobs) < 2:
         for _, label, cfg, out in jobs:
@@ -186,12 +215,20 @@ def speed(fit: Path, tspn_run: Path, rank: int, args) -> dict:
             "speedup_vs_spflow": tspn_few / spflow_rate}
 
 
-def bench_set(name: str, fit: Path, args) -> dict:
+def bench_set(name: str, fits: dict[str, Path], args) -> dict:
     """The set's figures from its finished runs: SPN, every route's ranks, the chosen tSPN and its speed."""
+    fit = fits[name]
     s = RunDir(fit).summary()
-    routes = {route: RunDir(fit.parent / f"tspn-{route}").summary() for route in SETS[name].get("routes", DEFAULT_ROUTES)}
-    first = next(iter(routes.values()))
+    routes = {route: RunDir(fits[route_owner(name, route)].parent / f"tspn-{route}").summary() for route in routes_of(name)}
+    first = routes[next(r for r in routes if route_owner(name, r) == name)]
     spn = first["spn"]
+    for route in routes:
+        if route_owner(name, route) != name:  # another SPN's folder: this set's ranks, ratios against this SPN
+            routes[route] = {**routes[route], "ranks": [
+                {**r, "ratio_vs_spn": first["spn_parameters"] / r["parameters"],
+                 "ratio_vs_exact_tspn": first["exact_tspn"]["parameters"] / r["parameters"],
+                 "speedup_vs_spn": r["rows_per_s"] / spn["rows_per_s"]}
+                for r in routes[route]["ranks"] if r["rank"] in SETS[name]["ranks"]]}
     ok = [(route, r) for route in FROM_SPN if route in routes for r in routes[route]["ranks"] if within(r, spn)]
     chosen_route, chosen = max(ok, key=lambda rr: (rr[1]["ratio_vs_spn"], rr[1]["valid_ll"])) if ok else (None, None)
     out = {"data": s["data"], "train_rows": s["train_rows"], "test_rows": s["test_rows"], "variables": s["variables"],
@@ -241,7 +278,7 @@ COLUMNS = {"spn": "from the SPN, SPN order", "als": "from the SPN, ALS rounding"
 def markdown(name: str, r: dict) -> str:
     """A set's figures as the README shows them: one row per rank, one column per route, then the choice."""
     spn, chosen = r["spn"], r.get("at_chosen")
-    routes = {k: r["ranks"][k] for k in SETS[name].get("routes", DEFAULT_ROUTES)}
+    routes = {k: r["ranks"][k] for k in routes_of(name)}
     ranks = sorted({x["rank"] for rows in routes.values() for x in rows})
     lines = ["| rank | parameters (SPN / tSPN) | " + " | ".join(f"{COLUMNS[k]}: valid / test LL" for k in routes) + " |",
              "|---" * (len(routes) + 2) + "|"]
@@ -397,10 +434,10 @@ def main() -> None:
                 "speed": "test rows, batch 4096, float32, same threads, interleaved, best of repeats, with no other job running; "
                          "the rows/s of each rank in 'ranks' are measured inside its job (one thread, beside the other jobs)",
                 "jobs": args.jobs}
-    fits = {n: fit_set(n, SETS[n], Path(args.runs) / n, args) for n in names}  # on every thread: one fit at a time
-    compress_all(fits, args)
+    fits = {n: fit_set(n, SETS[n], Path(args.runs) / n, args) for n in needs_fits(names)}  # on every thread, one at a time
+    compress_all(names, fits, args)
     for n in names:  # speed alone on the machine, after every job
-        results[n] = {**bench_set(n, fits[n], args), "measured": time.strftime("%Y-%m-%d")}
+        results[n] = {**bench_set(n, fits, args), "measured": time.strftime("%Y-%m-%d")}
         results = {k: results[k] for k in SETS if k in results}
         print(write_result("spn", {**headline(results), "complete": len(results) == len(SETS),
                                    "minutes_this_invocation": (time.time() - t0) / 60}, settings, results=results), flush=True)

@@ -13,7 +13,7 @@ import torch
 from trustlab.errors import ConfigError
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy, class_log_joint
-from trustlab.spn.compress import fine_tune, truncate
+from trustlab.spn.compress import em_fit, fine_tune, truncate
 from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
 from trustlab.spn.structure import Graph, Leaf, Product, Sum
 from trustlab.spn.tensor_train import dfs_order, exact_ranks, spn_to_tensor_train
@@ -325,6 +325,46 @@ def test_fine_tune_keeps_the_best_validation_epoch():
     hist = fine_tune(tt, x[:40], epochs=12, lr=0.3, batch_size=8, valid=x[200:])  # a tiny set: it over-fits
     best = max(h["valid_ll"] for h in hist)
     assert tt.log_prob(x[200:]).mean().item() == pytest.approx(best, abs=1e-5)
+
+
+def test_em_on_a_train_keeps_it_normalised_and_never_lowers_the_likelihood():
+    from trustlab.spn.tensor_train import TensorTrain
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((3000, 8)) < 0.3).astype(np.float32)
+    x[:1500, 4:] = 1 - x[:1500, :4]  # two halves of the rows with different dependence
+    x = torch.from_numpy(x)
+    x[::7, 2] = float("nan")  # missing values are summed out in the E-step
+    tt = TensorTrain.random([3, 0, 5, 1, 7, 2, 6, 4], [2] * 8, 4, seed=2)
+    xa = all_assignments([2] * 8)
+    before = tt.log_prob(xa)
+    tt.normalise_()  # conditionals in every core, the same distribution
+    assert (tt.log_prob(xa) - before).abs().max().item() < 1e-5
+    assert all(torch.allclose(c.sum((1, 2)), torch.ones(c.shape[0])) for c in tt.cores())
+    assert tt.log_partition().item() == pytest.approx(0.0, abs=1e-5)
+    hist = em_fit(tt, x, iterations=25, smoothing=1e-6)
+    lls = [h["train_ll"] for h in hist]
+    assert all(b >= a - 1e-4 for a, b in zip(lls, lls[1:]))  # EM is monotone
+    assert lls[-1] > lls[0] + 0.5 and tt.log_partition().item() == pytest.approx(0.0, abs=1e-5)
+    assert tt.log_prob(xa).exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert all(bool((c >= 0).all()) for c in tt.cores())
+    long = TensorTrain.random(list(range(80)), [2] * 80, 16, seed=3)  # raw row sums grow as 32^80: beyond float32
+    rows = torch.from_numpy((rng.random((50, 80)) < 0.5).astype(np.float32))
+    before = long.log_prob(rows)
+    assert (long.normalise_().log_prob(rows) - before).abs().max().item() < 1e-3
+    assert long.log_partition().item() == pytest.approx(0.0, abs=1e-4)
+    overfit = TensorTrain.random(list(range(8)), [2] * 8, 4)  # tiny training set: the best validation iteration is kept
+    hist = em_fit(overfit, x[:30].nan_to_num(0.0), iterations=15, smoothing=1e-6, valid=x[2000:].nan_to_num(0.0))
+    assert overfit.log_prob(x[2000:].nan_to_num(0.0)).mean().item() == pytest.approx(max(h["valid_ll"] for h in hist), abs=1e-5)
+
+
+def test_em_fit_refuses_a_discriminative_weight():
+    from trustlab.spn.config import CompressConfig
+
+    with pytest.raises(ConfigError, match="--fit em"):
+        CompressConfig(source="x", fit="em", discriminative=0.5).validate()
+    with pytest.raises(ConfigError, match="--fit sgd"):
+        CompressConfig(source="x", fit="sgd").validate()
 
 
 def test_validation_split_is_carved_from_training_rows(cli, tmp_path):

@@ -80,6 +80,9 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
                                                                         "training rows (0: the data alone)."),
                  epochs: int = typer.Option(CompressConfig.epochs, min=1,
                                             help="Most fine-tuning epochs per rank (the best on validation is kept)."),
+                 fit: str = typer.Option(CompressConfig.fit, help="adam: gradient steps on the log cores; em: "
+                                                                  "expectation-maximisation over all rows per iteration "
+                                                                  "(--epochs iterations; --lr and --batch-size unused)."),
                  lr: float = typer.Option(CompressConfig.lr), batch_size: int = typer.Option(CompressConfig.batch_size, min=1),
                  discriminative: float = typer.Option(CompressConfig.discriminative, help="Weight of log p(class|x) in fine-tuning."),
                  order: str = typer.Option(CompressConfig.order, help="Variable order of the train: spn (the SPN's depth-first walk) "
@@ -96,7 +99,7 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
 
     if (rank is None) == (target_ratio is None):
         raise ConfigError("give exactly one of --rank and --target-ratio")
-    cfg = CompressConfig(source=run_dir, init=init, distill_samples=distill_samples, epochs=epochs, lr=lr,
+    cfg = CompressConfig(source=run_dir, init=init, distill_samples=distill_samples, epochs=epochs, fit=fit, lr=lr,
                          batch_size=batch_size, discriminative=discriminative, order=order, rounding=rounding,
                          max_rank=max_rank, seed=seed)
     if rank is not None:

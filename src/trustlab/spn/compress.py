@@ -11,7 +11,9 @@ for a probability tensor it is the likelihood lost; least squares weighs the lar
 probabilities and is the classic rounding. Cuts already at rank <= R stay exact.
 
 The truncated train is then fine-tuned by maximising the data log-likelihood over the log
-of the cores (positivity for free), with the partition function recomputed every step.
+of the cores (positivity for free), with the partition function recomputed every step
+(:func:`fine_tune`), or by expectation-maximisation on the train as a hidden Markov model
+(:func:`em_fit`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,27 @@ def truncate(tt: TensorTrain, rank: int, *, iterations: int = 1500, loss: str = 
     return TensorTrain([c.clamp_min(floor) for c in cores], tt.order, tt.cardinality)
 
 
+class _BestOnValid:
+    """Early stopping chosen on validation rows (never on the test split): each epoch's cores are
+    scored, and the best epoch's are put back at the end."""
+
+    def __init__(self, tt: TensorTrain, valid: torch.Tensor | None):
+        self.tt, self.valid, self.best, self.state = tt, valid, -float("inf"), None
+
+    def score(self, entry: dict) -> dict:
+        if self.valid is not None:
+            entry["valid_ll"] = v = float(self.tt.log_prob(self.valid).mean())
+            if v > self.best:
+                self.best, self.state = v, [c.detach().clone() for c in self.tt.log_cores]
+        return entry
+
+    def restore(self) -> None:
+        if self.state is not None:
+            with torch.no_grad():
+                for c, b in zip(self.tt.log_cores, self.state):
+                    c.copy_(b)
+
+
 def fine_tune(tt: TensorTrain, x: torch.Tensor, *, epochs: int = 5, batch_size: int = 256, lr: float = 0.02,
               class_var: int | None = None, discriminative: float = 0.0, valid: torch.Tensor | None = None,
               seed: int = 0, callback=None) -> list[dict]:
@@ -95,7 +118,7 @@ def fine_tune(tt: TensorTrain, x: torch.Tensor, *, epochs: int = 5, batch_size: 
         raise ConfigError("a discriminative weight needs the class variable")
     opt = torch.optim.Adam(tt.parameters(), lr=lr, fused=True)  # one kernel for all cores: a step has one per variable
     g = torch.Generator().manual_seed(seed)
-    history, best, best_state = [], -float("inf"), None
+    history, keep = [], _BestOnValid(tt, valid)
     for epoch in range(epochs):
         total = 0.0
         for idx in torch.randperm(len(x), generator=g).split(batch_size):
@@ -111,18 +134,47 @@ def fine_tune(tt: TensorTrain, x: torch.Tensor, *, epochs: int = 5, batch_size: 
             loss.backward()
             opt.step()
             total += float(ll.detach()) * len(idx)
-        history.append({"train_ll": total / len(x)})
-        if valid is not None:
-            history[-1]["valid_ll"] = v = float(tt.log_prob(valid).mean())
-            if v > best:
-                best, best_state = v, [c.detach().clone() for c in tt.log_cores]
+        history.append(keep.score({"train_ll": total / len(x)}))
         if callback is not None:
             callback(epoch, history[-1])
-    if best_state is not None:
-        with torch.no_grad():
-            for c, b in zip(tt.log_cores, best_state):
-                c.copy_(b)
+    keep.restore()
     return history
 
 
-__all__ = ["fine_tune", "truncate"]
+def em_fit(tt: TensorTrain, x: torch.Tensor, *, iterations: int = 50, smoothing: float = 0.01,
+           valid: torch.Tensor | None = None, batch_size: int = 4096, callback=None) -> list[dict]:
+    """Expectation-maximisation (Baum-Welch) of a nonnegative train; returns per iteration ``train_ll``
+    (and ``valid_ll``), keeping the cores of the iteration best on ``valid``.
+
+    With the cores as conditionals (:meth:`TensorTrain.normalise_`) a train is an
+    inhomogeneous HMM, and the expected count of each core entry over the rows is the gradient
+    of their summed log-likelihood with respect to its log (every path through the train uses
+    one entry of each core). The M-step sets each core row to its counts plus ``smoothing``,
+    renormalised. One iteration is one pass over all rows and never lowers the likelihood
+    (up to the smoothing): no learning rate, no batch order.
+    """
+    x = tt.check_data(x)
+    tt.normalise_()
+    history, keep = [], _BestOnValid(tt, valid)
+    for it in range(iterations):
+        for p in tt.log_cores:
+            p.grad = None
+        total = 0.0
+        for xb in x.split(batch_size):
+            ll = tt._contract(xb).sum()  # normalised train: no partition function to subtract
+            ll.backward()
+            total += float(ll.detach())
+        with torch.no_grad():
+            for p in tt.log_cores:
+                counts = p.grad.clamp_min(0.0) + smoothing
+                p.copy_(torch.log(counts / counts.sum((1, 2), keepdim=True)))
+        history.append(keep.score({"train_ll": total / len(x)}))  # train_ll: of the cores before this update
+        if callback is not None:
+            callback(it, history[-1])
+    keep.restore()
+    for p in tt.log_cores:
+        p.grad = None
+    return history
+
+
+__all__ = ["em_fit", "fine_tune", "truncate"]

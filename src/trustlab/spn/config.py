@@ -17,6 +17,7 @@ INITS = ("auto", "exact", "random")
 ORDERS = ("spn", "mi")  # the SPN's depth-first walk, or dependent variables side by side
 NMF_LOSSES = {"kl": {"beta_loss": "kullback-leibler", "solver": "mu"},  # scikit-learn NMF settings per rounding
               "als": {"beta_loss": "frobenius", "solver": "cd"}}
+FITS = ("adam", "em")  # how a train is fitted: gradient steps on the log cores, or expectation-maximisation
 ROUNDINGS = tuple(NMF_LOSSES)  # truncation of the exact train: KL-divergence NMF or nonnegative least squares
 
 
@@ -74,7 +75,8 @@ class CompressConfig:
     ranks: tuple[int, ...] = (32,)
     init: str = "auto"  # exact: truncate the exact map; random: fit a random train; auto: exact when it fits max_rank
     distill_samples: int = 20000  # rows sampled from the SPN added to the training rows (0: the data alone)
-    epochs: int = 10  # at most: the epoch with the best validation likelihood is kept
+    epochs: int = 10  # at most (EM: iterations): the epoch with the best validation likelihood is kept
+    fit: str = "adam"  # FITS
     lr: float = 0.02
     batch_size: int = 256
     discriminative: float = 0.0  # weight of log p(class | x) in the fine-tuning objective
@@ -95,6 +97,10 @@ class CompressConfig:
             raise ConfigError("--distill-samples must be >= 0")
         if self.order not in ORDERS:
             raise ConfigError(f"--order {self.order}: use {', '.join(ORDERS)}")
+        if self.fit not in FITS:
+            raise ConfigError(f"--fit {self.fit}: use {', '.join(FITS)}")
+        if self.fit == "em" and self.discriminative:
+            raise ConfigError("--fit em maximises the likelihood alone: use --fit adam with --discriminative")
         if self.rounding not in ROUNDINGS:
             raise ConfigError(f"--rounding {self.rounding}: use {', '.join(ROUNDINGS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

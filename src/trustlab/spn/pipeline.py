@@ -22,7 +22,7 @@ from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, atomic_save_figure, config_from_dict
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy
-from trustlab.spn.compress import fine_tune, truncate
+from trustlab.spn.compress import em_fit, fine_tune, truncate
 from trustlab.spn.config import CompressConfig, FitConfig
 from trustlab.spn.data import DiscreteData, load_data
 from trustlab.spn.learn_structure import learn_spn, random_region_graph, with_class_variable
@@ -221,9 +221,12 @@ def compress_spn(cfg: CompressConfig, out: str | Path, *, resume: bool = False, 
                 run.log(epoch + 1, rank=rank, **lls)
                 bar.update(task, description=f"rank {rank}: epoch {epoch + 1}/{cfg.epochs} train ll {lls['train_ll']:.3f}")
 
-            history = fine_tune(tt, train_rows, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                class_var=data.class_var, discriminative=cfg.discriminative, valid=data.x_valid,
-                                seed=cfg.seed, callback=log_epoch)
+            if cfg.fit == "em":
+                history = em_fit(tt, train_rows, iterations=cfg.epochs, valid=data.x_valid, callback=log_epoch)
+            else:
+                history = fine_tune(tt, train_rows, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                    class_var=data.class_var, discriminative=cfg.discriminative, valid=data.x_valid,
+                                    seed=cfg.seed, callback=log_epoch)
             tt.eval()
             ev = evaluate(tt, data)
             params = tt.num_parameters()

@@ -74,6 +74,25 @@ class TensorTrain(nn.Module):
             v = v / scales[-1]
         return torch.log(torch.cat(scales, 1)).sum() + torch.log(v.squeeze())
 
+    @torch.no_grad()
+    def normalise_(self) -> "TensorTrain":
+        """Rescale the cores in place, same distribution, so that each one is a set of conditionals.
+
+        After it, every core sums to 1 over its value and right state for each left state
+        (``G_k[a, x, b]`` = p(x_k = x, next state b | state a)), as in a hidden Markov model
+        with position-dependent tables: the train is normalised (partition function 1) and
+        each row of a core is the weight vector of a sum node, which is what EM re-estimates.
+        One sweep right to left pushes each core's row sums into its left neighbour, divided by
+        their largest (a common factor only scales the whole train, and a long one overflows).
+        """
+        carry = self.log_cores[-1].new_ones(1)
+        for log_core in reversed(self.log_cores):
+            core = log_core.exp() * carry.view(1, 1, -1)
+            sums = core.sum((1, 2)).clamp_min(torch.finfo(core.dtype).tiny)
+            log_core.copy_(torch.log(core / sums.view(-1, 1, 1)))
+            carry = sums / sums.max()
+        return self
+
     def _sweep(self, x: torch.Tensor, positions: range, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Contract the cores at ``positions`` for each row of ``x`` (NaN = summed out).
 
