@@ -46,6 +46,7 @@ demo: data
 	$(TRUSTLAB) pi cost $(RUNS)/pi-senet-half
 	$(TRUSTLAB) spn fit --out $(RUNS)/spn-digits --dataset digits --min-instances 60 >/dev/null
 	$(TRUSTLAB) spn compress $(RUNS)/spn-digits --rank 16 --epochs 3 --distill-samples 5000 --quiet
+	$(TRUSTLAB) spn compress $(RUNS)/spn-digits --rank 16 --fit em --epochs 20 --distill-samples 5000 --out $(RUNS)/spn-digits-tspn-em --quiet
 	$(TRUSTLAB) replication train --out $(RUNS)/replication --n 16 --size 16 --batch-size 16 --steps 300 --quiet
 	$(TRUSTLAB) replication sample $(RUNS)/replication --n 32 --steps 25 --quiet
 	$(TRUSTLAB) replication measure $(RUNS)/replication

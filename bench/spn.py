@@ -92,18 +92,14 @@ DEFAULT_ROUTES = ("spn", "direct")
 DATA_ONLY = ("direct-mi",)  # the data's rows in an order taken from them: the same train for every SPN of the data
 
 
-def home(name: str) -> str:
-    """The set whose folder holds the data-only routes of ``name``: the LearnSPN of the same data."""
-    return debd_set(name) or name
-
-
 def routes_of(name: str) -> tuple[str, ...]:
     return SETS[name].get("routes", DEFAULT_ROUTES)
 
 
 def route_owner(name: str, route: str) -> str:
-    """The set whose run folder holds ``route`` for ``name`` (a data-only route lives with the LearnSPN)."""
-    return home(name) if route in DATA_ONLY else name
+    """The set whose run folder holds ``route`` for ``name``: a data-only route lives with the LearnSPN of the
+    same data (``plants-rat`` -> ``plants``)."""
+    return (debd_set(name) or name) if route in DATA_ONLY else name
 
 
 def needs_fits(names: list[str]) -> list[str]:

@@ -157,8 +157,7 @@ def em_fit(tt: TensorTrain, x: torch.Tensor, *, iterations: int = 50, smoothing:
     tt.normalise_()
     history, keep = [], _BestOnValid(tt, valid)
     for it in range(iterations):
-        for p in tt.log_cores:
-            p.grad = None
+        tt.zero_grad(set_to_none=True)
         total = 0.0
         for xb in x.split(batch_size):
             ll = tt._contract(xb).sum()  # normalised train: no partition function to subtract
@@ -172,8 +171,7 @@ def em_fit(tt: TensorTrain, x: torch.Tensor, *, iterations: int = 50, smoothing:
         if callback is not None:
             callback(it, history[-1])
     keep.restore()
-    for p in tt.log_cores:
-        p.grad = None
+    tt.zero_grad(set_to_none=True)
     return history
 
 
