@@ -116,7 +116,9 @@ class TensorTrain(nn.Module):
         if partial:  # value n of a variable with n values = summed out
             card = torch.tensor([self.cardinality[self.order[k]] for k in seq], dtype=cols.dtype, device=x.device)
             cols = torch.where(missing, card, cols)
-        idx, rows = cols.long(), torch.arange(b, device=x.device)
+        # row i's value at step j, as a row of the [B * n, r'] product: one index_select per core
+        values = torch.tensor([self.cardinality[self.order[k]] + partial for k in seq], device=x.device)
+        picks = (cols.long() + torch.arange(b, device=x.device).unsqueeze(1) * values).T.contiguous()
         scales = []
         for j, k in enumerate(seq):
             core = self.log_cores[k].exp()
@@ -125,7 +127,7 @@ class TensorTrain(nn.Module):
             if partial:
                 core = torch.cat([core, core.sum(1, keepdim=True)], 1)
             r, n, r2 = core.shape
-            v = (v @ core.reshape(r, n * r2)).view(b, n, r2)[rows, idx[:, j]]
+            v = (v @ core.reshape(r, n * r2)).view(b * n, r2).index_select(0, picks[j])
             s = v.detach().sum(1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
             v = v / s
             scales.append(s)
