@@ -414,6 +414,8 @@ def main() -> None:
         ap.error(f"unknown sets {sorted(unknown)}: choose from {','.join(SETS)}")
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
+    if any(SETS[n]["data"]["dataset"] == "debd" for n in names) and not Path(args.debd).is_dir():
+        ap.error(f"--debd {args.debd} is not a folder: give the folder that holds nltcs.train.data and the other sets")
     if args.markdown:
         results = earlier_results()
         for n in names:

@@ -81,6 +81,8 @@ def main() -> None:
     missing = [f for f in ("spn.json", "spn_fitting.json") if not (RESULTS / f).exists()]
     if missing:
         ap.error(f"no {', '.join(missing)} in {RESULTS}: run bench/spn.py and bench/spn_fitting.py first")
+    if not Path(args.debd).is_dir():
+        ap.error(f"--debd {args.debd} is not a folder: give the folder that holds jester.train.data and dna.train.data")
     bench = json.loads((RESULTS / "spn.json").read_text())["results"]
     learnspn = {s: bench[s]["spn"] for s in DEBD_SETS}
     sources = {n: {"set": debd_set(n), "benchmark": True, **{k: r["spn"][k] for k in ("parameters", "valid_ll", "test_ll")}}
