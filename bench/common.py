@@ -40,6 +40,18 @@ def seeded(runs: Path, name: str, seed: int, first: int) -> Path:
     return runs / (name if seed == first else f"{name}-s{seed}")
 
 
+def ll_against_parameters(ax, title: str, xlabel: str = "parameters") -> None:
+    """Finish an axis of validation log-likelihood against a parameter count on a log scale (the tSPN plots)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation log-likelihood")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
 def write_result(name: str, headline: dict, settings: dict, **detail) -> Path:
     path = RESULTS / f"{name}.json"
     atomic_write_json(path, {"headline": headline, "settings": settings, "machine": machine(),

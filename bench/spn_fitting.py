@@ -18,9 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import RESULTS, write_result
+from common import RESULTS, ll_against_parameters, write_result
 
-from trustlab.runs import RunDir, config_from_dict, finished
+from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, finished
 from trustlab.spn.config import CompressConfig
 from trustlab.spn.pipeline import compress_spn
 
@@ -102,7 +102,6 @@ def plot(results: dict, valid: dict, bars: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, sources in zip(axes, (("plants-large", "plants"), ("jester",))):
@@ -115,14 +114,9 @@ def plot(results: dict, valid: dict, bars: dict, path: Path) -> None:
             ax.scatter(spn, valid[s], marker="*", s=120, color="black")
             ax.annotate(f"SPN {s}", (spn, valid[s]), fontsize=7)
             ax.axhline(bars[s], color="gray", ls=ls, label=f"1% below the {s} SPN (validation)")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("tSPN parameters")
-        ax.set_ylabel("validation log-likelihood")
-        ax.set_title(" / ".join(sources))
-        ax.legend(fontsize=7)
+        ll_against_parameters(ax, " / ".join(sources), "tSPN parameters")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

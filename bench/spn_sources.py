@@ -22,10 +22,10 @@ import json
 import sys
 from pathlib import Path
 
-from common import RESULTS, write_result
+from common import RESULTS, ll_against_parameters, write_result
 from spn import DEBD_SETS, RAT_SPN, debd_set, within
 
-from trustlab.runs import RunDir, config_from_dict, finished
+from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, finished
 from trustlab.spn.config import FitConfig, SPNDataConfig
 from trustlab.spn.pipeline import fit_spn
 
@@ -125,13 +125,9 @@ def plot(sources: dict, trains: dict, learnspn: dict, path: Path) -> None:
         ax.axhline(bar, color="C3", ls="--", label="eligible above (1% below LearnSPN)")
         top = max(*ll, *(s["valid_ll"] for s in sources.values() if s["set"] == d))
         ax.set_ylim(max(min(ll), bar - 0.25 * abs(bar)), top + 0.01 * abs(bar))  # memorising sources fall below
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel("validation log-likelihood")
-        ax.set_title(d)
-        ax.legend(fontsize=7)
+        ll_against_parameters(ax, d)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
