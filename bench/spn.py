@@ -185,9 +185,14 @@ def compress_all(names: list[str], fits: dict[str, Path], args) -> None:
             print(f"  {running[done]} compressed ({(time.time() - t0) / 60:.1f} min)", flush=True)
 
 
+def one_percent_below(ll: float) -> float:
+    """The 1% bar under a log-likelihood (negative, so 1% of its size lower)."""
+    return ll - 0.01 * abs(ll)
+
+
 def within(row: dict, spn: dict) -> bool:
     """Validation log-likelihood within 1% of the SPN's (and, labelled, validation accuracy within 1 point)."""
-    ok = row["valid_ll"] >= spn["valid_ll"] - 0.01 * abs(spn["valid_ll"])
+    ok = row["valid_ll"] >= one_percent_below(spn["valid_ll"])
     if "valid_accuracy" in spn:
         ok = ok and row["valid_accuracy"] >= spn["valid_accuracy"] - 0.01
     return ok

@@ -15,12 +15,12 @@ Writes ``bench/results/spn_fitting.json`` and ``spn_fitting.png``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from common import RESULTS, ll_against_parameters, write_result
+from spn import one_percent_below, reusable
 
-from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, finished
+from trustlab.runs import RunDir, atomic_save_figure, finished
 from trustlab.spn.config import CompressConfig
 from trustlab.spn.pipeline import compress_spn
 
@@ -51,10 +51,7 @@ def train(label: str, runs: Path, quiet: bool) -> dict:
     cfg = CompressConfig(source=str(runs / source / "fit"), ranks=(rank,), init="random", order="mi", epochs=epochs,
                          **opts)
     out = runs / source / "fitting" / label
-    if (out / "config.yaml").exists() and config_from_dict(CompressConfig, RunDir(out).config) != cfg:
-        print(f"error: {out} was made with other settings: remove it or pass another --runs", file=sys.stderr)
-        raise SystemExit(2)
-    if not finished(out):
+    if not reusable(cfg, out):
         compress_spn(cfg, out, resume=(out / "config.yaml").exists(), quiet=quiet)
     return row(source, RunDir(out).summary(), rank) | {"fit": cfg.fit, "epochs": epochs, "lr": cfg.lr,
                                                        "distill_samples": cfg.distill_samples}
@@ -80,7 +77,7 @@ def main() -> None:
     if missing:
         ap.error(f"no fitted SPN for {missing} under {runs}: run bench/spn.py --runs {runs} first")
     valid = {s: RunDir(runs / BAR_FROM[s] / "fit").summary()["valid_ll"] for s in BAR_FROM}
-    bars = {s: v - 0.01 * abs(v) for s, v in valid.items()}
+    bars = {s: one_percent_below(v) for s, v in valid.items()}
     results = {label: row(s, RunDir(runs / s / f"tspn-{route}").summary(), rank) | {"fit": "adam", "benchmark": True}
                for label, (s, route, rank) in BASELINES.items()}
     for label in labels:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from common import RESULTS, ll_against_parameters, write_result
-from spn import DEBD_SETS, RAT_SPN, debd_set, within
+from spn import DEBD_SETS, RAT_SPN, debd_set, one_percent_below, reusable, within
 
-from trustlab.runs import RunDir, atomic_save_figure, config_from_dict, finished
+from trustlab.runs import RunDir, atomic_save_figure
 from trustlab.spn.config import FitConfig, SPNDataConfig
 from trustlab.spn.pipeline import fit_spn
 
@@ -45,10 +44,7 @@ def fit(label: str, runs: Path, debd: str) -> dict:
     name, opts = CANDIDATES[label]
     cfg = FitConfig(data=SPNDataConfig(dataset="debd", name=name, data_dir=debd), **opts)
     out = runs / name / "sources" / label
-    if (out / "config.yaml").exists() and config_from_dict(FitConfig, RunDir(out).config) != cfg:
-        print(f"error: {out} was made with other settings: remove it or pass another --runs", file=sys.stderr)
-        raise SystemExit(2)
-    if not finished(out):
+    if not reusable(cfg, out):
         fit_spn(cfg, out)
     s = RunDir(out).summary()
     return {"set": name, "parameters": s["parameters"], "valid_ll": s["valid_ll"], "test_ll": s["test_ll"],
@@ -93,7 +89,7 @@ def main() -> None:
     trains = trains_by_set()
     for s in sources.values():
         s["eligible"] = within(s, learnspn[s["set"]])
-        s["bar_valid_ll"] = s["valid_ll"] - 0.01 * abs(s["valid_ll"])
+        s["bar_valid_ll"] = one_percent_below(s["valid_ll"])
         s["best_train_at_tenth"] = frontier(trains[s["set"]], s["parameters"] / TENTH)
         s["passes"] = s["eligible"] and s["best_train_at_tenth"] is not None and s["best_train_at_tenth"] >= s["bar_valid_ll"]
     passing = {d: sorted(n for n, s in sources.items() if s["set"] == d and s["passes"]) for d in DEBD_SETS}
@@ -121,7 +117,7 @@ def plot(sources: dict, trains: dict, learnspn: dict, path: Path) -> None:
                 ax.scatter(s["parameters"], s["valid_ll"], marker="*", s=90,
                            facecolors="C0" if s["eligible"] else "none", edgecolors="C0")
                 ax.annotate(n, (s["parameters"], s["valid_ll"]), fontsize=6)
-        bar = learnspn[d]["valid_ll"] - 0.01 * abs(learnspn[d]["valid_ll"])
+        bar = one_percent_below(learnspn[d]["valid_ll"])
         ax.axhline(bar, color="C3", ls="--", label="eligible above (1% below LearnSPN)")
         top = max(*ll, *(s["valid_ll"] for s in sources.values() if s["set"] == d))
         ax.set_ylim(max(min(ll), bar - 0.25 * abs(bar)), top + 0.01 * abs(bar))  # memorising sources fall below

@@ -113,11 +113,11 @@ class TensorTrain(nn.Module):
         cols = x[:, [self.order[k] for k in seq]]
         missing = torch.isnan(cols)
         partial = bool(missing.any())
+        card = torch.tensor([self.cardinality[self.order[k]] for k in seq], device=x.device)
         if partial:  # value n of a variable with n values = summed out
-            card = torch.tensor([self.cardinality[self.order[k]] for k in seq], dtype=cols.dtype, device=x.device)
-            cols = torch.where(missing, card, cols)
+            cols = torch.where(missing, card.to(cols.dtype), cols)
         # row i's value at step j, as a row of the [B * n, r'] product: one index_select per core
-        values = torch.tensor([self.cardinality[self.order[k]] + partial for k in seq], device=x.device)
+        values = card + partial
         picks = (cols.long() + torch.arange(b, device=x.device).unsqueeze(1) * values).T.contiguous()
         scales = []
         for j, k in enumerate(seq):
