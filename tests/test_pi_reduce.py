@@ -55,8 +55,7 @@ def test_topk_search_keeps_exact_count_and_passes_gradients():
 
 
 def test_count_sees_only_kept_positions_and_exports_them():
-    m = build_model("resnet18", 10, 3, 0.125)
-    names = install_partial_relus(m, (3, 16, 16))
+    m, names = install_partial_relus(build_model("resnet18", 10, 3, 0.125), (3, 16, 16))
     full = count(m, (3, 16, 16)).relus
     layer = m.get_submodule(names[3])
     layer.mask.view(-1)[: layer.units // 2] = False

@@ -7,7 +7,8 @@ from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.load import load_pi_model
 from trustlab.pi.models import build_model
-from trustlab.pi.merge import MergedBlock, apply_merges
+from trustlab.pi.graph import split_sites
+from trustlab.pi.merge import MergedConv2d, apply_merges
 from trustlab.pi.config import ShallowConfig
 from trustlab.pi.shallow import depth, linearise, mergeable_blocks, plan_merges
 from trustlab.train import evaluate
@@ -25,47 +26,61 @@ def _trained_like(model):
     return model.eval()
 
 
+def _split(model, shape=(3, 16, 16)):
+    return split_sites(model, shape)[0]
+
+
+def _block_io(gm, block: str, x):
+    """The input and output of ``block`` in a forward pass of ``gm`` (by hooks on its first conv and its add's reader)."""
+    seen = {}
+    pair = next(p for p in mergeable_blocks(gm) if p.block == block)
+    h1 = gm.get_submodule(pair.conv_a).register_forward_pre_hook(lambda m, i: seen.setdefault("in", i[0]))
+    h2 = gm.get_submodule(pair.out_relu).register_forward_pre_hook(lambda m, i: seen.setdefault("out", i[0]))
+    gm(x)
+    h1.remove(), h2.remove()
+    return seen["in"], seen["out"]
+
+
 def test_exact_merge_of_a_block_without_inner_relu_matches_the_pad_first_block():
     from trustlab.pi.merge import pad_first
 
     torch.manual_seed(0)
-    model = _trained_like(build_model("resnet18", 10, 3, 0.125))
+    gm = _split(_trained_like(build_model("resnet18", 10, 3, 0.125)))
+    x = torch.randn(2, 3, 16, 16)
     for name in ("layer1.0", "layer2.0"):  # identity skip, projection skip with stride 2
-        block = model.get_submodule(name)
-        ref = __import__("copy").deepcopy(block)
-        ref.relu1 = torch.nn.Identity()
-        pad_first(ref.conv1, ref.conv2)
-        merged = apply_merges(model, [name], None).get_submodule(name)
-        assert isinstance(merged, MergedBlock)
-        x = torch.randn(2, block.conv1.in_channels, 16, 16)
+        ref = __import__("copy").deepcopy(gm)
+        pair = next(p for p in mergeable_blocks(ref) if p.block == name)
+        ref.get_submodule(pair.relu).forward = lambda t: t  # the block without its inner ReLU
+        pad_first(ref.get_submodule(pair.conv_a), ref.get_submodule(pair.conv_b))
+        merged = apply_merges(ref, [name], None)
+        assert isinstance(merged.get_submodule(f"{name}.conv"), MergedConv2d)
         assert (merged(x) - ref(x)).abs().max() < 1e-4
 
 
 def test_a_block_at_slope_one_is_linear_and_a_faded_ring_cuts_exactly():
     torch.manual_seed(0)
-    model = _trained_like(build_model("resnet18", 10, 3, 0.125))
+    gm = _split(_trained_like(build_model("resnet18", 10, 3, 0.125)))
     names = ["layer1.0", "layer2.0"]  # 5x5 and (stride 2) 7x7 merged kernels
-    slopes = linearise(model, names)
-    first, x0 = model.get_submodule(names[0]), torch.randn(2, 8, 16, 16)
-    relu_out = first(x0)
+    pairs = {p.block: p for p in mergeable_blocks(gm)}
+    x = torch.randn(2, 3, 16, 16)
+    before = gm(x)
+    slopes = linearise(gm, [pairs[n] for n in names])
+    relu_out = gm(x)
     for s in slopes:
         s.slope = 1.0
-    assert (first(x0) - relu_out).abs().max() > 1e-2  # slope 0 was still a ReLU
-    merged = apply_merges(model, names, None)
-    for name in names:  # at slope 1 the block is its merged convolution, borders included
-        block, m = model.get_submodule(name), merged.get_submodule(name)
-        x = torch.randn(2, block.conv1.in_channels, 16, 16)
-        assert (block(x) - m(x)).abs().max() < 1e-4
+    assert (gm(x) - relu_out).abs().max() > 1e-2  # slope 0 was still a ReLU
+    assert (relu_out - before).abs().max() > 0  # pad-first changes the border
+    merged = apply_merges(gm, names, None)
+    assert (merged(x) - gm(x)).abs().max() < 1e-4  # at slope 1 the blocks are their merged convolutions, borders included
     for name in names:
-        m = merged.get_submodule(name)
-        x = torch.randn(2, m.conv.in_channels, 16, 16)
+        m = merged.get_submodule(f"{name}.conv")
         m.ring = (3, 0.5)
-        half = m(x)
+        half = merged(x)
         m.ring = (3, 0.0)
-        faded = m(x)
+        faded = merged(x)
         m.cut(3)
-        assert m.conv.kernel_size == (3, 3) and m.ring is None
-        assert (m(x) - faded).abs().max() < 1e-5 and (half - faded).abs().max() > 1e-3
+        assert m.kernel_size == (3, 3) and m.ring is None
+        assert (merged(x) - faded).abs().max() < 1e-5 and (half - faded).abs().max() > 1e-3
 
 
 def test_shallow_config_refuses_a_ring_without_a_3x3_target_and_no_finetuning():
@@ -77,9 +92,9 @@ def test_shallow_config_refuses_a_ring_without_a_3x3_target_and_no_finetuning():
 
 
 def test_merging_reduces_relus_and_depth_and_reports_macs():
-    model = build_model("resnet18", 10, 1, 0.25)
     shape = (1, 28, 28)
-    blocks = mergeable_blocks(model)
+    model = _split(build_model("resnet18", 10, 1, 0.25), shape)
+    blocks = [p.block for p in mergeable_blocks(model)]
     assert len(blocks) == 8
     exact = apply_merges(model, blocks, None)
     cheap = apply_merges(model, blocks, 3)
@@ -91,18 +106,32 @@ def test_merging_reduces_relus_and_depth_and_reports_macs():
 
 
 def test_plan_is_least_sensitive_first_and_refuses_impossible_targets():
-    model = build_model("resnet18", 10, 1, 0.25)
     shape = (1, 28, 28)
-    sens = {b: i for i, b in enumerate(reversed(mergeable_blocks(model)))}  # deepest block least sensitive
-    chosen = plan_merges(model, shape, 1.05, sens)
+    model = _split(build_model("resnet18", 10, 1, 0.25), shape)
+    pairs = mergeable_blocks(model)
+    sens = {p.block: i for i, p in enumerate(reversed(pairs))}  # deepest block least sensitive
+    inner = {p.block: p.relu for p in pairs}
+    assert inner["layer1.0"] == "layer1.0.relu1"
+    chosen = plan_merges(model, shape, 1.05, sens, inner)
     assert chosen[0] == "layer4.1"
     with pytest.raises(ConfigError, match="removing all 8 removable ReLU layers gives 1.79x"):
-        plan_merges(model, shape, 2.0, sens)
+        plan_merges(model, shape, 2.0, sens, inner)
 
 
-def test_wide_resnet_blocks_are_named_as_unsupported():
-    with pytest.raises(ConfigError, match="PreActBlock"):
-        mergeable_blocks(build_model("wrn22-8", 10, 3, 0.125))
+def test_wide_resnet_merges_its_projection_blocks_and_a_plain_net_is_told_the_pattern():
+    from pi_zoo import VGG
+
+    # a pre-activation block is linear in relu1(bn1(x)) once relu2 goes only where the skip reads that
+    # too: the 1x1-projection blocks; identity blocks add x itself, which is not
+    wrn = _split(_trained_like(build_model("wrn22-8", 10, 3, 0.125)))
+    assert [p.block for p in mergeable_blocks(wrn)] == ["block1.0", "block2.0", "block3.0"]
+    x = torch.randn(2, 3, 16, 16)
+    slopes = linearise(wrn, mergeable_blocks(wrn))
+    for s in slopes:
+        s.slope = 1.0
+    assert (apply_merges(wrn, ["block1.0", "block2.0", "block3.0"], None)(x) - wrn(x)).abs().max() < 1e-4
+    with pytest.raises(ConfigError, match="conv-BN-ReLU-conv-BN plus an identity or 1x1-projection skip"):
+        mergeable_blocks(_split(VGG(), (1, 8, 8)))
 
 
 def test_shallow_run_then_senet_on_what_remains(tmp_path, cli):

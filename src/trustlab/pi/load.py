@@ -17,6 +17,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from trustlab.pi.config import ClassifierConfig, DataConfig, ShallowConfig
+from trustlab.pi.graph import split_sites
 from trustlab.pi.masks import install_partial_relus
 from trustlab.pi.merge import apply_merges
 from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS
@@ -36,10 +37,9 @@ def load_pi_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, int, int],
         return model, shape, cfg.data
     base, shape, data = load_pi_model(teacher_path(run))
     if run.kind == ShallowConfig.kind:
-        model = apply_merges(base, run.summary()["merged_blocks"], run.config["kernel"] or None)
+        model = apply_merges(split_sites(base, shape)[0], run.summary()["merged_blocks"], run.config["kernel"] or None)
     else:
-        model = base  # rebuilt by the call above, so it may change in place
-        install_partial_relus(model, shape, run.config.get("granularity", DEFAULT_GRANULARITY))
+        model, _ = install_partial_relus(base, shape, run.config.get("granularity", DEFAULT_GRANULARITY))
     return load_weights(model, run, "finetune"), shape, data
 
 

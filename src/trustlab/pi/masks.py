@@ -1,7 +1,8 @@
 """Partial-ReLU layers: ReLU on kept positions, identity elsewhere.
 
-``PartialReLU`` replaces an ``nn.ReLU`` whose activation map has shape (C, H, W). Its boolean
-``mask`` buffer marks where the ReLU stays: per pixel (C, H, W) or per channel (C, 1, 1). The
+``PartialReLU`` replaces one ReLU call site (:mod:`trustlab.pi.graph`) whose activation has
+shape (C, ...) per example: a (C, H, W) map or a (C,) feature vector. Its boolean ``mask``
+buffer marks where the ReLU stays: per position (the site's shape) or per channel (C, 1, …). The
 mask is a buffer, so it travels in checkpoints (as booleans in safetensors) and a model with
 masks exports its exact kept positions (:func:`export_masks`).
 
@@ -23,8 +24,8 @@ import torch
 import torch.nn as nn
 
 from trustlab.errors import ConfigError
+from trustlab.pi.graph import put_module, split_sites
 from trustlab.pi.methods import DEFAULT_GRANULARITY, GRANULARITIES
-from trustlab.pi.probe import probe
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -40,22 +41,27 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class PartialReLU(nn.Module):
-    def __init__(self, shape: tuple[int, int, int], granularity: str = DEFAULT_GRANULARITY):
+    pi_leaf = True  # traced as one call (trustlab.pi.graph)
+    pi_kind = "partial-relu"
+
+    def __init__(self, shape: tuple[int, ...], granularity: str = DEFAULT_GRANULARITY):
         super().__init__()
         if granularity not in GRANULARITIES:
             raise ConfigError(f"granularity must be 'pixel' or 'channel', not '{granularity}'")
-        self.shape = tuple(shape)
+        if not shape:
+            raise ConfigError("a partial ReLU needs an activation with at least one dimension per example")
+        self.shape = tuple(int(d) for d in shape)
         self.granularity = granularity
-        c, h, w = self.shape
-        self.register_buffer("mask", torch.ones((c, h, w) if granularity == "pixel" else (c, 1, 1), dtype=torch.bool))
+        mask_shape = self.shape if granularity == "pixel" else (self.shape[0],) + (1,) * (len(self.shape) - 1)
+        self.register_buffer("mask", torch.ones(mask_shape, dtype=torch.bool))
         self.scores: nn.Parameter | None = None
         self.mode = "mask"
         self.keep = 0
 
     @property
     def unit_size(self) -> int:
-        """ReLUs per mask entry: 1 per pixel, H·W per channel."""
-        return 1 if self.granularity == "pixel" else self.shape[1] * self.shape[2]
+        """ReLUs per mask entry: 1 per position, the positions of a channel (H·W) per channel."""
+        return 1 if self.granularity == "pixel" else self.mask.new_ones(self.shape).numel() // self.shape[0]
 
     @property
     def units(self) -> int:
@@ -97,27 +103,15 @@ class PartialReLU(nn.Module):
         return f"shape={self.shape}, granularity={self.granularity}, mode={self.mode}"
 
 
-def activation_shapes(model: nn.Module, input_shape: tuple[int, ...], kinds=(nn.ReLU, PartialReLU)) -> dict[str, tuple]:
-    """Output shape (without batch) of every module of ``kinds``, by one forward pass."""
-    shapes: dict[str, tuple] = {}
-    probe(model, input_shape, lambda n, m: (lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
-          if isinstance(m, kinds) else None)
-    return shapes
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
-
-
-def install_partial_relus(model: nn.Module, input_shape: tuple[int, int, int], granularity: str = DEFAULT_GRANULARITY) -> list[str]:
-    """Replace every ``nn.ReLU`` of ``model`` by an all-kept ``PartialReLU``; return their names."""
-    shapes = activation_shapes(model, input_shape, kinds=(nn.ReLU,))
-    for name, shape in shapes.items():
-        if len(shape) != 3:
-            raise ConfigError(f"ReLU '{name}' acts on a {len(shape)}-d activation; partial ReLUs need (C, H, W) maps")
-        _set_module(model, name, PartialReLU(shape, granularity).to(next(model.parameters()).device))
-    return list(shapes)
+def install_partial_relus(model: nn.Module, input_shape: tuple[int, ...], granularity: str = DEFAULT_GRANULARITY
+                          ) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` with an all-kept ``PartialReLU`` at every ReLU call site (one per site,
+    also where one module is called at several places, or ``F.relu`` is called), and the site names."""
+    gm, relus = split_sites(model, input_shape)
+    device = next(iter(gm.parameters()), torch.empty(0)).device
+    for site in relus:
+        put_module(gm, site.name, PartialReLU(site.shape, granularity).to(device))
+    return gm, [site.name for site in relus]
 
 
 def partial_relus(model: nn.Module) -> dict[str, PartialReLU]:
@@ -125,12 +119,12 @@ def partial_relus(model: nn.Module) -> dict[str, PartialReLU]:
 
 
 def export_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Layer name -> boolean mask (C,H,W or C,1,1) of the kept ReLU positions."""
+    """Site name -> boolean mask (the site's shape, or C,1,... per channel) of the kept ReLU positions."""
     return {n: m.mask.clone() for n, m in partial_relus(model).items()}
 
 
 def kept_positions(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Layer name -> (N, 3) long tensor of the (c, h, w) indices where a ReLU is applied."""
+    """Site name -> (N, d) long tensor of the indices (c, h, w for a map) where a ReLU is applied."""
     out = {}
     for n, m in partial_relus(model).items():
         full = m.mask.expand(m.shape) if m.granularity == "channel" else m.mask

@@ -7,8 +7,10 @@
   dilates the second kernel by ``s_a``; the merged stride is ``s_a·s_b``.
 * :func:`add_centre` — a parallel identity or 1×1 (projection) path, ``y = K∗x + P∗x``, added
   into the centre tap of ``K``.
-* :class:`MergedBlock` / :func:`apply_merges` — the model surgery: a ResNet basic block
-  without its inner ReLU replaced by one convolution.
+* :func:`find_pairs` / :func:`apply_merges` — the model surgery, on the traced graph of any
+  model (:mod:`trustlab.pi.graph`): a residual block of the shape conv–BN–ReLU–conv–BN plus an
+  identity or 1×1-projection skip (a CIFAR or torchvision ResNet basic block, a WRN or Hugging
+  Face basic layer) without its inner ReLU becomes one :class:`MergedConv2d` and a BatchNorm.
 * :func:`crop` / :func:`crop_conv` — the central k×k of a kernel (or convolution): exact only
   when the outer taps are zero, which the shallow model's ring stage trains them to be.
 
@@ -24,13 +26,16 @@ so a model is fine-tuned after the conversion).
 from __future__ import annotations
 
 import copy
+import operator
+from dataclasses import dataclass
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
-from trustlab.pi.models import BasicBlock
+from trustlab.pi.graph import put_module
 
 
 def _check(conv: nn.Conv2d, what: str) -> None:
@@ -165,57 +170,189 @@ def reference_forward(x: torch.Tensor, conv_a, bn_a, conv_b, bn_b, skip=None) ->
     return out
 
 
-class MergedBlock(nn.Module):
-    """A basic block without its inner ReLU: one convolution, a BatchNorm, the block's output ReLU.
+class MergedConv2d(nn.Conv2d):
+    """The convolution a merged block becomes. While the shallow model's ring stage shrinks it,
+    ``ring = (core, scale)`` scales the taps outside the central ``core``×``core`` by ``scale``;
+    :meth:`cut` then keeps the core only (exact once the scale has reached 0)."""
 
-    The BatchNorm starts as the identity (in inference statistics), so the merge stays exact;
-    it keeps fine-tuning stable (a stack of merged convolutions without normalisation diverges
-    at the usual learning rates) and folds back into the convolution for inference.
-    """
+    pi_leaf = True  # traced as one call (trustlab.pi.graph)
 
-    def __init__(self, conv: nn.Conv2d, relu2: nn.Module):
-        super().__init__()
-        self.conv = conv
-        self.bn = nn.BatchNorm2d(conv.out_channels).to(conv.weight.device)
-        with torch.no_grad():
-            self.bn.running_var.fill_(1.0 - self.bn.eps)  # sqrt(var + eps) == 1: the identity
-        self.relu2 = relu2  # same name as in BasicBlock, so ReLU layer names survive the merge
-        self.ring: tuple[int, float] | None = None  # (core size, scale of the taps outside it) while shrinking
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ring: tuple[int, float] | None = None
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> "MergedConv2d":
+        out = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  bias=conv.bias is not None).to(conv.weight.device)
+        out.load_state_dict(conv.state_dict())
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ring is None:
-            return self.relu2(self.bn(self.conv(x)))
+            return super().forward(x)
         core, scale = self.ring
-        w = self.conv.weight
+        w = self.weight
         k, o = w.shape[-1], (w.shape[-1] - core) // 2
         mask = torch.full((k, k), scale, dtype=w.dtype, device=w.device)
         mask[o : o + core, o : o + core] = 1.0
-        conv = F.conv2d(x, w * mask, self.conv.bias, self.conv.stride, self.conv.padding)
-        return self.relu2(self.bn(conv))
+        return F.conv2d(x, w * mask, self.bias, self.stride, self.padding)
 
     def cut(self, core: int) -> None:
-        """Keep only the central ``core``×``core`` taps (exact once the ring's scale has reached 0)."""
-        self.conv, self.ring = crop_conv(self.conv, core), None
+        """Keep only the central ``core``×``core`` taps, padding reduced to keep the output grid."""
+        small = crop_conv(self, core)
+        self.weight, self.bias = small.weight, small.bias
+        self.kernel_size, self.padding, self.ring = small.kernel_size, small.padding, None
 
 
-def _merge_block(block: BasicBlock, kernel: int | None) -> MergedBlock:
-    if len(block.shortcut) == 0:
+def identity_bn(channels: int, device) -> nn.BatchNorm2d:
+    """A BatchNorm that is the identity in inference statistics: it keeps the merge exact and makes
+    fine-tuning of stacked merged convolutions stable (without it they diverge at the usual rates);
+    it folds back into the convolution for inference."""
+    bn = nn.BatchNorm2d(channels).to(device)
+    with torch.no_grad():
+        bn.running_var.fill_(1.0 - bn.eps)  # sqrt(var + eps) == 1
+    return bn
+
+
+ADD_TARGETS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A mergeable block in a split model's graph: ``bn_b(conv_b(relu(bn_a(conv_a x)))) + skip(x)``.
+
+    ``block`` is the module whose ``forward`` adds the skip (the block's name: ``layer1.0``);
+    the rest are module names (BatchNorms may be None); ``skip`` is ``"identity"`` or the
+    (1×1 convolution, BatchNorm) names of the projection.
+    """
+
+    block: str
+    conv_a: str
+    bn_a: str | None
+    relu: str
+    conv_b: str
+    bn_b: str | None
+    skip: str | tuple[str, str | None]
+    add: str  # the graph node of the residual addition
+    out_relu: str | None  # the ReLU site applied to the block's output, if any
+
+
+def _module_call(node, modules: dict, kinds) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(modules[node.target], kinds)
+
+
+def _sole_input(node: torch.fx.Node) -> torch.fx.Node | None:
+    return node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+
+
+def _conv_bn(node, modules: dict) -> tuple[torch.fx.Node | None, str | None, str | None]:
+    """(input, conv name, BN name) when ``node`` is ``bn(conv(input))`` or ``conv(input)``, each used once."""
+    bn = None
+    if _module_call(node, modules, nn.BatchNorm2d):
+        bn, node = node.target, _sole_input(node)
+        if node is None or len(node.users) != 1:
+            return None, None, None
+    if not _module_call(node, modules, nn.Conv2d):
+        return None, None, None
+    return _sole_input(node), node.target, bn
+
+
+def _is_relu(m: nn.Module) -> bool:
+    """An inner ReLU: an ``nn.ReLU`` site, or a ReLU on its way to linear (the shallow model's sloped ReLU)."""
+    return isinstance(m, nn.ReLU) or getattr(m, "pi_kind", None) == "relu"
+
+
+def _match(add: torch.fx.Node, main, other, modules: dict) -> Pair | None:
+    if not isinstance(main, torch.fx.Node) or len(main.users) != 1:
+        return None
+    relu_node, conv_b, bn_b = _conv_bn(main, modules)
+    if relu_node is None or not (relu_node.op == "call_module" and _is_relu(modules[relu_node.target])) or len(relu_node.users) != 1:
+        return None
+    x, conv_a, bn_a = _conv_bn(_sole_input(relu_node), modules)
+    inner = _sole_input(relu_node)
+    if x is None or len(inner.users) != 1:
+        return None
+    if other is x:
         skip = "identity"
-    elif len(block.shortcut) == 2 and isinstance(block.shortcut[0], nn.Conv2d):
-        skip = (block.shortcut[0], block.shortcut[1])
     else:
-        raise ConfigError(f"unsupported shortcut {block.shortcut}: expected identity or 1x1 conv + BN")
-    conv = merge_pair(block.conv1, block.bn1, block.conv2, block.bn2, skip, kernel)
-    return MergedBlock(conv.to(block.conv1.weight.device), block.relu2)
+        if not isinstance(other, torch.fx.Node) or len(other.users) != 1:
+            return None
+        px, proj, proj_bn = _conv_bn(other, modules)
+        if px is not x:
+            return None
+        skip = (proj, proj_bn)
+    users = list(add.users)
+    out_relu = users[0].target if len(users) == 1 and _module_call(users[0], modules, nn.Module) and _is_relu(modules[users[0].target]) else None
+    return Pair(add.meta.get("scope", ""), conv_a, bn_a, relu_node.target, conv_b, bn_b, skip, add.name, out_relu)
 
 
-def apply_merges(model: nn.Module, blocks: list[str], kernel: int | None) -> nn.Module:
-    """A copy of ``model`` with the named basic blocks merged (BN in inference statistics)."""
-    model = copy.deepcopy(model).eval()
+def _is_add(node: torch.fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in ADD_TARGETS) or (node.op == "call_method" and node.target in ("add", "add_"))
+
+
+def find_pairs(gm: torch.fx.GraphModule) -> list[Pair]:
+    """Every mergeable block of a split model (:func:`trustlab.pi.graph.split_sites`), in graph order."""
+    modules = dict(gm.named_modules())
+    pairs = []
+    for node in gm.graph.nodes:
+        if not _is_add(node) or len(node.args) < 2 or node.kwargs.get("alpha", 1) != 1:
+            continue
+        a, b = node.args[0], node.args[1]
+        pair = _match(node, a, b, modules) or _match(node, b, a, modules)
+        if pair is not None:
+            pairs.append(pair)
+    return pairs
+
+
+def _free_name(gm: nn.Module, scope: str, base: str) -> str:
+    name, k = f"{scope}.{base}" if scope else base, 1
+    while True:
+        try:
+            gm.get_submodule(name)
+        except AttributeError:
+            return name
+        k += 1
+        name = f"{scope}.{base}_{k}" if scope else f"{base}_{k}"
+
+
+def _erase_block(gm: torch.fx.GraphModule, add: torch.fx.Node) -> None:
+    """Remove the merged block's nodes, from its addition back to its input: only nodes nothing else
+    reads (a graph-wide dead-code pass would also drop in-place updates whose result goes unused)."""
+    stack = [add]
+    while stack:
+        node = stack.pop()
+        if node.users or node.op != "call_module" and node is not add:
+            continue
+        inputs = [a for a in node.all_input_nodes]
+        gm.graph.erase_node(node)
+        stack.extend(inputs)
+
+
+def apply_merges(gm: torch.fx.GraphModule, blocks: list[str], kernel: int | None) -> torch.fx.GraphModule:
+    """A copy of the split model ``gm`` with the named blocks merged (BN in inference statistics):
+    each becomes ``BLOCK.conv`` (a :class:`MergedConv2d`) and ``BLOCK.bn`` (an identity BatchNorm)."""
+    gm = copy.deepcopy(gm).eval()
+    pairs = {p.block: p for p in find_pairs(gm)}
+    missing = [b for b in blocks if b not in pairs]
+    if missing:
+        raise ConfigError(f"'{missing[0]}' is not a mergeable block of this model (blocks: {', '.join(pairs) or 'none'})")
     for name in blocks:
-        block = model.get_submodule(name)
-        if not isinstance(block, BasicBlock):
-            raise ConfigError(f"'{name}' is a {type(block).__name__}, not a basic block the merger supports")
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, _merge_block(block, kernel))
-    return model.eval()
+        p = pairs[name]
+        get = lambda n: gm.get_submodule(n) if n else None  # noqa: E731
+        skip = p.skip if p.skip == "identity" else (get(p.skip[0]), get(p.skip[1]))
+        conv = MergedConv2d.of(merge_pair(get(p.conv_a), get(p.bn_a), get(p.conv_b), get(p.bn_b), skip, kernel))
+        conv_name, bn_name = _free_name(gm, name, "conv"), None
+        put_module(gm, conv_name, conv)
+        bn_name = _free_name(gm, name, "bn")
+        put_module(gm, bn_name, identity_bn(conv.out_channels, conv.weight.device))
+        add = next(n for n in gm.graph.nodes if n.name == p.add)
+        x = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == p.conv_a).args[0]
+        with gm.graph.inserting_before(add):
+            out = gm.graph.call_module(bn_name, (gm.graph.call_module(conv_name, (x,)),))
+        add.replace_all_uses_with(out)
+        _erase_block(gm, add)
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm.eval()

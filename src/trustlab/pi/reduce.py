@@ -28,7 +28,6 @@ methods compare at equal training.
 from __future__ import annotations
 
 import abc
-import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from trustlab.pi.accounting import count
 from trustlab.pi.config import ReductionConfig
 from trustlab.pi.distill import DistillationLoss
 from trustlab.pi.load import load_pi_model, teacher_link
+from trustlab.pi.graph import split_sites
 from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
 from trustlab.report import render_report
@@ -204,17 +204,38 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     job = Job(cfg, out, resume)
     cfg = job.config
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
-    if partial_relus(teacher):
-        raise ConfigError(f"teacher {cfg.teacher} already has partial ReLUs: give an all-ReLU (pi train) or shallow (pi shallow) run")
-    total = count(teacher, shape).relus
-    if not 0 < cfg.budget < total:
-        raise ConfigError(f"--budget {cfg.budget:,} is impossible: the teacher has {total:,} ReLUs, give 1..{total - 1:,}")
     data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
+    return reduce_model(job, teacher, shape, data, teacher_link(cfg.teacher, out), resume=resume, quiet=quiet)
+
+
+def check_budget(teacher: nn.Module, shape: tuple[int, ...], budget: int, what: str = "the model") -> int:
+    """The teacher's ReLU count; a teacher with masks already, or a budget it cannot meet, is an error."""
+    if partial_relus(teacher):
+        raise ConfigError(f"{what} already has partial ReLUs: give an all-ReLU (pi train) or shallow (pi shallow) model")
+    total = count(teacher, shape).relus
+    if total == 0:
+        raise ConfigError(f"{what} has no ReLU call sites: nothing to reduce")
+    if not 0 < budget < total:
+        raise ConfigError(f"--budget {budget:,} is impossible: {what} has {total:,} ReLUs, give 1..{total - 1:,}")
+    return total
+
+
+def reduce_model(job: Job, teacher: nn.Module, shape: tuple[int, ...], data, link: dict, *, resume: bool = False,
+                 quiet: bool = False) -> RunDir:
+    """The reduction itself, on any traceable teacher model and its data, into ``job``'s run folder.
+
+    Every ReLU call site of the teacher becomes its own module (:func:`~trustlab.pi.graph.split_sites`)
+    and the student gets a partial ReLU at each, so sensitivity, masks and distillation address
+    sites by name whatever form the model's code calls ReLU in.
+    """
+    cfg = job.config
+    total = check_budget(teacher, shape, cfg.budget)
     run = job.start()
+    teacher, _ = split_sites(teacher, shape)
+    teacher.eval()
     teacher_acc = evaluate(teacher, data.x_test, data.y_test)["acc"]
     torch.manual_seed(cfg.seed)
-    student = copy.deepcopy(teacher)
-    layers = install_partial_relus(student, shape, cfg.granularity)
+    student, layers = install_partial_relus(teacher, shape, cfg.granularity)
     before = {r.name: r.relus for r in count(student, shape).relu_layers()}
     method = IMPLEMENTATIONS[cfg.method]
     rows = method.search(Search(cfg, teacher, student, layers, data, shape, run, resume, quiet))
@@ -231,7 +252,7 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     run.write_summary({"method": cfg.method, "budget": cfg.budget, "relus": acc.relus, "teacher_relus": total,
                        "relu_reduction": total / max(1, acc.relus), "test_acc": result.get("test_acc"),
                        "teacher_acc": teacher_acc, "acc_drop_points": 100 * (teacher_acc - result.get("test_acc", 0)),
-                       "macs": acc.macs, **teacher_link(cfg.teacher, out), "input_shape": list(shape)})
+                       "macs": acc.macs, **link, "input_shape": list(shape)})
     plot_accuracy_vs_relus(run)
     render_report(run.path)
     return run
@@ -250,7 +271,7 @@ def plot_accuracy_vs_relus(run: RunDir) -> None:
         s = sib / "summary.json"
         if sib.is_dir() and s.exists():
             doc = RunDir(sib).summary()
-            if doc.get("teacher") == me["teacher"] and "method" in doc:
+            if doc.get("teacher") == me.get("teacher") and "method" in doc:
                 points.setdefault(doc["method"], []).append((doc["relus"], doc["test_acc"]))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([me["teacher_relus"]], [me["teacher_acc"]], marker="*", s=150, color="k", label="all-ReLU teacher")
@@ -267,4 +288,4 @@ def plot_accuracy_vs_relus(run: RunDir) -> None:
     plt.close(fig)
 
 
-__all__ = ["IMPLEMENTATIONS", "Reduction", "Search", "run_reduction"]
+__all__ = ["IMPLEMENTATIONS", "Reduction", "Search", "check_budget", "reduce_model", "run_reduction"]

@@ -39,6 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -47,8 +48,8 @@ from trustlab.pi.accounting import count
 from trustlab.pi.config import ShallowConfig
 from trustlab.pi.distill import DistillationLoss
 from trustlab.pi.load import load_pi_model, teacher_link
-from trustlab.pi.merge import MergedBlock, apply_merges, pad_first
-from trustlab.pi.models import BasicBlock
+from trustlab.pi.graph import CONV_FUNCTIONS, LINEAR_FUNCTIONS, put_module, split_sites, trace
+from trustlab.pi.merge import MergedConv2d, Pair, apply_merges, find_pairs, pad_first
 from trustlab.pi.sensitivity import removal_sensitivity
 from trustlab.report import render_report
 from trustlab.runs import Job, RunDir
@@ -59,6 +60,9 @@ from trustlab.train_config import TrainConfig
 class SlopedReLU(nn.Module):
     """``max(x, slope·x)``: the ReLU at slope 0, the identity at slope 1 (a block learning to be linear)."""
 
+    pi_leaf = True  # traced as one call, counted as the ReLU it still is (trustlab.pi.graph)
+    pi_kind = "relu"
+
     def __init__(self, slope: float = 0.0):
         super().__init__()
         self.slope = slope
@@ -67,28 +71,37 @@ class SlopedReLU(nn.Module):
         return F.leaky_relu(x, self.slope)
 
 
-def mergeable_blocks(model: nn.Module) -> list[str]:
-    """Names of the blocks whose inner ReLU can be removed and convolutions merged.
+PATTERN = ("conv-BN-ReLU-conv-BN plus an identity or 1x1-projection skip, added (a ResNet basic block); "
+           "pre-activation blocks put BN-ReLU before each convolution, so no ReLU sits between two convolutions")
 
-    Raises a ``ConfigError`` naming the blocks of other kinds when there is none.
-    """
-    blocks = [n for n, m in model.named_modules() if isinstance(m, BasicBlock)]
-    if not blocks:
-        others = [f"{type(m).__name__} at '{n}'" for n, m in model.named_modules()
-                  if n and any(isinstance(c, nn.ReLU) for c in m.children()) and not isinstance(m, MergedBlock)]
-        raise ConfigError("the merger supports ResNet basic blocks (conv-BN-ReLU-conv-BN + skip); this model has none"
-                          + (f", only {', '.join(others[:3])}" if others else "")
-                          + " (pre-activation blocks put BN-ReLU before each convolution, so no ReLU sits between two convolutions)")
-    return blocks
+
+def mergeable_blocks(model: torch.fx.GraphModule) -> list[Pair]:
+    """The blocks of a split model (:func:`~trustlab.pi.graph.split_sites`) whose inner ReLU can be
+    removed and convolutions merged. A model without any is a ``ConfigError`` naming the pattern."""
+    pairs = find_pairs(model)
+    if not pairs:
+        raise ConfigError(f"{model.__class__.__name__} has no block the merger supports: it looks for {PATTERN}")
+    return pairs
 
 
 def depth(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Convolution and linear layers on the main path (projection shortcuts not counted)."""
-    return sum(1 for r in count(model, shape).layers if r.kind in ("Conv2d", "Linear") and "shortcut" not in r.name)
+    """Convolution and linear layers on the longest path through the model (a parallel projection
+    shortcut does not add to it)."""
+    gm = trace(model, shape)
+    modules = dict(gm.named_modules())
+    longest: dict[torch.fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        here = (node.op == "call_module" and isinstance(modules[node.target], (nn.Conv2d, nn.Linear))) or (
+            node.op == "call_function" and node.target in CONV_FUNCTIONS | LINEAR_FUNCTIONS)
+        longest[node] = max((longest[a] for a in node.all_input_nodes), default=0) + int(here)
+    return max(longest.values(), default=0)
 
 
-def plan_merges(model: nn.Module, shape: tuple[int, ...], target: float, sensitivity: dict[str, float]) -> list[str]:
-    """Least sensitive blocks first, until ReLUs fall by ``target``; an impossible target is an error."""
+def plan_merges(model: nn.Module, shape: tuple[int, ...], target: float, sensitivity: dict[str, float],
+                inner: dict[str, str]) -> list[str]:
+    """Least sensitive blocks first, until ReLUs fall by ``target``; an impossible target is an error.
+
+    ``inner`` maps each block to its inner ReLU site."""
     if target <= 1:
         raise ConfigError(f"--target-relu-reduction must be above 1, not {target}")
     acc = count(model, shape)
@@ -99,9 +112,9 @@ def plan_merges(model: nn.Module, shape: tuple[int, ...], target: float, sensiti
         if total / (total - removed) >= target:
             break
         chosen.append(b)
-        removed += per_layer[f"{b}.relu1"]
+        removed += per_layer[inner[b]]
     if total / (total - removed) < target:
-        best = total / (total - sum(per_layer[f"{b}.relu1"] for b in blocks))
+        best = total / (total - sum(per_layer[inner[b]] for b in blocks))
         raise ConfigError(f"a {target:g}x ReLU reduction is impossible: removing all {len(blocks)} removable ReLU layers gives {best:.2f}x")
     return chosen
 
@@ -114,32 +127,43 @@ def ramp(t: float) -> float:
     return min(1.0, t / RAMP)
 
 
-def linearise(model: nn.Module, blocks: list[str]) -> list[SlopedReLU]:
-    """Put a :class:`SlopedReLU` (slope 0, still a ReLU) in place of each named block's inner ReLU, and
-    move the block's padding onto its first convolution (:func:`~trustlab.pi.merge.pad_first`), so
-    that at slope 1 the block is exactly the merged convolution, borders included."""
+def linearise(model: torch.fx.GraphModule, pairs: list[Pair]) -> list[SlopedReLU]:
+    """Put a :class:`SlopedReLU` (slope 0, still a ReLU) at each pair's inner ReLU site, and move the
+    block's padding onto its first convolution (:func:`~trustlab.pi.merge.pad_first`), so that at
+    slope 1 the block is exactly the merged convolution, borders included."""
     slopes = []
-    for name in blocks:
-        block = model.get_submodule(name)
-        block.relu1 = SlopedReLU()
-        pad_first(block.conv1, block.conv2)
-        slopes.append(block.relu1)
+    for p in pairs:
+        sloped = SlopedReLU()
+        put_module(model, p.relu, sloped)
+        pad_first(model.get_submodule(p.conv_a), model.get_submodule(p.conv_b))
+        slopes.append(sloped)
     return slopes
 
 
 def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
+    """The shallow model of the teacher run ``cfg.teacher``, written to the run folder ``out``."""
     job = Job(cfg, out, resume)
     cfg = job.config
     teacher, shape, data_cfg = load_pi_model(cfg.teacher)
-    blocks = mergeable_blocks(teacher)
     data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
+    return shallow_model(job, teacher, shape, data, teacher_link(cfg.teacher, out), resume=resume, quiet=quiet)
+
+
+def shallow_model(job: Job, teacher: nn.Module, shape: tuple[int, ...], data, link: dict, *, resume: bool = False,
+                  quiet: bool = False) -> RunDir:
+    """The shallow stages on any traceable teacher whose graph has mergeable blocks, into ``job``'s folder."""
+    cfg = job.config
+    teacher, _ = split_sites(teacher, shape)
+    teacher.eval()
+    pairs = {p.block: p for p in mergeable_blocks(teacher)}
+    blocks = list(pairs)
     probe_x, probe_y = data.x_train[: cfg.probe_images], data.y_train[: cfg.probe_images]
-    sens = {b.rsplit(".relu1", 1)[0]: v["kl"]
-            for b, v in removal_sensitivity(teacher, probe_x, probe_y, [f"{b}.relu1" for b in blocks]).items()}
-    chosen = plan_merges(teacher, shape, cfg.target_relu_reduction, sens)
+    kl = removal_sensitivity(teacher, probe_x, probe_y, [p.relu for p in pairs.values()])
+    sens = {b: kl[p.relu]["kl"] for b, p in pairs.items()}
+    chosen = plan_merges(teacher, shape, cfg.target_relu_reduction, sens, {b: p.relu for b, p in pairs.items()})
     run = job.start()
     student = copy.deepcopy(teacher)  # before the loss freezes the teacher's parameters
-    loss = DistillationLoss(teacher, [f"{b}.relu2" for b in blocks], cfg.temperature, cfg.beta)
+    loss = DistillationLoss(teacher, [p.out_relu for p in pairs.values() if p.out_relu], cfg.temperature, cfg.beta)
     stages: dict[str, float] = {}
 
     def train(model: nn.Module, tag: str, epochs: int, schedule=None) -> None:
@@ -150,26 +174,27 @@ def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, qu
                                          loss_fn=loss, resume=resume, quiet=quiet, tag=tag, schedule=schedule).get("test_acc")
 
     if cfg.anneal_epochs:
-        slopes = linearise(student, chosen)
+        slopes = linearise(student, [pairs[b] for b in chosen])
         train(student, "anneal", cfg.anneal_epochs, lambda t: [setattr(r, "slope", ramp(t)) for r in slopes])  # ends at 1
     student = apply_merges(student, chosen, None if cfg.ring_stage_epochs else (cfg.kernel or None))
     merged_acc = evaluate(student, data.x_test, data.y_test)["acc"]
     if cfg.ring_stage_epochs:
-        merged = [student.get_submodule(b) for b in chosen]
+        merged = [m for m in student.modules() if isinstance(m, MergedConv2d)]
         train(student, "ring", cfg.ring_stage_epochs, lambda t: [setattr(m, "ring", (cfg.kernel, 1.0 - ramp(t))) for m in merged])
         for m in merged:
             m.cut(cfg.kernel)
     train(student, "finetune", cfg.finetune_epochs)
     before, after = count(teacher, shape), count(student, shape)
     teacher_acc = evaluate(teacher, data.x_test, data.y_test)["acc"]
-    relus1 = {r.name: r.relus for r in before.relu_layers()}
-    run.write_table("blocks", [{"block": b, "relu1_relus": relus1[f"{b}.relu1"], "removal_kl": round(sens[b], 6),
-                                "merged": b in chosen,
-                                "kernel": (student.get_submodule(b).conv.kernel_size[0] if b in chosen else "-")} for b in blocks],
-                    title="Blocks: inner-ReLU sensitivity and merges")
+    inner_relus = {r.name: r.relus for r in before.relu_layers()}
+    merged_k = {b: m.kernel_size[0] for b in chosen for n, m in student.named_modules()
+                if isinstance(m, MergedConv2d) and n.rpartition(".")[0] == b}
+    run.write_table("blocks", [{"block": b, "inner_relu": pairs[b].relu, "inner_relus": inner_relus[pairs[b].relu],
+                                "removal_kl": round(sens[b], 6), "merged": b in chosen, "kernel": merged_k.get(b, "-")}
+                               for b in blocks], title="Blocks: inner-ReLU sensitivity and merges")
     test_acc = stages["acc_after_finetune"]
     run.write_summary({
-        "method": "shallow", **teacher_link(cfg.teacher, out), "merged_blocks": chosen, "kernel": cfg.kernel,
+        "method": "shallow", **link, "merged_blocks": chosen, "kernel": cfg.kernel,
         "relus": after.relus, "teacher_relus": before.relus, "relu_reduction": before.relus / after.relus,
         "macs": after.macs, "teacher_macs": before.macs, "mac_reduction": before.macs / after.macs,
         "params": after.params, "teacher_params": before.params, "depth": depth(student, shape),
