@@ -21,7 +21,7 @@ from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
 
 from trustlab.pi.methods import METHODS
 from trustlab.pi.config import ReductionConfig
-from trustlab.pi.reduce import run_reduction
+from trustlab.pi.reductions import run_reduction
 from trustlab.runs import RunDir, finished
 
 FRACTIONS = (2, 4, 8, 16)

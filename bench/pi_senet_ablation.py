@@ -20,7 +20,7 @@ from pathlib import Path
 from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
 
 from trustlab.pi.config import ReductionConfig
-from trustlab.pi.reduce import run_reduction
+from trustlab.pi.reductions import run_reduction
 from trustlab.runs import RunDir, finished
 
 BASE = dict(search_epochs=1, finetune_epochs=1, beta=1.0, temperature=4.0)  # pi_relu_budget's SENet recipe

@@ -25,8 +25,8 @@ from pathlib import Path
 from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
 
 from trustlab.pi.config import ReductionConfig, ShallowConfig
-from trustlab.pi.reduce import run_reduction
-from trustlab.pi.shallow import run_shallow
+from trustlab.pi.reductions import run_reduction
+from trustlab.pi.shallow_models import run_shallow
 from trustlab.runs import RunDir, finished
 
 

@@ -11,7 +11,7 @@ from trustlab.pi.models import build_model
 from trustlab.pi.load import REDUCTION_KINDS, load_pi_model
 from trustlab.pi.methods import METHODS
 from trustlab.pi.config import ReductionConfig
-from trustlab.pi.reduce import IMPLEMENTATIONS
+from trustlab.pi.reductions import IMPLEMENTATIONS
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
 from trustlab.runs import load_checkpoint_file
 from trustlab.train import evaluate

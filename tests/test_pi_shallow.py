@@ -10,7 +10,7 @@ from trustlab.pi.models import build_model
 from trustlab.pi.graph import split_sites
 from trustlab.pi.merge import MergedConv2d, apply_merges
 from trustlab.pi.config import ShallowConfig
-from trustlab.pi.shallow import depth, linearise, mergeable_blocks, plan_merges
+from trustlab.pi.shallow_models import depth, linearise, mergeable_blocks, plan_merges
 from trustlab.train import evaluate
 
 

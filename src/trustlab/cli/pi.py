@@ -27,8 +27,19 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
+MODEL_HELP = "resnet18 | wrn22-8 | FILE.py:FACTORY (your model: FACTORY() returns an nn.Module)"
+DATA_DIR_HELP = "Folder with CIFAR batches (cifar10/cifar100), or your images for --dataset folder (one sub-folder per class)."
+
+
+def model_spec(text: str | None) -> str | None:
+    """A built-in model name as it is; ``FILE.py:FACTORY`` with the file's absolute path."""
+    from trustlab.pi.factory import is_factory_spec, resolve_spec
+
+    return resolve_spec(text) if text and is_factory_spec(text) else text
+
+
 @app.command("count")
-def count_cmd(model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
+def count_cmd(model: str = typer.Option("resnet18", help=MODEL_HELP),
               input: str = typer.Option("3x32x32", "--input", help="Input shape CxHxW."),
               classes: int = typer.Option(10, min=1, help="Number of classes."),
               width: float = typer.Option(1.0, help="Width multiplier (0.25 gives ResNet18 width 16)."),
@@ -38,6 +49,7 @@ def count_cmd(model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
     from trustlab.pi.models import build_model, check_input
 
     shape = parse_shape(input)
+    model = model_spec(model)
     m = build_model(model, classes, shape[0], width)
     check_input(m, shape)
     acc = count(m, shape)
@@ -48,19 +60,24 @@ def count_cmd(model: str = typer.Option("resnet18", help="resnet18 | wrn22-8"),
     from rich.table import Table
 
     t = Table(title=f"{model} (width {width}) on {input}, {classes} classes")
-    for col in ("layer", "kind", "output", "ReLUs", "MACs", "params"):
+    for col in ("layer", "kind", "output", "ReLUs", "comparisons", "MACs", "params"):
         t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
     for r in acc.layers:
-        t.add_row(r.name, r.kind, "x".join(map(str, r.output)), f"{r.relus:,}", f"{r.macs:,}", f"{r.params:,}")
-    t.add_row("total", "", "", f"{acc.relus:,}", f"{acc.macs:,} ({acc.macs / 1e9:.3f} G)", f"{acc.params:,}", style="bold")
-    Console(width=140).print(t)
+        t.add_row(r.name, r.kind + (" (not covered)" if r.note else ""), "x".join(map(str, r.output)), f"{r.relus:,}",
+                  f"{r.comparisons:,}", f"{r.macs:,}", f"{r.params:,}")
+    t.add_row("total", "", "", f"{acc.relus:,}", f"{acc.comparisons:,}", f"{acc.macs:,} ({acc.macs / 1e9:.3f} G)",
+              f"{acc.params:,}", style="bold")
+    Console(width=160).print(t)
+    if acc.uncovered:
+        print(f"not covered by ReLU cost models: {', '.join(sorted({r.kind for r in acc.uncovered}))} "
+              f"({len(acc.uncovered)} sites): their secure cost is not in these figures")
 
 
 @app.command("train")
 def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write."),
               dataset: str = typer.Option(TEACHER.data.dataset, help="Any classification dataset of `trustlab data list`."),
-              data_dir: Optional[str] = typer.Option(None, help="Folder with CIFAR batches (cifar10/cifar100)."),
-              model: str = typer.Option(TEACHER.model, help="resnet18 | wrn22-8"),
+              data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
+              model: str = typer.Option(TEACHER.model, help=MODEL_HELP),
               width: float = typer.Option(TEACHER.width, help="Width multiplier (0.25: ResNet18 width 16)."),
               epochs: int = typer.Option(TEACHER.train.epochs, min=1),
               batch_size: int = typer.Option(TEACHER.train.batch_size, min=1), lr: float = typer.Option(TEACHER.train.lr),
@@ -74,7 +91,7 @@ def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write
     """Train the all-ReLU baseline (the teacher of SENet, SNL, layer-drop and shallow)."""
     from trustlab.pi.training import train_classifier
 
-    cfg = ClassifierConfig(model=model, width=width,
+    cfg = ClassifierConfig(model=model_spec(model), width=width,
                            data=DataConfig(dataset=dataset, data_dir=data_dir, limit=limit, test_limit=test_limit),
                            train=replace(TEACHER.train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                                          checkpoint_every=checkpoint_every))
@@ -89,7 +106,10 @@ def train_cmd(out: str = typer.Option("runs/pi-train", help="Run folder to write
 
 
 def _reduction_command(method: str, doc: str) -> None:
-    def command(teacher: str = typer.Option(..., help="Run folder of `trustlab pi train` (the all-ReLU teacher)."),
+    def command(teacher: Optional[str] = typer.Option(None, help="Run folder of `trustlab pi train` (the all-ReLU teacher)."),
+                model: Optional[str] = typer.Option(None, help="Or your trained model: FILE.py:FACTORY (with --dataset)."),
+                dataset: str = typer.Option(DataConfig.dataset, help="With --model: its data (any of `trustlab data list`, or folder)."),
+                data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
                 budget: int = typer.Option(..., help="ReLUs to keep in the whole network."),
                 out: Optional[str] = typer.Option(None, help=f"Run folder to write (default runs/pi-{method}-BUDGET)."),
                 granularity: str = typer.Option(ReductionConfig.granularity, help="pixel | channel (senet only)."),
@@ -104,9 +124,10 @@ def _reduction_command(method: str, doc: str) -> None:
                 seed: int = typer.Option(ReductionConfig.seed), device: str = typer.Option(ReductionConfig.device),
                 resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
                 quiet: bool = typer.Option(False)) -> None:
-        from trustlab.pi.reduce import run_reduction
+        from trustlab.pi.reductions import run_reduction
 
-        cfg = ReductionConfig(method=method, teacher=teacher, budget=budget, granularity=granularity,
+        cfg = ReductionConfig(method=method, teacher=teacher or "", model=model_spec(model),
+                              data=DataConfig(dataset=dataset, data_dir=data_dir), budget=budget, granularity=granularity,
                               search_epochs=search_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
                               lr=lr, beta=beta, temperature=temperature, train_limit=train_limit, seed=seed, device=device)
         run = run_reduction(cfg, out or f"runs/pi-{method}-{budget}", resume=resume, quiet=quiet)
@@ -124,7 +145,10 @@ for _method in METHODS.values():
 
 
 @app.command("shallow")
-def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab pi train`."),
+def shallow_cmd(teacher: Optional[str] = typer.Option(None, help="Run folder of `trustlab pi train`."),
+                model: Optional[str] = typer.Option(None, help="Or your trained model: FILE.py:FACTORY (with --dataset)."),
+                dataset: str = typer.Option(DataConfig.dataset, help="With --model: its data (any of `trustlab data list`, or folder)."),
+                data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
                 target_relu_reduction: float = typer.Option(ShallowConfig.target_relu_reduction,
                                                             help="Remove inner ReLU layers until ReLUs fall by this factor."),
                 kernel: int = typer.Option(ShallowConfig.kernel, min=0, help="3: merged blocks become trained 3x3 convolutions (fewer MACs); 0: exact merge (5x5/7x7, more MACs)."),
@@ -140,9 +164,10 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
                 seed: int = typer.Option(ShallowConfig.seed), device: str = typer.Option(ShallowConfig.device),
                 resume: bool = typer.Option(False), quiet: bool = typer.Option(False)) -> None:
     """Shallow model: remove the least sensitive inner ReLU layers and merge the convolutions around them."""
-    from trustlab.pi.shallow import run_shallow
+    from trustlab.pi.shallow_models import run_shallow
 
-    cfg = ShallowConfig(teacher=teacher, target_relu_reduction=target_relu_reduction, kernel=kernel,
+    cfg = ShallowConfig(teacher=teacher or "", model=model_spec(model), data=DataConfig(dataset=dataset, data_dir=data_dir),
+                        target_relu_reduction=target_relu_reduction, kernel=kernel,
                         anneal_epochs=anneal_epochs, ring_epochs=ring_epochs, finetune_epochs=finetune_epochs, beta=beta,
                         batch_size=batch_size, lr=lr, train_limit=train_limit,
                         seed=seed, device=device)
@@ -154,7 +179,10 @@ def shallow_cmd(teacher: str = typer.Option(..., help="Run folder of `trustlab p
 
 
 @app.command("secure-infer")
-def secure_infer_cmd(run: str = typer.Argument(..., help="A PI run folder (pi train / shallow / senet / snl / layerdrop)."),
+def secure_infer_cmd(run: Optional[str] = typer.Argument(None, help="A PI run folder (pi train / shallow / senet / snl / layerdrop)."),
+                     model: Optional[str] = typer.Option(None, help="Or your trained model: FILE.py:FACTORY (with --dataset)."),
+                     dataset: str = typer.Option(DataConfig.dataset, help="With --model: the data whose first test images are inferred."),
+                     data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
                      protocol: str = typer.Option("semi2k", help="cheetah | semi2k (2 parties) | aby3 (3 parties)"),
                      images: int = typer.Option(4, min=1, help="Test images to infer."),
                      weights: str = typer.Option("secret", help="secret: weights secret-shared; public: compiled in."),
@@ -162,7 +190,16 @@ def secure_infer_cmd(run: str = typer.Argument(..., help="A PI run folder (pi tr
     """Run the model under SPU's simulator: check against plaintext, report latency, bytes and rounds."""
     from trustlab.pi.secure import secure_infer
 
-    r = secure_infer(run, protocol, images, weights, relu_mode)
+    if bool(run) == bool(model):
+        raise ConfigError("give a run folder or --model FILE.py:FACTORY (with --dataset), not " + ("both" if run else "neither"))
+    if model:
+        from trustlab.pi.load import start_model
+        from trustlab.pi.secure import measure_secure
+
+        m, shape, data_cfg, _ = start_model("", model_spec(model), DataConfig(dataset=dataset, data_dir=data_dir), ".")
+        r = measure_secure(m, shape, data_cfg.load().x_test[:images], protocol, weights, relu_mode)[0]
+    else:
+        r = secure_infer(run, protocol, images, weights, relu_mode)
     print(f"{protocol} ({relu_mode} ReLU, {weights} weights), {r['images']} images: top-1 equal to plaintext: "
           f"{r['same_top1_as_plaintext']}, max |logit error| {r['max_abs_logit_error']:.2e}")
     print(f"  {r['execution_seconds_per_image']:.2f} s/image executing ({r['seconds_per_image']:.2f} s with compilation), {r['total_bytes'] / 1e6:.2f} MB (non-linear {r['nonlinear_bytes'] / 1e6:.2f} MB, "

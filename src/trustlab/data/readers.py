@@ -232,3 +232,83 @@ def make_synthetic(n_train: int = 512, n_test: int = 256, classes: int = 4, size
         return {"images": x.astype(np.uint8), "labels": y.astype(np.int64), "captions": caps}
 
     return {"train": draw(n_train), "test": draw(n_test)}, [f"class {c}" for c in range(classes)]
+
+
+# -- your image folder (one sub-folder per class) ------------------------------------------
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FOLDER_LAYOUT = ("one sub-folder of images per class (ImageFolder), or train/ and test/ each laid out so; "
+                 "without train/ and test/ every 5th image of each class is test")
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(p.startswith(".") for p in f.relative_to(folder).parts))
+
+
+def _read_class_tree(root: Path, classes: list[str] | None = None) -> tuple[list[np.ndarray], list[int], list[str], list[Path]]:
+    from trustlab.files import read_image_rgba
+
+    found = [d for d in _class_dirs(root) if _image_files(d)]
+    names = classes or [d.name for d in found]
+    if classes is None and len(names) < 2:
+        raise DataError(f"{root}: an image folder needs at least two classes (sub-folders with images), found "
+                        f"{len(names)}{' (' + names[0] + ')' if names else ''}: {FOLDER_LAYOUT}")
+    images, labels, files = [], [], []
+    for d in found:
+        if d.name not in names:
+            raise DataError(f"{d} is a class the training images do not have: give train/ every class of test/")
+        for f in _image_files(d):
+            images.append(np.asarray(on_white(read_image_rgba(f, DataError))))
+            labels.append(names.index(d.name))
+            files.append(f)
+    return images, labels, names, files
+
+
+def _stack(images: list[np.ndarray], files: list[Path]) -> np.ndarray:
+    """N×C×H×W uint8, one channel when every image is grey; mixed sizes are an error naming a file."""
+    first = images[0].shape
+    for im, f in zip(images, files):
+        if im.shape != first:
+            raise DataError(f"{f} is {im.shape[1]}x{im.shape[0]} but {files[0]} is {first[1]}x{first[0]}: "
+                            "an image folder needs images of one size (resize them first)")
+    x = np.stack(images).transpose(0, 3, 1, 2)
+    grey = bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+    return np.ascontiguousarray(x[:, :1] if grey else x)
+
+
+def read_image_folder(root: Path) -> tuple[dict[str, Split], list[str]]:
+    """A labelled image folder: class sub-folders (any image format and mode, composited on white),
+    either directly under ``root`` (split like MNIST) or under ``root/train`` and ``root/test``."""
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} is not a folder: it must hold {FOLDER_LAYOUT}")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        tr_images, tr_labels, classes, tr_files = _read_class_tree(root / "train")
+        te_images, te_labels, _, te_files = _read_class_tree(root / "test", classes)
+        if not te_images:
+            raise DataError(f"{root / 'test'} holds no images: {FOLDER_LAYOUT}")
+        x = _stack(tr_images + te_images, tr_files + te_files)
+        n = len(tr_images)
+        y = np.array(tr_labels + te_labels, dtype=np.int64)
+        return {"train": {"images": x[:n], "labels": y[:n]}, "test": {"images": x[n:], "labels": y[n:]}}, classes
+    images, labels, classes, files = _read_class_tree(root)
+    x, y = _stack(images, files), np.array(labels, dtype=np.int64)
+    train, test = fixed_split(y)
+    if len(test) == 0:
+        raise DataError(f"{root}: too few images for a test split (every 5th image of a class is test): give at least 5 per class")
+    return {"train": {"images": x[train], "labels": y[train]}, "test": {"images": x[test], "labels": y[test]}}, classes
+
+
+def folder_fingerprint(root: Path) -> str:
+    """A digest of an image folder's file names, sizes and modification times: its cache key, so a
+    changed folder is read again instead of served from an old cache."""
+    import hashlib
+
+    h = hashlib.sha1(str(root.resolve()).encode())
+    for f in _image_files(root):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]

@@ -93,7 +93,7 @@ def _need(locate: Callable[[Path | None], Path | None], name: str) -> Callable[[
     return root
 
 
-def _cifar_locate(data_dir: Path | None) -> Path | None:
+def _user_folder(data_dir: Path | None) -> Path | None:
     return Path(data_dir) if data_dir is not None and Path(data_dir).is_dir() else None
 
 
@@ -105,6 +105,12 @@ def _cifar_read(name: str) -> Callable[[Path | None], tuple[dict, list[str]]]:
             raise DataError(f"--data-dir {data_dir} is not a folder: it must be {readers.CIFAR_LAYOUT[name]}")
         return readers.read_cifar(Path(data_dir), name)
     return read
+
+
+def _folder_read(data_dir: Path | None) -> tuple[dict, list[str]]:
+    if data_dir is None:
+        raise DataError(f"--dataset folder reads your images: pass --data-dir DIR with {readers.FOLDER_LAYOUT}")
+    return readers.read_image_folder(Path(data_dir))
 
 
 _fashion_root = _need(_locate_fashion, "fashion-mnist")
@@ -129,9 +135,11 @@ DATASETS: dict[str, DatasetSpec] = {
                     lambda d: readers.read_emoji(_need(_emoji_locate, "emoji")(d)), _emoji_locate,
                     _npm_fetcher("emoji", "emoji-datasource-google@16.0.0", ("emoji.json", "img/google/64/"), "emoji.json")),
         DatasetSpec("cifar10", "CIFAR-10, 32x32 RGB, 50,000/10,000", "your folder (--data-dir)", ("train", "test"),
-                    _cifar_read("cifar10"), _cifar_locate, needs_data_dir=True),
+                    _cifar_read("cifar10"), _user_folder, needs_data_dir=True),
         DatasetSpec("cifar100", "CIFAR-100, 32x32 RGB, 100 fine classes, 50,000/10,000", "your folder (--data-dir)",
-                    ("train", "test"), _cifar_read("cifar100"), _cifar_locate, needs_data_dir=True),
+                    ("train", "test"), _cifar_read("cifar100"), _user_folder, needs_data_dir=True),
+        DatasetSpec("folder", "your labelled images: one sub-folder per class (ImageFolder), any size-consistent images",
+                    "your folder (--data-dir)", ("train", "test"), _folder_read, _user_folder, needs_data_dir=True),
         DatasetSpec("synthetic", "class templates plus noise, 1x16x16, 4 classes (tests, smoke runs)",
                     "generated", ("train", "test"), lambda d: readers.make_synthetic(), lambda d: Path("(generated)")),
     ]
@@ -145,6 +153,8 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def _cache_key(spec: DatasetSpec, data_dir: Path | None) -> str:
+    if spec.name == "folder" and data_dir is not None and Path(data_dir).is_dir():
+        return f"folder-{readers.folder_fingerprint(Path(data_dir))}"  # its content, so an edited folder is read again
     if spec.needs_data_dir and data_dir is not None:
         import hashlib
 

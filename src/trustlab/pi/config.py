@@ -53,10 +53,19 @@ class ClassifierConfig:
         self.train.validate()
 
 
+def check_source(teacher: str, model: str | None) -> None:
+    """A chained job starts from exactly one teacher: a run folder, or your own trained model."""
+    if bool(teacher) == bool(model):
+        raise ConfigError("give the teacher as --teacher RUN (a trustlab run folder) or as --model FILE.py:FACTORY "
+                          "(your trained model, with --dataset), not " + ("both" if teacher else "neither"))
+
+
 @dataclass(frozen=True)
 class ReductionConfig:
     method: str = "senet"
-    teacher: str = ""
+    teacher: str = ""  # a run folder; or ``model``: FILE.py:FACTORY returning your trained model, with ``data``
+    model: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
     budget: int = 0
     granularity: str = DEFAULT_GRANULARITY
     search_epochs: int = 2  # with 2 fine-tuning epochs: the best SENet recipe of bench/pi_senet_ablation.py
@@ -86,6 +95,7 @@ class ReductionConfig:
         return self.info.kind
 
     def validate(self) -> None:
+        self.data.validate()
         if self.granularity not in self.info.granularities:
             able = [m.name for m in METHODS.values() if self.granularity in m.granularities]
             raise ConfigError(f"{self.granularity} granularity is available for {', '.join(able) or 'no method'} only")
@@ -97,7 +107,9 @@ class ReductionConfig:
 
 @dataclass(frozen=True)
 class ShallowConfig:
-    teacher: str = ""
+    teacher: str = ""  # as in ReductionConfig
+    model: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
     target_relu_reduction: float = 1.7
     kernel: int = 3  # 0: exact merge (5x5 / 7x7 kernels); 3: 3x3 merged kernels (fewer MACs)
     anneal_epochs: int = 1  # inner-ReLU slope 0 -> 1 before the merge
@@ -121,6 +133,7 @@ class ShallowConfig:
         return self.ring_epochs
 
     def validate(self) -> None:
+        self.data.validate()
         if self.kernel not in (0, 3):
             raise ConfigError(f"--kernel must be 0 (exact merge) or 3, not {self.kernel}")
         if min(self.anneal_epochs, self.ring_stage_epochs) < 0 or self.beta < 0:

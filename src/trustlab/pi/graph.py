@@ -29,7 +29,9 @@ module whose ``forward`` made it and the function (``layer1.0.relu``, then ``lay
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import warnings
 from dataclasses import dataclass
 
@@ -221,30 +223,36 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModul
     model.eval()
     x = _example(model, input_shape)
     try:
+        _check_runs(model, x, input_shape)
         try:
             gm = _fx_trace(model)
             _first_tensor_output(gm)
-            ShapeProp(gm).propagate(x)
+            _propagate(gm, x)
             gm.meta["route"] = "fx"
         except ConfigError:
             raise
         except Exception as fx_error:  # noqa: BLE001 - any tracing failure sends the model to torch.export
-            _check_runs(model, x, input_shape)
             try:
                 gm = _export_trace(model, x)
                 _first_tensor_output(gm)
-                ShapeProp(gm).propagate(x)
+                _propagate(gm, x)
             except ConfigError:
                 raise
             except Exception as export_error:  # noqa: BLE001
                 raise ConfigError(f"cannot trace {type(model).__name__}: torch.fx failed ({_first_error_line(fx_error)}) "
                                   f"and torch.export failed ({_first_error_line(export_error)}); rewrite that construct "
-                                  "or export the model yourself (.pt2)") from None
+                                  "so that it does not depend on tensor values") from None
             gm.meta["route"] = "export"
     finally:
         model.train(was)
     gm.train(was)
     return gm
+
+
+def _propagate(gm: torch.fx.GraphModule, x: torch.Tensor) -> None:
+    """Record every node's output shape (ShapeProp prints a traceback of its own on failure: kept quiet)."""
+    with contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
+        ShapeProp(gm).propagate(x)
 
 
 def _check_runs(model: nn.Module, x: torch.Tensor, input_shape: tuple[int, ...]) -> None:

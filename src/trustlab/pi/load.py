@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from trustlab.pi.config import ClassifierConfig, DataConfig, ShallowConfig
+from trustlab.errors import RunError
+from trustlab.pi.config import ClassifierConfig, DataConfig, ShallowConfig, check_source
 from trustlab.pi.graph import split_sites
 from trustlab.pi.masks import install_partial_relus
 from trustlab.pi.merge import apply_merges
 from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS
+from trustlab.pi.models import build_model, check_input
 from trustlab.pi.training import load_classifier
-from trustlab.runs import RunDir
+from trustlab.runs import RunDir, config_from_dict
 from trustlab.train import load_weights
 
 REDUCTION_KINDS = tuple(m.kind for m in METHODS.values())
@@ -35,12 +37,46 @@ def load_pi_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, int, int],
     if run.kind == ClassifierConfig.kind:
         model, cfg, shape = load_classifier(run.path)
         return model, shape, cfg.data
-    base, shape, data = load_pi_model(teacher_path(run))
+    base, shape, data = _teacher_of(run)
+    return rebuild(run, base, shape), shape, data
+
+
+def rebuild(run: RunDir, base: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """The model of the chained run ``run`` from the model it started from: its merges or masks
+    replayed on ``base`` (which is not changed), then its own weights."""
     if run.kind == ShallowConfig.kind:
         model = apply_merges(split_sites(base, shape)[0], run.summary()["merged_blocks"], run.config["kernel"] or None)
     else:
         model, _ = install_partial_relus(base, shape, run.config.get("granularity", DEFAULT_GRANULARITY))
-    return load_weights(model, run, "finetune"), shape, data
+    return load_weights(model, run, "finetune")
+
+
+def _teacher_of(run: RunDir) -> tuple[nn.Module, tuple[int, int, int], DataConfig]:
+    """The model a chained run started from: its teacher run's, or the user's factory's."""
+    spec = run.config.get("model")
+    if spec:
+        summary = run.summary()
+        shape = tuple(summary["input_shape"])
+        data = config_from_dict(DataConfig, run.config.get("data") or {})
+        return build_model(spec, int(summary["classes"]), shape[0]).eval(), shape, data
+    if not run.config.get("teacher"):
+        raise RunError(f"{run.path} was made in Python from a model object, which a run folder cannot rebuild: "
+                       f"use trustlab.pi.load_reduced(model, '{run.path}') with that model")
+    return load_pi_model(teacher_path(run))
+
+
+def start_model(teacher: str, spec: str | None, data: DataConfig, out: str | Path
+                ) -> tuple[nn.Module, tuple[int, int, int], DataConfig, dict]:
+    """What a chained job starts from, and the summary fields that name it: a teacher run folder,
+    or the trained model that ``FILE.py:FACTORY`` returns, with ``data`` (checked, before any work)."""
+    check_source(teacher, spec)
+    if spec:
+        loaded = data.load()
+        model = build_model(spec, len(loaded.classes), loaded.shape[0]).eval()
+        check_input(model, loaded.shape)
+        return model, loaded.shape, data, {"model": spec}
+    model, shape, data_cfg = load_pi_model(teacher)
+    return model, shape, data_cfg, teacher_link(teacher, out)
 
 
 def teacher_link(teacher: str | Path, out: str | Path) -> dict[str, str]:

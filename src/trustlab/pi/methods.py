@@ -1,7 +1,7 @@
 """The ReLU-reduction methods by name: the one table the CLI, the run loader and the reductions read.
 
 It imports nothing heavy, so the CLI builds one command per method at start-up. Each method's
-implementation is a class in :mod:`trustlab.pi.reduce`, registered under the same name; a run
+implementation is a class in :mod:`trustlab.pi.reductions`, registered under the same name; a run
 of method ``m`` is a run folder of kind ``pi-m``.
 """
 

@@ -1,7 +1,7 @@
 """Models of the private-inference papers: CIFAR-style ResNet18 and WideResNet-22-8.
 
-Every ReLU is its own ``nn.ReLU`` module (never in-place, never ``F.relu``), so that forward
-hooks can count it and a partial-ReLU layer can replace it by name.
+Every ReLU is its own ``nn.ReLU`` module, so its site name (:mod:`trustlab.pi.graph`) is the
+module's name, as in run folders written before ReLU sites were read off the graph.
 
 ResNet18 here is the CIFAR variant of SENet/SNL papers: 3×3 stem, no max-pool, four stages of
 two basic blocks with widths ``64·w, 128·w, 256·w, 512·w``. At 32×32×3 and ``w = 1`` it has
@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 
 from trustlab.errors import ConfigError
-from trustlab.pi.probe import probe
 
 
 class BasicBlock(nn.Module):
@@ -111,16 +110,22 @@ MODELS = {"resnet18": ResNet18, "wrn22-8": lambda **kw: WideResNet(22, 8, **kw)}
 
 
 def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.0) -> nn.Module:
+    """A built-in model by name, or your own from ``FILE.py:FACTORY`` (:mod:`trustlab.pi.factory`;
+    ``width`` applies to the built-in ones only)."""
+    from trustlab.pi.factory import is_factory_spec, load_factory
+
+    if is_factory_spec(name):
+        return load_factory(name, num_classes, in_channels)
     if name not in MODELS:
-        raise ConfigError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model '{name}': choose one of {', '.join(MODELS)}, or FILE.py:FACTORY")
     if width <= 0:
         raise ConfigError(f"width multiplier must be positive, not {width}")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, width=width)
 
 
 def check_input(model: nn.Module, shape: tuple[int, int, int]) -> None:
-    """Run one zero input through ``model``; a shape it cannot take is a clear error."""
-    try:
-        probe(model, shape, lambda n, m: None)
-    except RuntimeError as e:
-        raise ConfigError(f"the model cannot take input {'x'.join(map(str, shape))} ({str(e).splitlines()[0][:160]})") from None
+    """Trace ``model`` on an input of ``shape``: a shape it cannot take, or a model neither torch.fx nor
+    torch.export can trace, is a clear error before any training starts."""
+    from trustlab.pi.graph import trace
+
+    trace(model, shape)

@@ -36,7 +36,6 @@ ReLU multiplexer.
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import re
 import tempfile
@@ -48,7 +47,6 @@ import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
@@ -495,6 +493,30 @@ def run_secure(exported: ExportedModel, images: np.ndarray, protocol: str = "sem
             "execution_seconds_per_image": (prof["execution_seconds"] or seconds) / len(images), **prof}
 
 
+def measure_secure(model: nn.Module, shape: tuple[int, ...], x: torch.Tensor, protocol: str = "semi2k",
+                   weights: str = "secret", relu_mode: str = "gather") -> tuple[dict, dict]:
+    """Secure inference of ``model`` on the images ``x`` beside the plaintext model: the result
+    (top-1 agreement, logit error, time, traffic) and SPU's per-operation traffic."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{protocol}': choose one of {', '.join(PROTOCOLS)}")
+    model = model.eval()
+    exported = export_jax(model, shape, relu_mode)
+    with torch.no_grad():
+        plain = model(x)
+    plain = (plain.logits if hasattr(plain, "logits") else plain[0] if isinstance(plain, (tuple, list)) else plain).numpy()
+    res = run_secure(exported, x.numpy().astype(np.float32), protocol, weights)
+    acc = count(model, shape)
+    return {"protocol": protocol, "weights": weights, "relu_mode": relu_mode, "images": int(len(x)),
+            "relus": acc.relus, "comparisons": acc.comparisons, "compared_elements_per_image": exported.relu_elements,
+            "same_top1_as_plaintext": bool((res["logits"].argmax(1) == plain.argmax(1)).all()),
+            "max_abs_logit_error": float(np.abs(res["logits"] - plain).max()),
+            "seconds_per_image": res["seconds_per_image"], "execution_seconds_per_image": res["execution_seconds_per_image"],
+            "total_bytes": res["total_bytes"], "nonlinear_bytes": res["nonlinear_bytes"], "linear_bytes": res["linear_bytes"],
+            "rounds": res["rounds"], "per_op": res["ops"],
+            "note": "party 0's traffic (sent + received); seconds_per_image includes SPU compilation, "
+                    "execution_seconds_per_image is SPU's own execution time"}, res["ops"]
+
+
 def secure_infer(run_dir: str, protocol: str = "semi2k", images: int = 4, weights: str = "secret",
                  relu_mode: str = "gather") -> dict:
     """Secure inference of a PI run's model on its first test images; the result is also saved
@@ -505,24 +527,10 @@ def secure_infer(run_dir: str, protocol: str = "semi2k", images: int = 4, weight
     if images < 1:
         raise ConfigError("--images must be at least 1")
     model, shape, data_cfg = load_pi_model(run_dir)
-    data = data_cfg.load()
-    x = data.x_test[:images]
-    exported = export_jax(model, shape, relu_mode)
-    with torch.no_grad():
-        plain = model(x).numpy()
-    res = run_secure(exported, x.numpy().astype(np.float32), protocol, weights)
-    same_top1 = bool((res["logits"].argmax(1) == plain.argmax(1)).all())
-    out = {"protocol": protocol, "weights": weights, "relu_mode": relu_mode, "images": int(len(x)),
-           "relus": count(model, shape).relus, "compared_elements_per_image": exported.relu_elements,
-           "same_top1_as_plaintext": same_top1, "max_abs_logit_error": float(np.abs(res["logits"] - plain).max()),
-           "seconds_per_image": res["seconds_per_image"], "execution_seconds_per_image": res["execution_seconds_per_image"],
-           "total_bytes": res["total_bytes"],
-           "nonlinear_bytes": res["nonlinear_bytes"], "linear_bytes": res["linear_bytes"], "rounds": res["rounds"],
-           "per_op": res["ops"], "note": "party 0's traffic (sent + received); seconds_per_image includes SPU compilation, "
-                   "execution_seconds_per_image is SPU's own execution time"}
+    out, ops = measure_secure(model, shape, data_cfg.load().x_test[:images], protocol, weights, relu_mode)
     run = RunDir(run_dir)
     atomic_write_json(run.path / "secure" / f"{protocol}-{relu_mode}-{weights}.json", out)
     run.write_table(f"secure-{protocol}-{relu_mode}-{weights}",
-                    [{"op": k, **v} for k, v in sorted(res["ops"].items(), key=lambda kv: -kv[1]["send_bytes"])],
+                    [{"op": k, **v} for k, v in sorted(ops.items(), key=lambda kv: -kv[1]["send_bytes"])],
                     title=f"SPU {protocol} per-operation traffic ({relu_mode} ReLU, {weights} weights)")
     return out

@@ -38,7 +38,7 @@ from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.config import ReductionConfig
 from trustlab.pi.distill import DistillationLoss
-from trustlab.pi.load import load_pi_model, teacher_link
+from trustlab.pi.load import start_model
 from trustlab.pi.graph import split_sites
 from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
@@ -203,9 +203,9 @@ def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False
     """Reduce the teacher run's model to ``cfg.budget`` ReLUs with ``cfg.method``; write a run folder."""
     job = Job(cfg, out, resume)
     cfg = job.config
-    teacher, shape, data_cfg = load_pi_model(cfg.teacher)
+    teacher, shape, data_cfg, link = start_model(cfg.teacher, cfg.model, cfg.data, out)
     data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
-    return reduce_model(job, teacher, shape, data, teacher_link(cfg.teacher, out), resume=resume, quiet=quiet)
+    return reduce_model(job, teacher, shape, data, link, resume=resume, quiet=quiet)
 
 
 def check_budget(teacher: nn.Module, shape: tuple[int, ...], budget: int, what: str = "the model") -> int:
@@ -252,7 +252,7 @@ def reduce_model(job: Job, teacher: nn.Module, shape: tuple[int, ...], data, lin
     run.write_summary({"method": cfg.method, "budget": cfg.budget, "relus": acc.relus, "teacher_relus": total,
                        "relu_reduction": total / max(1, acc.relus), "test_acc": result.get("test_acc"),
                        "teacher_acc": teacher_acc, "acc_drop_points": 100 * (teacher_acc - result.get("test_acc", 0)),
-                       "macs": acc.macs, **link, "input_shape": list(shape)})
+                       "macs": acc.macs, **link, "input_shape": list(shape), "classes": len(data.classes)})
     plot_accuracy_vs_relus(run)
     render_report(run.path)
     return run
@@ -271,7 +271,7 @@ def plot_accuracy_vs_relus(run: RunDir) -> None:
         s = sib / "summary.json"
         if sib.is_dir() and s.exists():
             doc = RunDir(sib).summary()
-            if doc.get("teacher") == me.get("teacher") and "method" in doc:
+            if (doc.get("teacher"), doc.get("model")) == (me.get("teacher"), me.get("model")) and "method" in doc:
                 points.setdefault(doc["method"], []).append((doc["relus"], doc["test_acc"]))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([me["teacher_relus"]], [me["teacher_acc"]], marker="*", s=150, color="k", label="all-ReLU teacher")

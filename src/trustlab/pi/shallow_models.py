@@ -47,7 +47,7 @@ from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.config import ShallowConfig
 from trustlab.pi.distill import DistillationLoss
-from trustlab.pi.load import load_pi_model, teacher_link
+from trustlab.pi.load import start_model
 from trustlab.pi.graph import CONV_FUNCTIONS, LINEAR_FUNCTIONS, put_module, split_sites, trace
 from trustlab.pi.merge import MergedConv2d, Pair, apply_merges, find_pairs, pad_first
 from trustlab.pi.sensitivity import removal_sensitivity
@@ -144,9 +144,9 @@ def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, qu
     """The shallow model of the teacher run ``cfg.teacher``, written to the run folder ``out``."""
     job = Job(cfg, out, resume)
     cfg = job.config
-    teacher, shape, data_cfg = load_pi_model(cfg.teacher)
+    teacher, shape, data_cfg, link = start_model(cfg.teacher, cfg.model, cfg.data, out)
     data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
-    return shallow_model(job, teacher, shape, data, teacher_link(cfg.teacher, out), resume=resume, quiet=quiet)
+    return shallow_model(job, teacher, shape, data, link, resume=resume, quiet=quiet)
 
 
 def shallow_model(job: Job, teacher: nn.Module, shape: tuple[int, ...], data, link: dict, *, resume: bool = False,
@@ -200,6 +200,7 @@ def shallow_model(job: Job, teacher: nn.Module, shape: tuple[int, ...], data, li
         "params": after.params, "teacher_params": before.params, "depth": depth(student, shape),
         "teacher_depth": depth(teacher, shape), "teacher_acc": teacher_acc, "acc_after_merge": merged_acc,
         **{k: v for k, v in stages.items() if k != "acc_after_finetune"},
-        "test_acc": test_acc, "acc_drop_points": 100 * (teacher_acc - test_acc), "input_shape": list(shape)})
+        "test_acc": test_acc, "acc_drop_points": 100 * (teacher_acc - test_acc), "input_shape": list(shape),
+        "classes": len(data.classes)})
     render_report(run.path)
     return run
