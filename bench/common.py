@@ -59,9 +59,9 @@ def write_result(name: str, headline: dict, settings: dict, **detail) -> Path:
     return path
 
 
-def ensure_teacher(path: Path, epochs: int = 4, limit: int | None = None, seed: int = 0) -> dict:
-    """The PI benchmarks' all-ReLU teacher (ResNet18 width 16 on Fashion-MNIST): trained (or resumed)
-    into ``path`` unless complete there; returns its summary."""
+def ensure_teacher(path: Path, epochs: int = 4, limit: int | None = None, seed: int = 0, model: str | None = None) -> dict:
+    """The PI benchmarks' all-ReLU teacher (ResNet18 width 16 on Fashion-MNIST, or ``model``, a
+    FILE.py:FACTORY spec): trained (or resumed) into ``path`` unless complete there; returns its summary."""
     from trustlab.pi.config import ClassifierConfig, DataConfig
     from trustlab.pi.training import train_classifier
     from trustlab.runs import RunDir
@@ -69,6 +69,7 @@ def ensure_teacher(path: Path, epochs: int = 4, limit: int | None = None, seed: 
     path = Path(path)
     if not finished(path):
         default = ClassifierConfig()  # ResNet18 width 16 on Fashion-MNIST, augmented
-        cfg = replace(default, data=DataConfig(limit=limit), train=replace(default.train, epochs=epochs, seed=seed))
+        cfg = replace(default, model=model or default.model, data=DataConfig(limit=limit),
+                      train=replace(default.train, epochs=epochs, seed=seed))
         train_classifier(cfg, path, resume=(path / "config.yaml").exists())
     return RunDir(path).summary()

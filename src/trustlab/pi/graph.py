@@ -14,7 +14,7 @@ traces the model once and works on the graph:
   that module again, so both routes give the same kind of graph and BatchNorm still trains.
   Only the first tensor output is kept (the logits of a ``ModelOutput`` or a tuple).
 * :func:`sites` — every non-linear *call site*, in execution order, with its output shape:
-  ReLU in every form (the sites masks act on), ReLU6 and clamp (two comparisons per element),
+  ReLU in every form (``clamp(min=0)`` included: the sites masks act on), ReLU6 and clamp (two comparisons per element),
   max-pooling (``k²−1`` comparisons per output), and the non-linearities that ReLU-based PI
   cost models do not cover (GELU, SiLU, softmax, …), named rather than dropped.
 * :func:`split_sites` — a copy of the model in which every ReLU call site is its own
@@ -117,8 +117,17 @@ class _Tracer(torch.fx.Tracer):
 
 
 def _first_error_line(e: Exception) -> str:
+    """The error's first line, and where in the model's code it arose (the last frame outside torch and trustlab)."""
+    import traceback
+
     text = str(e).strip().splitlines()
-    return (f"{type(e).__name__}: {text[0]}" if text else type(e).__name__)[:200]
+    line = (f"{type(e).__name__}: {text[0]}" if text else type(e).__name__)[:200]
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not any(part in f.filename for part in ("/torch/", "/trustlab/", "<eval_with_key>"))]
+    if frames:
+        f = frames[-1]
+        line += f" at {f.filename.rsplit('/', 1)[-1]}:{f.lineno}" + (f" `{f.line.strip()[:80]}`" if f.line else "")
+    return line
 
 
 def _example(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
@@ -233,7 +242,8 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModul
             raise
         except Exception as fx_error:  # noqa: BLE001 - any tracing failure sends the model to torch.export
             try:
-                gm = _export_trace(model, x)
+                with _quiet():
+                    gm = _export_trace(model, x)
                 _first_tensor_output(gm)
                 _propagate(gm, x)
             except ConfigError:
@@ -247,6 +257,19 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModul
         model.train(was)
     gm.train(was)
     return gm
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.export logs the partial graph of a model it cannot export: the error message says enough."""
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _propagate(gm: torch.fx.GraphModule, x: torch.Tensor) -> None:
@@ -337,7 +360,10 @@ def classify(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
     if node.target in RELU_FUNCTIONS or (node.op == "call_method" and name in RELU_METHODS):
         return "relu"
     if node.target in CLAMP_FUNCTIONS or (node.op == "call_method" and name in CLAMP_METHODS):
-        return "relu6" if tuple(_clamp_bounds(node, None)) in ((0, 6), (0.0, 6.0)) else "clamp"
+        bounds = tuple(_clamp_bounds(node, None))
+        if bounds in ((0, None), (0.0, None)):
+            return "relu"  # x.clamp(min=0) is a ReLU written another way: a site like any other
+        return "relu6" if bounds in ((0, 6), (0.0, 6.0)) else "clamp"
     if node.target in MAXPOOL_FUNCTIONS or (node.op == "call_method" and name == "max_pool2d"):
         return "maxpool"
     if name.rstrip("_") in UNCOVERED_NAMES or name in UNCOVERED_NAMES:

@@ -46,9 +46,10 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, *, resume: bool = F
     if world()[0] != 0:  # under torchrun, rank 0 writes the results
         return run
     acc = count(model, data.shape)
-    run.write_table("layers", [{"layer": r.name, "kind": r.kind, "output": "x".join(map(str, r.output)),
-                                "relus": r.relus, "macs": r.macs, "params": r.params} for r in acc.layers],
-                    title="Per-layer ReLUs, MACs and parameters")
+    run.write_table("layers", [{"layer": r.name, "kind": r.kind + (" (not covered)" if r.note else ""),
+                                "output": "x".join(map(str, r.output)), "relus": r.relus, "comparisons": r.comparisons,
+                                "macs": r.macs, "params": r.params} for r in acc.layers],
+                    title="Per-layer ReLUs, secure comparisons, MACs and parameters")
     run.write_summary({"test_acc": result.get("test_acc"), "test_loss": result.get("test_loss"), "relus": acc.relus,
                        "macs": acc.macs, "params": acc.params, "input_shape": list(data.shape),
                        "classes": len(data.classes), "train_examples": len(data.x_train), "steps": result["steps"]})
