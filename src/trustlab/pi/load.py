@@ -12,6 +12,7 @@ directory, another machine); the first keeps run folders written before it loada
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch.nn as nn
@@ -24,7 +25,7 @@ from trustlab.pi.merge import apply_merges
 from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS
 from trustlab.pi.models import build_model, check_input
 from trustlab.pi.training import load_classifier
-from trustlab.runs import RunDir, config_from_dict
+from trustlab.runs import Job, RunDir, config_from_dict
 from trustlab.train import load_weights
 
 REDUCTION_KINDS = tuple(m.kind for m in METHODS.values())
@@ -77,6 +78,17 @@ def start_model(teacher: str, spec: str | None, data: DataConfig, out: str | Pat
         return model, loaded.shape, data, {"model": spec}
     model, shape, data_cfg = load_pi_model(teacher)
     return model, shape, data_cfg, teacher_link(teacher, out)
+
+
+def chained_job(cfg, out: str | Path, resume: bool) -> tuple:
+    """What a reduction or shallow job runs on: its :class:`~trustlab.runs.Job`, the model it starts
+    from, that model's input shape, the data (first ``cfg.train_limit`` training images) and the
+    summary fields naming its source, in the order ``reduce_model`` and ``shallow_model`` take them."""
+    job = Job(cfg, out, resume)
+    cfg = job.config
+    teacher, shape, data_cfg, link = start_model(cfg.teacher, cfg.model, cfg.data, out)
+    data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
+    return job, teacher, shape, data, link
 
 
 def teacher_link(teacher: str | Path, out: str | Path) -> dict[str, str]:

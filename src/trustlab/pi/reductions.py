@@ -28,7 +28,7 @@ methods compare at equal training.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,7 +38,7 @@ from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.config import ReductionConfig
 from trustlab.pi.distill import DistillationLoss
-from trustlab.pi.load import start_model
+from trustlab.pi.load import chained_job
 from trustlab.pi.graph import split_sites
 from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
@@ -201,11 +201,7 @@ IMPLEMENTATIONS: dict[str, Reduction] = {"senet": SENet(), "snl": SNL(), "layerd
 
 def run_reduction(cfg: ReductionConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
     """Reduce the teacher run's model to ``cfg.budget`` ReLUs with ``cfg.method``; write a run folder."""
-    job = Job(cfg, out, resume)
-    cfg = job.config
-    teacher, shape, data_cfg, link = start_model(cfg.teacher, cfg.model, cfg.data, out)
-    data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
-    return reduce_model(job, teacher, shape, data, link, resume=resume, quiet=quiet)
+    return reduce_model(*chained_job(cfg, out, resume), resume=resume, quiet=quiet)
 
 
 def check_budget(teacher: nn.Module, shape: tuple[int, ...], budget: int, what: str = "the model") -> int:

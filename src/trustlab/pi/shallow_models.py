@@ -35,7 +35,6 @@ distillation: the post-ReLU output of every block is aligned with the teacher's.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,7 +46,7 @@ from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
 from trustlab.pi.config import ShallowConfig
 from trustlab.pi.distill import DistillationLoss
-from trustlab.pi.load import start_model
+from trustlab.pi.load import chained_job
 from trustlab.pi.graph import CONV_FUNCTIONS, LINEAR_FUNCTIONS, put_module, split_sites, trace
 from trustlab.pi.merge import MergedConv2d, Pair, apply_merges, find_pairs, pad_first
 from trustlab.pi.sensitivity import removal_sensitivity
@@ -142,11 +141,7 @@ def linearise(model: torch.fx.GraphModule, pairs: list[Pair]) -> list[SlopedReLU
 
 def run_shallow(cfg: ShallowConfig, out: str | Path, *, resume: bool = False, quiet: bool = False) -> RunDir:
     """The shallow model of the teacher run ``cfg.teacher``, written to the run folder ``out``."""
-    job = Job(cfg, out, resume)
-    cfg = job.config
-    teacher, shape, data_cfg, link = start_model(cfg.teacher, cfg.model, cfg.data, out)
-    data = replace(data_cfg, limit=cfg.train_limit or data_cfg.limit).load()
-    return shallow_model(job, teacher, shape, data, link, resume=resume, quiet=quiet)
+    return shallow_model(*chained_job(cfg, out, resume), resume=resume, quiet=quiet)
 
 
 def shallow_model(job: Job, teacher: nn.Module, shape: tuple[int, ...], data, link: dict, *, resume: bool = False,
