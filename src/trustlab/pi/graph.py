@@ -156,7 +156,7 @@ def _export_trace(model: nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
     graph._codegen = torch.fx.graph.CodeGen()  # plain forward(x): the pytree wrapping of the export is dropped
     modules = dict(model.named_modules())
     for node in list(graph.nodes):
-        if node.op == "call_module":  # the export's guard function: shapes are checked when the graph runs
+        if node.op == "call_module":  # the export's input-guard function: the lifted graph takes any batch size
             graph.erase_node(node)
             continue
         if node.op != "call_function":
