@@ -14,6 +14,7 @@ Writes ``bench/results/pi_any_model.json`` and ``.png``.
 
     python bench/pi_any_model.py                 # the full protocol (about 45 minutes on 2 CPU cores)
     python bench/pi_any_model.py --limit 3000 --reduce-limit 2000 --seeds 0   # a smoke run
+    python bench/pi_any_model.py --markdown      # the README's table from the result file
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main() -> None:
                 "seeds": seeds, "budgets": [total // f for f in FRACTIONS],
                 "builtin": "bench/results/pi_relu_budget.json rows of the same budgets and seeds",
                 "spread": "spread_points is the larger of the two models' standard deviations over seeds"}
-    write_result("pi_any_model", headline, settings, rows=rows, comparison=compare, minutes=minutes,
+    write_result("pi_any_model", headline, settings, rows=rows, comparison=compare, minutes_this_invocation=minutes,
                  total_minutes=round((time.time() - t0) / 60, 1))
     plot(rows, base_rows, teacher, builtin["headline"])
     print(headline)
@@ -149,5 +150,21 @@ def plot(rows: list[dict], base: list[dict], teacher: dict, builtin: dict) -> No
     fig.savefig(RESULTS / "pi_any_model.png", dpi=110)
 
 
+def markdown() -> str:
+    """The README's table, from the result file."""
+    doc = json.loads((RESULTS / "pi_any_model.json").read_text())
+    lines = ["| method | budget | functional ResNet18 (API) | built-in ResNet18 | difference | larger sd |",
+             "|---|---|---|---|---|---|"]
+    for c in doc["comparison"]:
+        lines.append(f"| {c['method']} | {c['fraction']} | {c['functional_acc']:.2f} ± {c['functional_sd']:.2f} | "
+                     f"{c['builtin_acc']:.2f} ± {c['builtin_sd']:.2f} | {c['difference_points']:+.2f} | {c['spread_points']:.2f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["--markdown"]:
+        print(markdown())
+    else:
+        main()
