@@ -294,7 +294,7 @@ def shape_of(node: torch.fx.Node) -> tuple[int, ...] | None:
     return tuple(int(d) for d in meta.shape[1:])
 
 
-def _op_name(node: torch.fx.Node) -> str:
+def op_name(node: torch.fx.Node) -> str:
     if node.op == "call_method":
         return str(node.target)
     return getattr(node.target, "_opname", None) or getattr(node.target, "__name__", str(node.target))
@@ -308,10 +308,10 @@ def describe(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     if isinstance(node.target, torch._ops.OpOverload):
-        return f"aten.{_op_name(node)}"
+        return f"aten.{op_name(node)}"
     mod = getattr(node.target, "__module__", "") or ""
     prefix = "F" if mod.endswith("functional") else "torch" if mod.startswith("torch") else mod
-    return f"{prefix}.{_op_name(node)}"
+    return f"{prefix}.{op_name(node)}"
 
 
 def relu_input(node: torch.fx.Node) -> torch.fx.Node:
@@ -321,11 +321,11 @@ def relu_input(node: torch.fx.Node) -> torch.fx.Node:
 def is_inplace(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return bool(getattr(modules[node.target], "inplace", False))
-    return _op_name(node).endswith("_") or bool(node.kwargs.get("inplace")) or (
+    return op_name(node).endswith("_") or bool(node.kwargs.get("inplace")) or (
         node.target in (F.relu, F.hardtanh, F.relu6) and len(node.args) > 1 and node.args[-1] is True)
 
 
-def _clamp_bounds(node: torch.fx.Node, module: nn.Module | None) -> tuple:
+def clamp_bounds(node: torch.fx.Node, module: nn.Module | None) -> tuple:
     if module is not None:
         return (module.min_val, module.max_val)
     if node.target is F.relu6:
@@ -356,11 +356,11 @@ def classify(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
         return None
     if node.op not in ("call_function", "call_method"):
         return None
-    name = _op_name(node)
+    name = op_name(node)
     if node.target in RELU_FUNCTIONS or (node.op == "call_method" and name in RELU_METHODS):
         return "relu"
     if node.target in CLAMP_FUNCTIONS or (node.op == "call_method" and name in CLAMP_METHODS):
-        bounds = tuple(_clamp_bounds(node, None))
+        bounds = tuple(clamp_bounds(node, None))
         if bounds in ((0, None), (0.0, None)):
             return "relu"  # x.clamp(min=0) is a ReLU written another way: a site like any other
         return "relu6" if bounds in ((0, 6), (0.0, 6.0)) else "clamp"
@@ -392,7 +392,7 @@ def comparisons(kind: str, node: torch.fx.Node, modules: dict[str, nn.Module], s
     if kind == "partial-relu":
         return int(module.kept_relus())
     if kind in ("relu6", "clamp"):
-        return n * sum(b is not None for b in _clamp_bounds(node, module))
+        return n * sum(b is not None for b in clamp_bounds(node, module))
     if kind == "maxpool":
         return n * (_pool_window(node, module) - 1)
     return 0
@@ -420,7 +420,7 @@ def _site_name(node: torch.fx.Node, modules: dict[str, nn.Module], taken: set[st
         base = node.target
     else:
         scope = node.meta.get("scope", "")
-        fn = _op_name(node).rstrip("_") or "op"
+        fn = op_name(node).rstrip("_") or "op"
         fn = {"hardtanh": "relu6", "max_pool2d_with_indices": "max_pool2d"}.get(fn, fn)
         base = f"{scope}.{fn}" if scope else fn
     name, k = base, 1
@@ -476,4 +476,4 @@ def put_module(gm: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
-__all__ = ["Site", "classify", "put_module", "relu_sites", "shape_of", "sites", "split_sites", "trace"]
+__all__ = ["Site", "clamp_bounds", "classify", "op_name", "put_module", "relu_sites", "shape_of", "sites", "split_sites", "trace"]

@@ -50,7 +50,7 @@ import torch.nn as nn
 
 from trustlab.errors import ConfigError
 from trustlab.pi.accounting import count
-from trustlab.pi.graph import classify, comparisons, describe, shape_of, trace
+from trustlab.pi.graph import clamp_bounds, classify, comparisons, describe, op_name, shape_of, trace
 from trustlab.pi.load import load_pi_model
 from trustlab.pi.masks import PartialReLU
 from trustlab.pi.merge import fold_bn
@@ -74,11 +74,6 @@ class ExportedModel:
 
 
 Step = Callable[[list, tuple], object]  # (argument values, weights) -> value
-
-
-def _name(node: torch.fx.Node) -> str:
-    return str(node.target) if node.op == "call_method" else (
-        getattr(node.target, "_opname", None) or getattr(node.target, "__name__", str(node.target)))
 
 
 def _pair(v) -> tuple[int, int]:
@@ -165,10 +160,10 @@ class _Exporter:
         self.compared += comparisons("relu", node, self.modules, shape_of(node) or ())
         return lambda a, W: jnp.where(a[0] > 0, a[0], 0.0)
 
-    def clamp(self, node, lo, hi) -> Step:
+    def clamp(self, node, kind: str, lo, hi) -> Step:
         import jax.numpy as jnp
 
-        self.compared += (lo is not None) * int(np.prod(shape_of(node))) + (hi is not None) * int(np.prod(shape_of(node)))
+        self.compared += comparisons(kind, node, self.modules, shape_of(node) or ())
 
         def step(a, W):
             y = a[0]
@@ -243,7 +238,7 @@ class _Exporter:
             return False
         if node.op == "call_module":
             return isinstance(self.modules[node.target], nn.Flatten)
-        return _name(node) in ("flatten", "view", "reshape", "_unsafe_view")
+        return op_name(node) in ("flatten", "view", "reshape", "_unsafe_view")
 
     # -- dispatch -----------------------------------------------------------------------
     def module_step(self, node) -> Step:
@@ -263,7 +258,7 @@ class _Exporter:
         if kind == "relu":
             return self.relu(node)
         if kind in ("relu6", "clamp"):
-            return self.clamp(node, m.min_val, m.max_val)
+            return self.clamp(node, kind, m.min_val, m.max_val)
         if isinstance(m, nn.MaxPool2d):
             if _pair(m.dilation) != (1, 1):
                 raise self.refuse(node, "is dilated")
@@ -290,15 +285,12 @@ class _Exporter:
     def function_step(self, node) -> Step:
         import jax.numpy as jnp
 
-        name = _name(node)
+        name = op_name(node)
         kind = classify(node, self.modules)
         if kind == "relu":
             return self.relu(node)
         if kind in ("relu6", "clamp"):
-            from trustlab.pi.graph import _clamp_bounds
-
-            lo, hi = _clamp_bounds(node, None)
-            return self.clamp(node, lo, hi)
+            return self.clamp(node, kind, *clamp_bounds(node, None))
         if kind == "maxpool":
             k = _arg(node, 1, "kernel_size")
             if _pair(_arg(node, 4, "dilation", 1)) != (1, 1):
@@ -378,7 +370,7 @@ def export_jax(model: nn.Module, input_shape: tuple[int, ...], relu_mode: str = 
         elif node.op == "output":
             steps.append((node.name, None, "output"))
         elif node.op == "get_attr":  # a weight read by a function call: shared unless a conv/linear call folds it in
-            if all(u.op != "call_module" and _name(u) in ("conv2d", "linear") for u in node.users):
+            if all(u.op != "call_module" and op_name(u) in ("conv2d", "linear") for u in node.users):
                 steps.append((node.name, lambda a, W: None, ()))
             else:
                 idx = ex.add_weight(_fetch(gm, node.target))
