@@ -40,6 +40,7 @@ demo: data
 	$(TRUSTLAB) tinyml assess stm32f746-discovery --format html --out $(RUNS)/tinyml-stm32f746.html
 	$(TRUSTLAB) pi train --out $(RUNS)/pi-train --epochs 1 --limit 12000 --test-limit 2000 --quiet
 	$(TRUSTLAB) pi count --model resnet18 --input 3x32x32 --classes 100 --json | $(PY) -c "import json,sys; d=json.load(sys.stdin); print(f'ResNet18 on 3x32x32: {d[\"relus\"]:,} ReLUs, {d[\"macs\"]/1e9:.3f} GMACs')"
+	$(TRUSTLAB) pi count --model bench/cifar_resnet.py:resnet18_w16 --input 1x28x28 --json | $(PY) -c "import json,sys; d=json.load(sys.stdin); print(f'your own model (F.relu ResNet18 w16, bench/cifar_resnet.py) on 1x28x28: {d[\"relus\"]:,} ReLUs at {sum(l[\"kind\"] == \"ReLU\" for l in d[\"layers\"])} call sites')"
 	$(TRUSTLAB) pi senet --teacher $(RUNS)/pi-train --budget 54272 --out $(RUNS)/pi-senet-half --search-epochs 1 --finetune-epochs 1 --quiet
 	$(TRUSTLAB) pi shallow --teacher $(RUNS)/pi-train --target-relu-reduction 1.7 --finetune-epochs 1 --out $(RUNS)/pi-shallow --quiet
 	$(TRUSTLAB) pi secure-infer $(RUNS)/pi-senet-half --protocol semi2k --images 2
