@@ -5,7 +5,8 @@ images: 9,500 Fashion-MNIST test images (look-alikes of the training set, never 
 planted copies of training images, each resized to 80x80 and saved as JPEG (quality 90), as a
 generator's output would be. Every image is a 64x64 RGB PNG on disk (the copies 80x80 JPEG),
 written once into ``--runs`` and reused. The audit compares at its default 32x32 and is timed from
-nothing (no cache): decoding, the calibration, the background and the search. Writes
+nothing (no cache): decoding, the duplicate groups, the calibration, the background, the search and
+the registration of the aligned copy metric (the default). Writes
 ``bench/results/replication_audit.json`` and ``.png``; a finished audit is reused unless
 ``--again``.
 
@@ -69,10 +70,12 @@ def main() -> None:
     s = RunDir(out).summary()
     rows = [line.split(",") for line in (out / "nearest.csv").read_text().splitlines()[1:]]
     planted_rows = [r for r in rows if Path(r[0]).name.startswith("copy-of-")]
-    found = sum(r[3] == "1" and Path(r[1]).stem == Path(r[0]).stem[len("copy-of-"):] for r in planted_rows)
-    false = sum(r[3] == "1" for r in rows if not Path(r[0]).name.startswith("copy-of-"))
+    found = sum(r[-1] == "1" and Path(r[1]).stem == Path(r[0]).stem[len("copy-of-"):] for r in planted_rows)
+    false = sum(r[-1] == "1" for r in rows if not Path(r[0]).name.startswith("copy-of-"))
     headline = {"minutes": round(s["seconds"] / 60, 2), "target_minutes": 10, "generations": s["generations"],
                 "train_images": s["train_images"], "copy_rate": s["copy_rate"], "copies_flagged": s["copies"],
+                "copy_metric": s["copy_metric"], "duplicate_groups": s["duplicates"]["groups"],
+                "images_in_duplicate_groups": s["duplicates"]["images_in_groups"],
                 "planted_copies": args.copies, "copy_threshold": s["copy_threshold"],
                 "planted_found": found, "recall": found / len(planted_rows),
                 "test_images_flagged": false, "false_copy_rate": false / (len(rows) - len(planted_rows))}
@@ -83,12 +86,12 @@ def main() -> None:
                 "timed": "the audit from nothing: decoding both folders, calibration, background, search, report",
                 "folders_written_seconds": round(written, 1)}
     write_result("replication_audit", headline, settings, summary=s)
-    plot(rows, s["copy_threshold"])
+    plot(rows, s["copy_threshold"], s["copy_metric"])
     print(headline)
 
 
-def plot(rows: list[list[str]], threshold: float) -> None:
-    """Nearest-training-image similarity of the test images and of the planted copies, and the threshold."""
+def plot(rows: list[list[str]], threshold: float, metric: str) -> None:
+    """Nearest-training-image similarity (by the copy metric) of the test images and of the planted copies, and the threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +105,7 @@ def plot(rows: list[list[str]], threshold: float) -> None:
     ax.hist(planted, bins=bins, alpha=0.7, label=f"planted copies ({len(planted):,})")
     ax.axvline(threshold, color="k", ls="--", lw=1, label=f"calibrated copy threshold {threshold:.3f}")
     ax.set_yscale("log")
-    ax.set_xlabel("pixel similarity to the nearest of 50,000 training images")
+    ax.set_xlabel(f"{metric} similarity to the nearest of 50,000 training images")
     ax.set_ylabel("generations")
     ax.legend(fontsize=8)
     ax.set_title("replication audit: two folders, 10,000 against 50,000", fontsize=10)

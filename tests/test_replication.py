@@ -275,7 +275,8 @@ def test_calibrated_threshold_separates_copies_from_look_alikes_and_flip_catches
 
     g = torch.Generator().manual_seed(0)
     distinct = torch.rand(64, 3, 16, 16, generator=g) * 2 - 1
-    threshold = compare(image_rows(distinct[:2]), image_rows(distinct), 16, calibrate=np.arange(64), background=np.arange(8)).threshold
+    threshold = compare(image_rows(distinct[:2]), image_rows(distinct), 16, calibration=64, background=8,
+                        metric="pixel").threshold
     sim = distinct.flatten(1).double() - distinct.flatten(1).double().mean(1, keepdim=True)
     sim = torch.nn.functional.normalize(sim, dim=1) @ torch.nn.functional.normalize(sim, dim=1).T
     sim.fill_diagonal_(-2)

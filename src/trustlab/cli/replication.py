@@ -14,6 +14,9 @@ from trustlab.replication.config import AuditConfig, CaptionDataConfig, Diffusio
 app = typer.Typer(no_args_is_help=True)
 DATA, MODEL = CaptionDataConfig(), DiffusionConfig()  # the defaults of `replication train`
 AUDIT = AuditConfig()
+COPY_METRIC_HELP = ("aligned: crops, shifts, small rotations, mirroring and grey conversion undone before comparing; "
+                    "pixel: plain pixel similarity.")
+DUPLICATE_HELP = "Training images at least this similar form a near-duplicate group (the calibration takes one per group)."
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -131,15 +134,19 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
                 inception: Optional[str] = typer.Option(None, help="TorchScript Inception-v3 for standard FID."),
                 pixel_threshold: float = typer.Option(0.9, help="Pixel-similarity share threshold."),
                 copy_threshold: Optional[float] = typer.Option(None, help="Copy threshold (default: calibrated, the 99th "
-                                                               "percentile of distinct training images' nearest other)."),
-                flip: bool = typer.Option(False, "--flip", help="Count mirrored copies (max over the mirror image)."),
+                                                               "percentile of distinct training images' nearest other, "
+                                                               "one per near-duplicate group)."),
+                copy_metric: str = typer.Option(AUDIT.copy_metric, help=COPY_METRIC_HELP),
+                duplicate_level: float = typer.Option(AUDIT.duplicate_level, help=DUPLICATE_HELP),
+                flip: bool = typer.Option(False, "--flip", help="Pixel copy metric: count mirrored copies."),
                 device: str = typer.Option("auto", help="auto | cpu | cuda: where to run (auto: cuda when available)."),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Replication (pixel, Carlini, Gu, SSCD) and quality (proxy FID, precision/recall) of generations."""
     from trustlab.replication.measure import measure_run
 
     r = measure_run(run_dir, samples=samples, sscd=sscd, inception=inception, pixel_threshold=pixel_threshold,
-                    device=device, flip=flip, copy_threshold=copy_threshold)
+                    device=device, flip=flip, copy_threshold=copy_threshold, copy_metric=copy_metric,
+                    duplicate_level=duplicate_level)
     if as_json:
         print(json.dumps(r, indent=2))
         return
@@ -153,6 +160,9 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
         print(f"copy rate {pct(c['copy_rate'])} (prompts of duplicated images {pct(c['copy_rate_dup'])}, of unique ones "
               f"{pct(c['copy_rate_unique'])}); own prompt's image {pct(c['own_prompt_copy_rate'])}; "
               f"threshold {c['threshold']:.3f} ({c['threshold_source']})")
+    d = r["duplicates"]
+    if d["groups"]:
+        print(f"near-duplicates among the distinct training images: {d['groups']:,} groups of {d['images_in_groups']:,} images")
     q = r["quality"]
     print(f"proxy FID {q['proxy_fid']:.2f} (trustlab encoder, not Inception), precision {q['precision']:.3f}, "
           f"recall {q['recall']:.3f}, caption match {q['caption_match']:.3f}; measured on {r['device']}")
@@ -181,8 +191,11 @@ def audit_cmd(generated: str = typer.Option(..., help="Folder of generated image
               size: int = typer.Option(AUDIT.size, help="Side in pixels at which images are compared."),
               pixel_threshold: float = typer.Option(AUDIT.pixel_threshold, help="Pixel-similarity share threshold."),
               copy_threshold: Optional[float] = typer.Option(None, help="Copy threshold (default: calibrated on the "
-                                                             "training images, p99 of each one's nearest other)."),
-              flip: bool = typer.Option(AUDIT.flip, "--flip", help="Count mirrored copies."),
+                                                             "training images, p99 of each one's nearest other, one "
+                                                             "per near-duplicate group)."),
+              copy_metric: str = typer.Option(AUDIT.copy_metric, help=COPY_METRIC_HELP),
+              duplicate_level: float = typer.Option(AUDIT.duplicate_level, help=DUPLICATE_HELP),
+              flip: bool = typer.Option(AUDIT.flip, "--flip", help="Pixel copy metric: count mirrored copies."),
               calibration: int = typer.Option(AUDIT.calibration, help="Training images that calibrate the threshold."),
               background: int = typer.Option(AUDIT.background, help="Training images measured against the rest."),
               batch: int = typer.Option(AUDIT.batch, help="Images per block of the nearest-neighbour search."),
@@ -195,11 +208,15 @@ def audit_cmd(generated: str = typer.Option(..., help="Folder of generated image
 
     cfg = AuditConfig(generated=generated, train=train, captions=captions, sscd=sscd, size=size,
                       pixel_threshold=pixel_threshold, copy_threshold=copy_threshold, flip=flip, calibration=calibration,
+                      copy_metric=copy_metric, duplicate_level=duplicate_level,
                       background=background, batch=batch, bad_images=bad_images, device=device)
     s = audit(cfg, out, resume=resume, quiet=quiet).summary()
     rep, back = s["replication"], s["background"]
     print(f"{s['generations']:,} generations against {s['train_images']:,} training images at {s['size']}x{s['size']}: "
           f"copy rate {s['copy_rate']:.1%} ({s['copies']:,} above {s['copy_threshold']:.3f}, {s['threshold_source']})")
+    d = s["duplicates"]
+    print(f"near-duplicates in the training folder: {d['groups']:,} groups of {d['images_in_groups']:,} images "
+          f"(similarity >= {d['level']:g}; see the report)")
     for k in (k for k in ("pixel", "carlini", "gu", "sscd") if k in rep):
         print(f"{k:8s} replication score {rep[k]['score']:.3f}, share flagged {rep[k]['share']:.3f} (training images "
               f"among themselves: {back[k]['score']:.3f})")

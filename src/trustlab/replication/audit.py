@@ -8,18 +8,22 @@ nothing again. Nearest neighbours come from blocked matrix products, a block of 
 against a block of training images at a time, merged into running top-k lists, so memory stays
 at one block pair whatever the folder sizes:
 
-* pixel similarity (cosine of mean-centred pixels; mirrored too with ``flip``): the copy rate
-  (share above the copy threshold), the 95th percentile and the share above ``pixel_threshold``;
+* the copies: each generation's nearest training image by the copy metric, ``aligned`` by default
+  (crops, shifts, small rotations, mirroring and grey conversion undone by registration, see
+  :mod:`trustlab.replication.registration`) or ``pixel``; a copy lies above the copy threshold;
+* pixel similarity (cosine of mean-centred pixels): the 95th percentile and the share above
+  ``pixel_threshold``;
 * Carlini's tiled ℓ2 (largest per-tile distance on a 4×4 grid; extracted when the nearest is
   below half the mean of the 50 nearest) and Gu's ℓ2 ratio (second-nearest over nearest; above 3);
 * SSCD cosine with a TorchScript copy detector (``sscd``), computed from the decoded images at
   the detector's own resolution.
 
-The comparison is :func:`trustlab.replication.metrics.compare`, the one ``measure`` uses too. The copy
-threshold is calibrated as in ``measure``: the 99th percentile, over a sample of
-training images, of each one's similarity to its nearest *other* training image. The background
-is the same statistics for a sample of training images against the rest. ``nearest.csv`` lists
-every generation with its nearest training image, similarity and copy flag.
+The comparison is :func:`trustlab.replication.metrics.compare`, the one ``measure`` uses too. It
+first finds the near-duplicate groups of the training folder (reported, with a grid), then
+calibrates the copy threshold on one image per group: the 99th percentile, over a sample of them,
+of each one's similarity to its nearest training image outside its group. The background is the
+same statistics for a sample of them against the rest. ``nearest.csv`` lists every generation with
+its nearest training image, both similarities and the copy flag.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ from trustlab.errors import ConfigError, DataError
 from trustlab.files import on_white, read_image_rgba
 from trustlab.progress import progress_bar
 from trustlab.replication.config import AuditConfig
-from trustlab.replication.measure import copy_grid
+from trustlab.replication.duplicates import Duplicates
+from trustlab.replication.measure import copy_grid, duplicate_grid
 from trustlab.replication.data import caption_records
-from trustlab.replication.metrics import Neighbours, TorchScriptEmbedder, compare, sample
+from trustlab.replication.metrics import TorchScriptEmbedder, compare
 from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, atomic_write_bytes, atomic_write_text
 from trustlab.train import resolve_device
@@ -124,7 +129,7 @@ def _captions(path: Path, folder: Path) -> dict[str, str]:
     return {str((folder / file).resolve()): caption for _, file, caption in caption_records(path)}
 
 
-def own_prompt_nearest(cfg: AuditConfig, gen: Encoded, train: Encoded, nb: Neighbours) -> float | None:
+def own_prompt_nearest(cfg: AuditConfig, gen: Encoded, train: Encoded, match: torch.Tensor) -> float | None:
     """Share of captioned generations whose nearest training image carries the generation's own prompt."""
     if cfg.captions is None:
         return None
@@ -134,7 +139,7 @@ def own_prompt_nearest(cfg: AuditConfig, gen: Encoded, train: Encoded, nb: Neigh
     prompts = _captions(Path(cfg.captions), Path(cfg.generated))
     train_caps = _captions(index, Path(cfg.train))
     pairs = [(prompts.get(str(Path(f).resolve())), train_caps.get(str(Path(train.files[int(n)]).resolve())))
-             for f, n in zip(gen.files, nb.nearest)]
+             for f, n in zip(gen.files, match)]
     pairs = [(p, t) for p, t in pairs if p is not None]
     if not pairs:
         raise ConfigError(f"{cfg.captions} names none of the generated files: give paths relative to {cfg.generated}")
@@ -155,37 +160,54 @@ def audit(cfg: AuditConfig, out: str | Path, *, resume: bool = False, quiet: boo
     gen = encode_folder(gen_files, cfg, cache, "generated", detector, quiet)
     if len(train.files) < 2:
         raise DataError(f"{cfg.train}: an audit needs at least two training images")
-    n = len(train.rows)
-    result = compare(gen.rows, train.rows, cfg.size, calibrate=sample(n, cfg.calibration, cfg.seed),
-                     background=sample(n, cfg.background, cfg.seed + 1), copy_threshold=cfg.copy_threshold,
-                     descriptors=None if detector is None else (gen.sscd, train.sscd),
-                     pixel_threshold=cfg.pixel_threshold, flip=cfg.flip, batch=cfg.batch, device=device, quiet=quiet)
+    result = compare(gen.rows, train.rows, cfg.size, calibration=cfg.calibration, background=cfg.background,
+                     seed=cfg.seed, copy_threshold=cfg.copy_threshold,
+                     descriptors=None if detector is None else (gen.sscd, train.sscd), pixel_threshold=cfg.pixel_threshold,
+                     metric=cfg.copy_metric, duplicate_level=cfg.duplicate_level, flip=cfg.flip, batch=cfg.batch,
+                     device=device, quiet=quiet)
     nb, threshold, replication, background = result.neighbours, result.threshold, result.replication, result.background
     copied = result.copied()
+    duplicates = result.duplicates.summary(train.files)
     summary = {"copy_rate": float(copied.double().mean()), "copies": int(copied.sum()), "copy_threshold": threshold,
-               "threshold_source": result.threshold_source, "generations": len(gen.files), "train_images": len(train.files),
+               "copy_metric": cfg.copy_metric, "threshold_source": result.threshold_source,
+               "generations": len(gen.files), "train_images": len(train.files), "duplicates": duplicates,
                "skipped_generations": len(gen.skipped), "skipped_train_images": len(train.skipped),
-               "size": cfg.size, "flip_invariant": cfg.flip, "device": str(device),
-               "own_prompt_nearest": own_prompt_nearest(cfg, gen, train, nb),
+               "size": cfg.size, "flip_invariant": cfg.flip or cfg.copy_metric == "aligned", "device": str(device),
+               "own_prompt_nearest": own_prompt_nearest(cfg, gen, train, result.match),
                "replication": replication, "background": background, "seconds": time.perf_counter() - t}
     run.write_table("replication", [{"embedding": k, "replication score (p95)": v["score"], "share flagged": v["share"],
                                      "background score": background[k]["score"]} for k, v in replication.items()],
                     title=f"Replication of {len(gen.files):,} generations against {len(train.files):,} training images")
-    order = nb.pixel.argsort(descending=True)[:24]
-    near = nb.nearest[order]
-    grid_rep = {"max_similarity": nb.pixel[order].tolist(), "nearest": list(range(len(order)))}
+    _report_duplicates(run, result.duplicates, train, cfg.size)
+    order = result.similarity.argsort(descending=True)[:24]
+    near = result.match[order]
+    grid_rep = {"max_similarity": result.similarity[order].tolist(), "nearest": list(range(len(order)))}
     copy_grid(_images(gen.rows[order.numpy()], cfg.size), _images(train.rows[near.numpy()], cfg.size), grid_rep,
-              run.plot_path("copies"))
+              run.plot_path("copies"), metric=cfg.copy_metric)
     run.write_table("closest", [{"generation": gen.files[int(i)], "nearest training image": train.files[int(n)],
-                                 "pixel similarity": float(nb.pixel[i]), "copy": bool(nb.pixel[i] > threshold)}
+                                 f"{cfg.copy_metric} similarity": float(result.similarity[i]),
+                                 "copy": bool(result.similarity[i] > threshold)}
                                 for i, n in zip(order, near)], title="The generations closest to a training image")
-    lines = [f"{gen.files[i]},{train.files[int(n)]},{float(s):.6f},{int(s > threshold)}"
-             for i, (n, s) in enumerate(zip(nb.nearest, nb.pixel))]
-    atomic_write_text(run.path / "nearest.csv", "generation,nearest_training_image,pixel_similarity,copy\n"
-                      + "\n".join(lines) + "\n")
+    lines = [f"{gen.files[i]},{train.files[int(n)]},{float(s):.6f},{float(p):.6f},{int(s > threshold)}"
+             for i, (n, s, p) in enumerate(zip(result.match, result.similarity, nb.pixel))]
+    atomic_write_text(run.path / "nearest.csv", f"generation,nearest_training_image,{cfg.copy_metric}_similarity,"
+                      "pixel_similarity,copy\n" + "\n".join(lines) + "\n")
     run.write_summary(summary)
     render_report(run.path)
     return run
+
+
+def _report_duplicates(run: RunDir, duplicates: Duplicates, train: Encoded, size: int) -> None:
+    """The duplicate groups as a table and a grid (each row a group, at most 8 images): a finding in itself."""
+    groups = duplicates.groups()
+    run.write_table("duplicates", [{"group": g + 1, "images": len(members), "first": train.files[members[0]],
+                                    "others": ", ".join(Path(train.files[i]).name for i in members[1:6])
+                                    + (" ..." if len(members) > 6 else "")} for g, members in enumerate(groups[:20])],
+                    title=f"Near-duplicate groups in the training images: {len(groups):,} groups of "
+                          f"{sum(map(len, groups)):,} images (similarity >= {duplicates.level:g}); the copy threshold "
+                          "is calibrated on one image per group")
+    if groups:
+        duplicate_grid([_images(train.rows[g[:8]], size) for g in groups[:12]], run.plot_path("duplicates"))
 
 
 def _images(rows: np.ndarray, size: int) -> torch.Tensor:

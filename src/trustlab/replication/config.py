@@ -18,6 +18,22 @@ from trustlab.replication.pipeline_folder import check_pipeline, vae_factor
 from trustlab.replication.skips import Skip, check_skips, itb_kinds, skips_of
 
 
+COPY_METRICS = ("aligned", "pixel")  # how a generation is compared with a training image to call it a copy
+DUPLICATE_LEVEL = 0.98  # two training images at least this similar are one image (calibration takes one per group)
+ALIGN_MIN_SIZE = 16  # the aligned metric blurs and halves images: below this side nothing is left to align
+
+
+def check_copy_settings(metric: str, duplicate_level: float, size: int | None = None) -> None:
+    """The copy metric exists, the duplicate level is a similarity, and images compared at ``size`` can be aligned."""
+    if metric not in COPY_METRICS:
+        raise ConfigError(f"--copy-metric {metric}: use {' or '.join(COPY_METRICS)}")
+    if not 0 < duplicate_level <= 1:
+        raise ConfigError(f"--duplicate-level {duplicate_level:g}: a similarity level lies in (0, 1]")
+    if metric == "aligned" and size is not None and size < ALIGN_MIN_SIZE:
+        raise ConfigError(f"images compared at {size}x{size} are too small to align (at least {ALIGN_MIN_SIZE}x"
+                          f"{ALIGN_MIN_SIZE}): compare at --size {ALIGN_MIN_SIZE} or more, or use --copy-metric pixel")
+
+
 @dataclass(frozen=True)
 class CaptionDataConfig:
     dataset: str = "emoji"  # a registry dataset with captions, or "folder" with folder=PATH
@@ -180,7 +196,9 @@ class AuditConfig:
     size: int = 32  # images are compared at size x size RGB
     pixel_threshold: float = 0.9
     copy_threshold: float | None = None  # None: calibrated on the training images
-    flip: bool = False  # count mirrored copies
+    flip: bool = False  # pixel copy metric: count mirrored copies (the aligned metric always does)
+    copy_metric: str = "aligned"  # aligned (crops, shifts, rotations, mirror, grey undone) | pixel
+    duplicate_level: float = DUPLICATE_LEVEL
     calibration: int = 2000  # training images whose nearest other training image calibrates the copy threshold
     background: int = 512  # training images measured against the others (the background level)
     batch: int = 1024  # images per block of the nearest-neighbour search
@@ -201,5 +219,6 @@ class AuditConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} {value:g}: a cosine similarity threshold lies in (-1, 1]")
         if min(self.calibration, self.background) < 2 or self.batch < 1:
             raise ConfigError("--calibration and --background need at least 2 images and --batch at least 1")
+        check_copy_settings(self.copy_metric, self.duplicate_level, self.size)
         if self.bad_images not in BAD_IMAGES:
             raise ConfigError(f"--bad-images {self.bad_images}: use {' or '.join(BAD_IMAGES)}")

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 
 from trustlab.errors import ConfigError
 from trustlab.progress import progress_bar
+from trustlab.replication.config import DUPLICATE_LEVEL, check_copy_settings
+from trustlab.replication.duplicates import Duplicates, find_duplicates
+from trustlab.replication.registration import aligned_nearest
 
 GRID = 4  # Carlini's tiles per side
 CARLINI_K = 50  # Carlini's ratio compares the nearest with the mean of this many nearest
@@ -134,10 +137,11 @@ def _refine(queries: np.ndarray, train: np.ndarray, values: torch.Tensor, index:
 
 
 def nearest(queries: np.ndarray, train: np.ndarray, size: int, *, flip: bool = False, batch: int = 1024,
-            device: str | torch.device = "cpu", exclude: np.ndarray | None = None,
+            device: str | torch.device = "cpu", exclude: tuple[np.ndarray, np.ndarray] | None = None,
             sscd: tuple[np.ndarray, np.ndarray] | None = None, quiet: bool = True, what: str = "search") -> Neighbours:
-    """Each query row's neighbours among the training rows, block by block (``exclude[i]``: a training
-    index query ``i`` may not match, its own, when training images are measured against the rest)."""
+    """Each query row's neighbours among the training rows, block by block. ``exclude``: (group of each
+    query, group of each training row): a query never matches a training row of its own group (its own
+    image and its duplicates, when training images are measured against the rest)."""
     b, device = batch, torch.device(device)
     out = {k: [] for k in ("pixel", "nearest", "l2", "tiled", "sscd")}
     blocks = [(i, min(i + b, len(train))) for i in range(0, len(train), b)]
@@ -147,13 +151,14 @@ def nearest(queries: np.ndarray, train: np.ndarray, size: int, *, flip: bool = F
             xq = torch.from_numpy(queries[q0 : q0 + b].astype(np.float32)).to(device)
             vq = _views(xq, size)
             mirrored = _views(xq.view(-1, 3, size, size).flip(-1).reshape(len(xq), -1), size) if flip else None
-            own = None if exclude is None else torch.from_numpy(exclude[q0 : q0 + b]).to(device)
+            own = None if exclude is None else torch.as_tensor(exclude[0][q0 : q0 + b]).to(device)
+            train_group = None if exclude is None else torch.as_tensor(exclude[1]).to(device)
             best = {"pixel": None, "l2": None, "tiled": None, "sscd": None}
             sq = None if sscd is None else torch.from_numpy(sscd[0][q0 : q0 + b].astype(np.float32)).to(device)
             for t0, t1 in blocks:
                 vt = _views(torch.from_numpy(train[t0:t1].astype(np.float32)).to(device), size)
                 index = torch.arange(t0, t1, device=device).expand(len(xq), -1)
-                mask = None if own is None else index == own[:, None]
+                mask = None if own is None else train_group[t0:t1][None, :] == own[:, None]
                 sim = vq["unit"] @ vt["unit"].T
                 if mirrored is not None:
                     sim = torch.maximum(sim, mirrored["unit"] @ vt["unit"].T)
@@ -180,11 +185,12 @@ def nearest(queries: np.ndarray, train: np.ndarray, size: int, *, flip: bool = F
 
 
 def against_the_rest(rows: np.ndarray, size: int, idx: np.ndarray, *, descriptors: np.ndarray | None = None,
-                     **search) -> Neighbours:
-    """Training rows ``idx`` against every training row, none matching itself: what a look-alike reaches
-    without copying (the copy threshold's calibration and the background level)."""
+                     group: np.ndarray | None = None, **search) -> Neighbours:
+    """Training rows ``idx`` against every training row, none matching itself or its duplicates (``group``):
+    what a look-alike reaches without copying (the copy threshold's calibration and the background level)."""
     sscd = None if descriptors is None else (descriptors[idx], descriptors)
-    return nearest(rows[idx], rows, size, exclude=idx, sscd=sscd, **search)
+    group = np.arange(len(rows)) if group is None else group
+    return nearest(rows[idx], rows, size, exclude=(group[idx], group), sscd=sscd, **search)
 
 
 def _summary(values: torch.Tensor, flagged: torch.Tensor) -> dict:
@@ -209,43 +215,95 @@ def statistics(nb: Neighbours, pixel_threshold: float) -> dict:
 
 @dataclass
 class Comparison:
-    """Generations against training images: the neighbours, the copy threshold, replication and background."""
+    """Generations against training images: the neighbours, the copies by the copy metric and their threshold,
+    the training set's duplicate groups, replication and background."""
 
     neighbours: Neighbours
+    similarity: torch.Tensor  # each generation's highest similarity to a training image, by the copy metric
+    match: torch.Tensor  # that training image
+    metric: str
     threshold: float
     threshold_source: str
+    duplicates: Duplicates
     replication: dict
     background: dict
 
     def copied(self) -> torch.Tensor:
-        return self.neighbours.pixel > self.threshold
+        return self.similarity > self.threshold
 
 
-def compare(gen: np.ndarray, train: np.ndarray, size: int, *, calibrate: np.ndarray | None, background: np.ndarray,
+def copy_similarity(queries: np.ndarray, train: np.ndarray, size: int, metric: str, *, flip: bool = False,
+                    exclude: tuple[np.ndarray, np.ndarray] | None = None, neighbours: Neighbours | None = None,
+                    quiet: bool = True, what: str = "copies", **search) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's highest similarity to a training row by the copy ``metric`` and that row.
+
+    ``aligned``: after undoing crops, shifts, rotations, mirroring and grey conversion
+    (:mod:`trustlab.replication.registration`); ``pixel``: mean-centred cosine (mirrored too with
+    ``flip``), taken from ``neighbours`` when the pixel search already ran.
+    """
+    if metric == "aligned":
+        score, match, _ = aligned_nearest(queries, train, size, exclude=exclude, quiet=quiet, what=what)
+        return score.double(), match
+    nb = neighbours if neighbours is not None else nearest(queries, train, size, flip=flip, exclude=exclude,
+                                                           quiet=quiet, what=what, **search)
+    return nb.pixel.double(), nb.nearest
+
+
+def calibrate(train: np.ndarray, size: int, metric: str, duplicates: Duplicates, limit: int, seed: int,
+              **search) -> tuple[float, str]:
+    """The copy threshold: the 99th percentile of how close one image per duplicate group comes to its nearest
+    training image outside its group. A calibration image whose nearest reaches the duplicate level is a
+    duplicate the pixel search missed: it joins that group and leaves the calibration."""
+    reps = duplicates.representatives()
+    if len(reps) < 2:
+        raise ConfigError(f"the {len(train):,} training images are all duplicates of one another (pixel similarity "
+                          f">= {duplicates.level:g}): no look-alike is left to calibrate a copy threshold; give "
+                          "--copy-threshold or a folder of distinct images")
+    idx = reps[sample(len(reps), limit, seed)]
+    sim, match = copy_similarity(train[idx], train, size, metric, exclude=(duplicates.group[idx], duplicates.group),
+                                 what="calibration", **search)
+    twin = (sim >= duplicates.level).numpy()
+    duplicates.merge(idx[twin], match.numpy()[twin])
+    rest = sim[~torch.from_numpy(twin)]
+    if len(rest) < 2:
+        raise ConfigError(f"every calibration image has a near-identical training image (similarity >= "
+                          f"{duplicates.level:g}): give --copy-threshold")
+    source = (f"p99 of {len(rest):,} training images' nearest other outside their duplicate group "
+              f"({metric} similarity, one image per group)")
+    return float(torch.quantile(rest, 0.99)), source
+
+
+def compare(gen: np.ndarray, train: np.ndarray, size: int, *, calibration: int, background: int, seed: int = 0,
             copy_threshold: float | None = None, descriptors: tuple[np.ndarray, np.ndarray] | None = None,
-            pixel_threshold: float = 0.9, **search) -> Comparison:
+            pixel_threshold: float = 0.9, metric: str = "aligned", duplicate_level: float = DUPLICATE_LEVEL,
+            quiet: bool = True, **search) -> Comparison:
     """What ``measure`` and ``audit`` both report, from image rows ([N, 3*size*size]).
 
-    The copy threshold is ``copy_threshold`` when given, else the 99th percentile of the
-    training rows ``calibrate`` against their nearest *other* training row; the background is the
-    statistics of the training rows ``background`` against the rest. ``descriptors``: SSCD
-    descriptors of the generations and of the training images. ``search``: options of :func:`nearest`.
+    The training set's duplicate groups come first (:func:`trustlab.replication.duplicates.find_duplicates`).
+    The copy threshold is ``copy_threshold`` when given, else calibrated on up to ``calibration``
+    images, one per group (:func:`calibrate`); the background is the statistics of up to ``background``
+    of them against the rest. ``descriptors``: SSCD descriptors of the generations and of the training
+    images. ``search``: options of :func:`nearest`.
     """
     check_threshold(pixel_threshold)
+    check_copy_settings(metric, duplicate_level, size)
     if len(train) < 2:
         raise ConfigError("a comparison needs at least two training images (the copy threshold and the background "
                           "compare each with the others)")
-    nb = nearest(gen, train, size, sscd=descriptors, what="generations vs training", **search)
+    duplicates = find_duplicates(train, size, duplicate_level, quiet=quiet)
+    nb = nearest(gen, train, size, sscd=descriptors, what="generations vs training", quiet=quiet, **search)
+    similarity, match = copy_similarity(gen, train, size, metric, neighbours=nb, quiet=quiet, what="copies", **search)
     if copy_threshold is None:
-        within = against_the_rest(train, size, calibrate, what="calibration", **search)
-        threshold = float(torch.quantile(within.pixel.double(), 0.99))
-        source = f"p99 of {len(calibrate):,} training images' nearest other"
+        threshold, source = calibrate(train, size, metric, duplicates, calibration, seed, quiet=quiet, **search)
     else:
         check_threshold(copy_threshold, "--copy-threshold")
         threshold, source = copy_threshold, "given"
-    back = against_the_rest(train, size, background, descriptors=None if descriptors is None else descriptors[1],
-                            what="background", **search)
-    return Comparison(nb, threshold, source, statistics(nb, pixel_threshold), statistics(back, pixel_threshold))
+    reps = duplicates.representatives()
+    back = against_the_rest(train, size, reps[sample(len(reps), background, seed + 1)], group=duplicates.group,
+                            descriptors=None if descriptors is None else descriptors[1], what="background",
+                            quiet=quiet, **search)
+    return Comparison(nb, similarity, match, metric, threshold, source, duplicates, statistics(nb, pixel_threshold),
+                      statistics(back, pixel_threshold))
 
 
 def check_same_size(gen: torch.Tensor, train: torch.Tensor) -> None:
@@ -271,7 +329,7 @@ def replication(gen: torch.Tensor, train: torch.Tensor, *, pixel_threshold: floa
     check_same_size(gen, train)
     descriptors = None if sscd is None else (sscd.descriptors(gen), sscd.descriptors(train))
     nb = nearest(image_rows(gen), image_rows(train), gen.shape[-1], flip=flip, device=device, sscd=descriptors,
-                 exclude=np.arange(len(gen)) if exclude_self else None)
+                 exclude=(np.arange(len(gen)), np.arange(len(train))) if exclude_self else None)
     return {**statistics(nb, pixel_threshold), "nearest": nb.nearest.tolist(), "max_similarity": nb.pixel.tolist()}
 
 
@@ -321,7 +379,7 @@ def sample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
 
 
-__all__ = ["CARLINI_K", "GRID", "Comparison", "Neighbours", "TorchScriptEmbedder", "against_the_rest", "check_same_size",
+__all__ = ["CARLINI_K", "GRID", "Comparison", "calibrate", "copy_similarity", "Neighbours", "TorchScriptEmbedder", "against_the_rest", "check_same_size",
            "check_threshold",
            "compare", "copy_rates", "nearest", "pixel_similarity", "pixel_similarity_mirrored", "replication", "image_rows",
            "sample", "statistics"]

@@ -1,0 +1,119 @@
+"""Copy detection on folders users bring: duplicate groups before calibration, edited copies caught."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trustlab.errors import ConfigError
+from trustlab.replication.duplicates import find_duplicates
+from trustlab.replication.metrics import calibrate, compare, image_rows
+from trustlab.replication.registration import aligned_nearest, warp
+
+
+def _pictures(n: int, size: int, seed: int) -> torch.Tensor:
+    """Smooth random colour fields with a bright square: structure at every scale, in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 5, 5, generator=g) * 2 - 1
+    x = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    for i in range(n):
+        a, b = torch.randint(0, size - size // 3, (2,), generator=g).tolist()
+        x[i, :, a : a + size // 4, b : b + size // 4] = torch.rand(3, 1, 1, generator=g) * 2 - 1
+    return x.clamp(-1, 1)
+
+
+def test_duplicate_groups_and_calibration_on_one_image_per_group():
+    distinct = _pictures(80, 16, 0)
+    twins = distinct[[3, 7, 11]] + 0.004 * torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    rows = image_rows(torch.cat([distinct, twins, distinct[20:21].flip(-1)]))  # three noisy twins, one mirrored twin
+    dup = find_duplicates(rows, 16)
+    assert dup.groups() == [[3, 80], [7, 81], [11, 82], [20, 83]]
+    assert len(dup.representatives()) == 80
+    threshold, source = calibrate(rows, 16, "pixel", dup, limit=1000, seed=0)
+    unit = F.normalize(distinct.flatten(1) - distinct.flatten(1).mean(1, keepdim=True), dim=1).double()
+    sim = unit @ unit.T
+    sim.fill_diagonal_(-2)
+    assert threshold == pytest.approx(float(torch.quantile(sim.max(1).values, 0.99)), abs=1e-5)  # the distinct images alone
+    assert threshold < 0.98 and "one image per group" in source
+    naive = find_duplicates(rows, 16, level=1.0)  # no grouping: the twins set the threshold
+    assert calibrate(rows, 16, "pixel", naive, limit=1000, seed=0)[0] > 0.99
+
+
+def test_all_duplicates_is_refused():
+    one = _pictures(1, 16, 0)
+    rows = image_rows(one.expand(5, -1, -1, -1))
+    with pytest.raises(ConfigError, match="all duplicates"):
+        compare(rows[:1], rows, 16, calibration=10, background=4)
+
+
+def test_registration_undoes_crops_shifts_rotations_mirrors_and_grey():
+    train = _pictures(60, 32, 2)
+    src = torch.arange(0, 50, 10)
+    params = torch.tensor([[0.16, 0.16, 0.0, 0.08, -0.06],  # a crop of 85% of the side
+                           [0.0, 0.0, 0.0, 0.12, 0.1],  # a shift of 6% of the side
+                           [0.0, 0.0, 0.14, 0.0, 0.0],  # a rotation of 8 degrees
+                           [0.0, 0.0, 0.0, 0.0, 0.0],
+                           [0.0, 0.0, 0.0, 0.0, 0.0]])
+    edited = warp(train[src], params)
+    edited[3] = edited[3].flip(-1)
+    grey = 0.299 * edited[4, 0] + 0.587 * edited[4, 1] + 0.114 * edited[4, 2]
+    edited[4] = grey.expand(3, -1, -1)
+    score, match, is_grey = aligned_nearest(image_rows(edited), image_rows(train), 32)
+    assert match.tolist() == src.tolist() and is_grey.tolist() == [False, False, False, False, True]
+    assert bool((score > 0.98).all()), score
+    unit = F.normalize(edited.flatten(1) - edited.flatten(1).mean(1, keepdim=True), dim=1)
+    tu = F.normalize(train.flatten(1) - train.flatten(1).mean(1, keepdim=True), dim=1)
+    plain = (unit @ tu.T)[torch.arange(5), src]
+    assert bool((score[:4] > plain[:4] + 0.02).all())  # the pixel similarity alone is lower for every geometric edit
+
+
+def _write(folder, pictures, names, side=48):
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for x, name in zip(pictures, names):
+        a = ((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        Image.fromarray(a).resize((side, side), Image.BICUBIC).save(folder / name, quality=90)
+
+
+def test_audit_finds_edited_copies_and_reports_duplicates(cli, tmp_path):
+    from PIL import Image
+
+    train = _pictures(120, 48, 3)
+    _write(tmp_path / "train", torch.cat([train, train[:3]]), [f"{i:03d}.png" for i in range(120)] + ["twin0.jpg", "twin1.jpg", "twin2.jpg"])
+    gen = tmp_path / "gen"
+    _write(gen, _pictures(20, 48, 4), [f"other{i}.png" for i in range(20)])  # look-alikes: not in the training folder
+    source = {"crop": 30, "shift": 40, "mirror": 50, "grey": 60}
+    im = {k: Image.open(tmp_path / "train" / f"{i:03d}.png") for k, i in source.items()}
+    im["crop"].crop((3, 5, 44, 46)).save(gen / "crop.png")
+    im["shift"].rotate(0, translate=(3, -2), fillcolor=(128, 128, 128)).save(gen / "shift.png")
+    im["mirror"].transpose(Image.FLIP_LEFT_RIGHT).save(gen / "mirror.jpg", quality=80)
+    im["grey"].convert("L").save(gen / "grey.png")
+    out = tmp_path / "audit"
+    r = cli("replication", "audit", "--generated", str(gen), "--train", str(tmp_path / "train"),
+            "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["copy_metric"] == "aligned" and s["duplicates"]["groups"] == 3 and s["duplicates"]["images_in_groups"] == 6
+    rows = [line.split(",") for line in (out / "nearest.csv").read_text().splitlines()[1:]]
+    flagged = {r[0].rsplit("/", 1)[1]: r[1].rsplit("/", 1)[1] for r in rows if r[-1] == "1"}
+    assert {k: flagged.get(f"{k}.png" if k != "mirror" else "mirror.jpg") for k in source} == \
+        {k: f"{i:03d}.png" for k, i in source.items()}
+    assert len(flagged) - 4 <= 2  # a p99 calibration lets about 1% of look-alikes through: at most 2 of these 20
+    assert (out / "plots" / "duplicates.png").exists() and "near-duplicate" in (out / "report.html").read_text().lower()
+
+
+def test_copy_settings_bad_input_is_one_line(cli, tmp_path):
+    train = _pictures(6, 16, 5)
+    _write(tmp_path / "train", train, [f"{i}.png" for i in range(6)], side=16)
+    _write(tmp_path / "same", train[:1].expand(4, -1, -1, -1), [f"{i}.png" for i in range(4)], side=16)
+    for args, message in ((["--size", "8"], "too small to align"), (["--copy-metric", "hash"], "--copy-metric"),
+                          (["--duplicate-level", "1.5"], "--duplicate-level")):
+        r = cli("replication", "audit", "--generated", str(tmp_path / "train"), "--train", str(tmp_path / "train"),
+                "--out", str(tmp_path / "x"), "--quiet", *args)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli("replication", "audit", "--generated", str(tmp_path / "train"), "--train", str(tmp_path / "same"),
+            "--out", str(tmp_path / "y"), "--size", "16", "--quiet")
+    assert r.returncode == 2 and "all duplicates" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
