@@ -187,9 +187,8 @@ def run_set(name: str, train_pics: list[Image.Image], look_pics: list[Image.Imag
         flagged, match, group = c.copied().numpy(), c.match.numpy(), c.duplicates.group
         out["descriptors"][metric] = _score(kinds, truth, flagged, group[match] == group[np.maximum(truth, 0)], c.threshold,
                                             time.perf_counter() - t0)
-        out["duplicate_groups"] = c.duplicates.summary(None, largest=0) if metric == "aligned" else out["duplicate_groups"]
-        if metric == "aligned":
-            groups = c.duplicates.group
+        if metric == "aligned":  # the default's groups are the ones reported, and the ones pHash calibrates on
+            out["duplicate_groups"], groups = c.duplicates.summary(None, largest=0), group
     t0 = time.perf_counter()
     reps = np.flatnonzero(groups == np.arange(len(groups)))
     cal = reps[sample(len(reps), 2000, seed)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from trustlab.replication.config import DUPLICATE_LEVEL, DiffusionConfig, check_copy_settings
