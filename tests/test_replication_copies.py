@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from trustlab.errors import ConfigError
 from trustlab.replication.duplicates import find_duplicates
 from trustlab.replication.metrics import calibrate, compare, image_rows
-from trustlab.replication.registration import aligned_nearest, warp
+from trustlab.replication.registration import aligned_nearest, ecc, grey, warp
 
 
 def _pictures(n: int, size: int, seed: int) -> torch.Tensor:
@@ -66,6 +66,15 @@ def test_registration_undoes_crops_shifts_rotations_mirrors_and_grey():
     tu = F.normalize(train.flatten(1) - train.flatten(1).mean(1, keepdim=True), dim=1)
     plain = (unit @ tu.T)[torch.arange(5), src]
     assert bool((score[:4] > plain[:4] + 0.02).all())  # the pixel similarity alone is lower for every geometric edit
+
+
+def test_ecc_recovers_the_warp_a_copy_underwent():
+    train = _pictures(4, 32, 6)
+    truth = torch.tensor([[0.12, 0.05, 0.1, 0.1, -0.08], [-0.1, -0.1, -0.15, -0.05, 0.12],
+                          [0.0, 0.0, 0.2, 0.0, 0.0], [0.18, 0.18, 0.0, 0.0, 0.0]])
+    edited = warp(train, truth)
+    found = ecc(grey(edited), grey(train), torch.zeros(4, 5), steps=30)
+    assert torch.allclose(found, truth, atol=0.01), found
 
 
 def _write(folder, pictures, names, side=48):

@@ -4,20 +4,26 @@ A copy rarely leaves the generator pixel for pixel: it is cropped, shifted, rota
 mirrored, re-encoded, turned grey or recoloured. Plain pixel similarity misses the geometric
 edits (a crop of 85% of the side is as far from its source as an unrelated image), and a
 descriptor trained to ignore them (SSCD) needs weights an offline tool cannot ship. This module
-undoes the edits instead, in two steps:
+undoes the edits instead, in three steps:
 
-1. **Retrieval.** Each query is seen in 12 views (itself, its mirror image, and five crops of 85%
-   of the side undone — zoomed out about the centre and the four corners — each mirrored too),
-   blurred and reduced to 16×16; the ``CANDIDATES`` training images most similar to any view are
-   kept, with the view that found them.
-2. **Registration.** Each candidate is warped onto the query by an affine map (scale up to 1.4 in
-   each direction, rotation up to 20°, shift up to 15% of the side; the found view is the start),
-   fitted by gradient ascent on the similarity, first on blurred images, then at full size.
+1. **Retrieval.** Each query is seen in 28 views (itself and its mirror image, each also with
+   one of nine crops of 85% of the side undone — about the centre, the four corners and the four
+   edges — or shifted by 4% of the side in one of four directions); the luminance of each view,
+   blurred and reduced to 8×8, shortlists the 96 nearest training images, which are ranked again
+   at 16×16 for the ``RETRIEVED`` most similar.
+2. **Coarse registration.** Each of them is warped onto the query by an affine map (scale up to
+   1.4 in each direction, rotation up to 20°, shift up to 15% of the side; the view that found it
+   is the start), fitted at half size by the enhanced correlation coefficient (ECC) algorithm of
+   Evangelidis and Psarakis (2008): Gauss-Newton steps that maximise the correlation directly, so
+   a few steps converge. The ``CANDIDATES`` best go on.
+3. **Fine registration** of those at full size, and the similarity of the warped candidate.
 
 The similarity is the cosine of mean-centred pixels (so brightness and contrast changes cost
-little), of the luminance when the query is grey (a grey copy of a colour image), and the aligned
-similarity of a query is the best over its candidates. Training images compare with each other
-the same way, which is how the copy threshold is calibrated (:mod:`trustlab.replication.metrics`).
+little) over the part of the query the warped candidate covers (a shifted copy's filled border
+is not held against it); of the luminance when the query is grey (a grey copy of a colour image).
+The aligned similarity of a query is the best over its candidates. Training images compare with
+each other the same way, which is how the copy threshold is calibrated
+(:mod:`trustlab.replication.metrics`).
 """
 
 from __future__ import annotations
@@ -30,14 +36,17 @@ import torch.nn.functional as F
 
 from trustlab.progress import progress_bar
 
-CANDIDATES = 6  # training images registered per query
+RETRIEVED = 24  # training images coarsely registered per query
+CANDIDATES = 4  # of those, registered at full size
 RETRIEVAL_SIDE = 16
+SHORTLIST_SIDE = 8  # the search over all training images runs at this side, then ranks ``SHORTLIST`` at full side
+SHORTLIST = 96
 CROP = 0.85  # the crops undone by the retrieval views keep this share of the side
+SHIFT = 0.08  # the shifts undone by the retrieval views, in halves of the side
 GREY_TOLERANCE = 0.02  # a query whose channels differ by less than this (of the [-1, 1] range) is grey
 # largest |log scale x|, |log scale y|, |rotation|, |shift x|, |shift y| (shifts in halves of the side)
 LIMITS = torch.tensor([math.log(1.4), math.log(1.4), math.radians(20), 0.3, 0.3])
-STEPS = (15, 15)  # gradient steps on blurred images, then at full size
-RATE = 0.03
+STEPS = (6, 6)  # ECC steps at half size (all retrieved), then at full size (the best candidates)
 
 
 def images(rows: np.ndarray, size: int) -> torch.Tensor:
@@ -46,14 +55,19 @@ def images(rows: np.ndarray, size: int) -> torch.Tensor:
 
 
 def centred_unit(x: torch.Tensor) -> torch.Tensor:
+    """Each image (or row) minus its mean, scaled to unit length: dot products are the pixel similarity."""
     v = x.flatten(1)
     return F.normalize(v - v.mean(1, keepdim=True), dim=1)
 
 
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """[N, 1, S, S] the ITU-R 601 luminance (PIL's grey conversion)."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+
+
 def luminance(x: torch.Tensor) -> torch.Tensor:
-    """The ITU-R 601 luminance (PIL's grey conversion) in all three channels."""
-    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    return y[:, None].expand(-1, 3, -1, -1)
+    """The luminance in all three channels: a colour image as its grey copy shows it."""
+    return grey(x).expand(-1, 3, -1, -1)
 
 
 def is_grey(x: torch.Tensor) -> torch.Tensor:
@@ -61,67 +75,155 @@ def is_grey(x: torch.Tensor) -> torch.Tensor:
     return (x.amax(1) - x.amin(1)).flatten(1).amax(1) < GREY_TOLERANCE
 
 
-def warp(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``x`` sampled through the affine map of ``p`` [N, 5] (log scales x, y, rotation, shifts x, y);
-    positive log scales zoom in. Outside the image its border continues."""
+def _affine(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine matrices [N, 2, 3] of parameters ``p`` [N, 5] and their derivatives [N, 6, 5]."""
     lx, ly, th, tx, ty = p.unbind(1)
     c, s = torch.cos(th), torch.sin(th)
     sx, sy = torch.exp(-lx), torch.exp(-ly)
-    theta = torch.stack([torch.stack([c * sx, -s * sy, tx], 1), torch.stack([s * sx, c * sy, ty], 1)], 1)
+    z, o = torch.zeros_like(c), torch.ones_like(c)
+    theta = torch.stack([c * sx, -s * sy, tx, s * sx, c * sy, ty], 1).view(-1, 2, 3)
+    d = torch.stack([torch.stack(row, 1) for row in (
+        (-c * sx, z, -s * sx, z, z), (z, s * sy, -c * sy, z, z), (z, z, z, o, z),
+        (-s * sx, z, c * sx, z, z), (z, -c * sy, -s * sy, z, z), (z, z, z, z, o))], 1)
+    return theta, d
+
+
+def _sample(x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x`` sampled through the maps of ``p`` (border continued), which output pixels fall inside ``x``
+    [N, S, S], and the maps' derivatives."""
+    theta, d = _affine(p)
+    s = x.shape[-1]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    inside = (grid.abs() <= 1 + 1 / s).all(-1)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False), inside, d
+
+
+def warp(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``x`` sampled through the affine map of ``p`` [N, 5] (log scales x, y, rotation, shifts x, y);
+    positive log scales zoom in. Outside the image its border continues."""
+    return _sample(x, p)[0]
+
+
+def _masked_centred(x: torch.Tensor, w: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    return (x - (x * w).sum(1, keepdim=True) / n) * w
+
+
+def similarity(q: torch.Tensor, c: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """[P] cosine of mean-centred pixels of ``q`` and ``c`` warped by ``p``, where the warp covers ``q``."""
+    w, inside, _ = _sample(c, p)
+    m = inside[:, None].expand_as(q).flatten(1).float()
+    n = m.sum(1, keepdim=True).clamp_min(1)
+    a, b = _masked_centred(q.flatten(1), m, n), _masked_centred(w.flatten(1), m, n)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
+def _gradients(x: torch.Tensor) -> torch.Tensor:
+    """Central differences of single-channel images [N, 1, S, S] in x and y, per unit of the [-1, 1] grid."""
+    s = x.shape[-1]
+    px, py = F.pad(x, (1, 1, 0, 0), mode="replicate"), F.pad(x, (0, 0, 1, 1), mode="replicate")
+    return torch.cat([px[..., 2:] - px[..., :-2], py[..., 2:, :] - py[..., :-2, :]], 1) * (s / 4)
+
+
+def ecc(q: torch.Tensor, c: torch.Tensor, p: torch.Tensor, steps: int) -> torch.Tensor:
+    """Warp parameters [P, 5] that align single-channel ``c`` onto ``q`` ([P, 1, S, S]), ``steps`` ECC
+    iterations from ``p`` (kept within ``LIMITS``; a pair whose correlation would fall stays put)."""
+    s = q.shape[-1]
+    stack = torch.cat([c, _gradients(c)], 1)
+    t0 = q.flatten(1)
+    axis = torch.linspace(-1 + 1 / s, 1 - 1 / s, s)
+    gy, gx = (g.flatten() for g in torch.meshgrid(axis, axis, indexing="ij"))
+    basis = torch.stack([gx, gy, torch.ones_like(gx)])  # [3, S*S]: d(grid)/d(row of theta)
+    eye = 1e-6 * torch.eye(5)
+    for _ in range(steps):
+        w, inside, d = _sample(stack, p)
+        m = inside.flatten(1).float()
+        n = m.sum(1, keepdim=True).clamp_min(1)
+        i, t = _masked_centred(w[:, 0].flatten(1), m, n), _masked_centred(t0, m, n)
+        jac = (w[:, 1].flatten(1)[:, None] * (d[:, :3].transpose(1, 2) @ basis)
+               + w[:, 2].flatten(1)[:, None] * (d[:, 3:].transpose(1, 2) @ basis))  # [P, 5, S*S]
+        jac = _masked_centred(jac, m[:, None], n[:, None])
+        hinv = torch.linalg.inv(jac @ jac.transpose(1, 2) + eye)
+        ji, jt = (jac @ i[..., None])[..., 0], (jac @ t[..., None])[..., 0]
+        hji = (hinv @ ji[..., None])[..., 0]
+        num = (i * i).sum(1) - (ji * hji).sum(1)
+        den = (i * t).sum(1) - (jt * hji).sum(1)
+        ok = den > 0
+        lam = torch.where(ok, num / den.clamp_min(1e-12), torch.zeros_like(num))
+        step = (hinv @ (jac @ (lam[:, None] * t - i)[..., None]))[..., 0]
+        p = torch.where(ok[:, None], p + step, p)
+        p = torch.maximum(torch.minimum(p, LIMITS), -LIMITS)
+    return p
 
 
 def _views() -> list[tuple[bool, torch.Tensor]]:
     """(mirrored, warp parameters of the query) of each retrieval view."""
+    z = math.log(CROP)
+    crops = [(0.0, 0.0), (0.1, 0.1), (-0.1, 0.1), (0.1, -0.1), (-0.1, -0.1), (0.1, 0.0), (-0.1, 0.0), (0.0, 0.1), (0.0, -0.1)]
+    shifts = [(SHIFT, 0.0), (-SHIFT, 0.0), (0.0, SHIFT), (0.0, -SHIFT)]
     out = []
-    offsets = [(0.0, 0.0), (0.1, 0.1), (-0.1, 0.1), (0.1, -0.1), (-0.1, -0.1)]
     for mirrored in (False, True):
         out.append((mirrored, torch.zeros(5)))
-        for ox, oy in offsets:
-            out.append((mirrored, torch.tensor([math.log(CROP), math.log(CROP), 0.0, ox, oy])))
+        out += [(mirrored, torch.tensor([z, z, 0.0, ox, oy])) for ox, oy in crops]
+        out += [(mirrored, torch.tensor([0.0, 0.0, 0.0, ox, oy])) for ox, oy in shifts]
     return out
 
 
 VIEWS = _views()
 
 
-def _retrieval(x: torch.Tensor) -> torch.Tensor:
-    return centred_unit(F.adaptive_avg_pool2d(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), RETRIEVAL_SIDE))
+def _retrieval(x: torch.Tensor, side: int = RETRIEVAL_SIDE) -> torch.Tensor:
+    return centred_unit(F.adaptive_avg_pool2d(F.avg_pool2d(grey(x), 3, 1, 1, count_include_pad=False), side))
 
 
-def _query_views(q: torch.Tensor) -> torch.Tensor:
-    """[V, Q, D] retrieval vectors of every view of every query."""
-    out = []
+def _query_views(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[V, Q, D] retrieval vectors of every view of every query, at the shortlist's side and at full retrieval side."""
+    coarse, fine = [], []
     for mirrored, p in VIEWS:
         x = q.flip(-1) if mirrored else q
-        out.append(_retrieval(warp(x, p.expand(len(x), -1)) if p.any() else x))
-    return torch.stack(out)
+        x = warp(x, p.expand(len(x), -1)) if p.any() else x
+        coarse.append(_retrieval(x, SHORTLIST_SIDE))
+        fine.append(_retrieval(x))
+    return torch.stack(coarse), torch.stack(fine)
 
 
-def retrieve(q: torch.Tensor, train_vectors: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.Tensor] | None,
-             block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def retrieve(q: torch.Tensor, train_vectors: tuple[torch.Tensor, torch.Tensor], k: int,
+             exclude: tuple[torch.Tensor, torch.Tensor] | None, block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` training images (indices [Q, k]) nearest to any view of each query, and that view ([Q, k]).
 
-    ``exclude``: (group of each query, group of each training image); a query never retrieves its own group.
+    ``train_vectors``: the training images' vectors at ``SHORTLIST_SIDE`` and at ``RETRIEVAL_SIDE``. The
+    ``SHORTLIST`` nearest at the small side are ranked again at the full one, so a search over many
+    training images costs a quarter of a full-side one. ``exclude``: (group of each query, group of each
+    training image); a query never retrieves its own group.
     """
-    qv = _query_views(q)
+    coarse_q, fine_q = _query_views(q)
+    coarse_t, fine_t = train_vectors
     best = None
-    for t0 in range(0, len(train_vectors), block):
-        sims = torch.einsum("vqd,nd->vqn", qv, train_vectors[t0 : t0 + block])
-        value, view = sims.max(0)
-        index = torch.arange(t0, t0 + sims.shape[2]).expand(len(q), -1)
+    for t0 in range(0, len(coarse_t), block):
+        part = coarse_t[t0 : t0 + block].T.contiguous()
+        value = coarse_q[0] @ part
+        for view in coarse_q[1:]:  # the best view, one product at a time: [Q, block] stays in cache
+            torch.maximum(value, view @ part, out=value)
+        index = torch.arange(t0, t0 + value.shape[1]).expand(len(q), -1)
         if exclude is not None:
             value = value.masked_fill(exclude[1][index] == exclude[0][:, None], -2.0)
         if best is not None:
-            value, index, view = (torch.cat([b, v], 1) for b, v in zip(best, (value, index, view)))
-        top = value.topk(min(k, value.shape[1]), 1)
-        best = (top.values, index.gather(1, top.indices), view.gather(1, top.indices))
-    return best[1], best[2]
+            value, index = torch.cat([best[0], value], 1), torch.cat([best[1], index], 1)
+        top = value.topk(min(SHORTLIST, value.shape[1]), 1)
+        best = (top.values, index.gather(1, top.indices))
+    shortlist, excluded = best[1], best[0] <= -2.0
+    sims = torch.einsum("vqd,qsd->vqs", fine_q, fine_t[shortlist])
+    value, view = sims.max(0)
+    top = value.masked_fill(excluded, -3.0).topk(min(k, value.shape[1]), 1).indices
+    return shortlist.gather(1, top), view.gather(1, top)
+
+
+def retrieval_vectors(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images' retrieval vectors (luminance: the same for a colour image and its grey copy)."""
+    return _retrieval(t, SHORTLIST_SIDE), _retrieval(t)
 
 
 def _start(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pair: whether the query is mirrored, and the candidate's warp that undoes the view's crop."""
+    """Per pair: whether the query is mirrored, and the candidate's warp that undoes the view's crop or shift."""
     mirrored = torch.tensor([m for m, _ in VIEWS])[view]
     p = torch.stack([v for _, v in VIEWS])[view].clone()
     zoom = torch.exp(p[:, 0])  # the view zoomed the query out by 1/zoom: zoom the candidate in instead
@@ -130,28 +232,27 @@ def _start(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mirrored, p
 
 
-def register(q: torch.Tensor, c: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    """[P] the highest similarity of candidate ``c`` warped onto query ``q`` (pairs [P, 3, S, S]), fitted from ``start``."""
-    p = start.clone().requires_grad_(True)
-    opt = torch.optim.Adam([p], lr=RATE)
-    best = (centred_unit(warp(c, start)) * centred_unit(q)).sum(1)
-    for stage, steps in enumerate(STEPS):
-        qs, cs = (F.avg_pool2d(q, 2), F.avg_pool2d(c, 2)) if stage == 0 else (q, c)
-        qu = centred_unit(qs)
-        for _ in range(steps):
-            sim = (centred_unit(warp(cs, p)) * qu).sum(1)
-            opt.zero_grad()
-            (-sim.sum()).backward()
-            opt.step()
-            with torch.no_grad():
-                p.copy_(torch.maximum(torch.minimum(p, LIMITS), -LIMITS))
-    with torch.no_grad():
-        return torch.maximum(best, (centred_unit(warp(c, p)) * centred_unit(q)).sum(1))
+def register(q: torch.Tensor, c: torch.Tensor, start: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Register each query's candidates onto it: ``q`` [Q, 3, S, S], ``c`` [Q, K, 3, S, S], ``start`` [Q, K, 5].
+
+    Returns the aligned similarity [Q, keep] of the ``keep`` candidates best after the coarse step,
+    and their positions among the K.
+    """
+    nq, k = c.shape[:2]
+    qq = q.repeat_interleave(k, 0)
+    cc = c.flatten(0, 1)
+    half_q, half_c = F.avg_pool2d(grey(qq), 2), F.avg_pool2d(grey(cc), 2)
+    p = ecc(half_q, half_c, start.flatten(0, 1), STEPS[0])
+    coarse = similarity(half_q, half_c, p).view(nq, k)
+    top = coarse.topk(min(keep, k), 1).indices
+    pick = (top + k * torch.arange(nq)[:, None]).flatten()
+    qq, cc, p = qq[pick], cc[pick], p[pick]
+    p = ecc(grey(qq), grey(cc), p, STEPS[1])
+    return similarity(qq, cc, p).view(nq, -1), top
 
 
 def aligned_nearest(queries: np.ndarray, train: np.ndarray, size: int, *, exclude: tuple[np.ndarray, np.ndarray] | None = None,
-                    k: int = CANDIDATES, chunk: int = 512, quiet: bool = True,
-                    what: str = "registration") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    chunk: int = 256, quiet: bool = True, what: str = "registration") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each query's highest aligned similarity to a training image, that image, and whether the query was grey.
 
     Rows are [N, 3*size*size] in [-1, 1]. ``exclude``: (group of each query, group of each training
@@ -159,36 +260,30 @@ def aligned_nearest(queries: np.ndarray, train: np.ndarray, size: int, *, exclud
     measured against the others, duplicates of each other excluded).
     """
     t = images(train, size)
-    with torch.no_grad():
-        colour_vectors = _retrieval(t)
-    grey_vectors = None
+    vectors = retrieval_vectors(t)
     ex = None if exclude is None else tuple(torch.as_tensor(np.asarray(e)) for e in exclude)
-    score, nearest, grey = torch.empty(len(queries)), torch.empty(len(queries), dtype=torch.long), torch.empty(len(queries), dtype=torch.bool)
-    with progress_bar(quiet) as bar:
+    score, nearest, was_grey = torch.empty(len(queries)), torch.empty(len(queries), dtype=torch.long), torch.empty(len(queries), dtype=torch.bool)
+    with progress_bar(quiet) as bar, torch.no_grad():
         task = bar.add_task(what, total=len(queries))
         for i in range(0, len(queries), chunk):
             q = images(queries[i : i + chunk], size)
             g = is_grey(q)
-            part = None if ex is None else (ex[0][i : i + chunk], ex[1])
-            with torch.no_grad():
-                cand, view = retrieve(q, colour_vectors, k, part)
-                if g.any():
-                    if grey_vectors is None:
-                        grey_vectors = _retrieval(luminance(t))
-                    gc, gv = retrieve(luminance(q), grey_vectors, k, part)
-                    cand, view = torch.where(g[:, None], gc, cand), torch.where(g[:, None], gv, view)
-            n = cand.shape[1]
+            cand, view = retrieve(q, vectors, RETRIEVED, None if ex is None else (ex[0][i : i + chunk], ex[1]))
             mirrored, start = _start(view.flatten())
-            qq = q.repeat_interleave(n, 0)
-            qq = torch.where(mirrored[:, None, None, None], qq.flip(-1), qq)
-            cc = t[cand.flatten()]
-            gg = g.repeat_interleave(n)
-            cc = torch.where(gg[:, None, None, None], luminance(cc), cc)
-            sims = register(qq, cc, start).view(len(q), n)
+            mirrored = mirrored.view(cand.shape)
+            c = t[cand]  # [Q, K, 3, S, S]
+            c = torch.where(g[:, None, None, None, None], luminance(c.flatten(0, 1)).view(c.shape), c)
+            c = torch.where(mirrored[..., None, None, None], c.flip(-1), c)  # mirror the candidate, not the query
+            start[:, 3] = torch.where(mirrored.flatten(), -start[:, 3], start[:, 3])
+            start[:, 2] = torch.where(mirrored.flatten(), -start[:, 2], start[:, 2])
+            sims, top = register(q, c, start.view(*cand.shape, 5), CANDIDATES)
             best = sims.max(1)
-            score[i : i + chunk], nearest[i : i + chunk], grey[i : i + chunk] = best.values, cand.gather(1, best.indices[:, None])[:, 0], g
+            score[i : i + chunk] = best.values
+            nearest[i : i + chunk] = cand.gather(1, top.gather(1, best.indices[:, None]))[:, 0]
+            was_grey[i : i + chunk] = g
             bar.update(task, advance=len(q))
-    return score, nearest, grey
+    return score, nearest, was_grey
 
 
-__all__ = ["CANDIDATES", "aligned_nearest", "centred_unit", "images", "is_grey", "luminance", "register", "retrieve", "warp"]
+__all__ = ["CANDIDATES", "RETRIEVED", "aligned_nearest", "centred_unit", "ecc", "grey", "images", "is_grey", "luminance",
+           "register", "retrieve", "similarity", "warp"]
