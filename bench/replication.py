@@ -5,9 +5,10 @@ Protocol (CPU, chosen from the calibration curve, see the README): ``--n`` disti
 ``--duplicate-share`` of them repeated ``--duplicate-times`` more times with their captions
 (``dup_both``); the diffusers U-Net of ``--channels`` with MiniLM token states, ``--steps``
 steps of batch ``--batch-size``. Each evaluation samples ``--samples`` generations for
-training captions (DDIM 50, guidance 2, eta 1) and measures them with flip-invariant pixel
-similarity: the *copy rate* is the share of generations whose nearest training image lies above
-the calibrated threshold (99th percentile of distinct training images' nearest-other similarity),
+training captions (DDIM 50, guidance 2, eta 1) and measures them with the aligned copy metric
+(crops, shifts, rotations, mirroring and grey undone): the *copy rate* is the share of generations
+whose nearest training image lies above the calibrated threshold (99th percentile of distinct
+training images' nearest-other similarity, one per near-duplicate group),
 split by prompts of duplicated and of unique images; proxy FID measures quality.
 
 Stages, in order (each resumes from what the run folders under ``--runs`` already hold):
@@ -24,12 +25,17 @@ Stages, in order (each resumes from what the run folders under ``--runs`` alread
    trained, the plain U-Net and the RAU-Net are routed at several tau (sampling only), and the
    LoyalDiffusion pair is trained at the tau with the largest reduction within the quality bound.
 4. ``standard``: the training mitigations (each its own model) and the inference mitigations
-   (on the unmitigated model).
-5. ``seeds``: a second training seed and a second sampling seed for the unmitigated model, the
-   best standard mitigation, GC&DF and LoyalDiffusion at their chosen settings.
-6. ``timing``: the RAU-Net's and the pair's time per training step and per sampling call against
+   (on the unmitigated model), Wen et al.'s and Jain et al.'s among them.
+5. ``memorization``: detection from the model alone (each detector's ROC AUC for prompts of
+   duplicated against unique images, per training seed, and against the measured copy label),
+   every inference mitigation gated by the magnitude detector at ``GATE_FPR`` on emoji captions
+   the model was not trained on, and the new mitigations at other settings.
+6. ``seeds``: a second training seed and a second sampling seed for the unmitigated model, the
+   best standard mitigation, GC&DF, LoyalDiffusion and the best memorization-signal mitigation at
+   their chosen settings.
+7. ``timing``: the RAU-Net's and the pair's time per training step and per sampling call against
    the plain U-Net, interleaved in this process.
-7. ``controls``: the unmitigated model trained on ``dup_image`` duplication (a positive control:
+8. ``controls``: the unmitigated model trained on ``dup_image`` duplication (a positive control:
    duplicated images must be copied under other captions too) and the LoyalDiffusion pair
    trained for twice the steps (is its FID cost under-training?).
 
@@ -41,27 +47,34 @@ every point). The result file is rewritten after every stage; ``complete`` says 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common import RESULTS, mean_sd, write_result
 
+from trustlab.data import load_dataset
 from trustlab.replication.config import DUAL_FUSION, CaptionDataConfig, DiffusionConfig, DualFusion
+from trustlab.replication.data import load_captioned
 from trustlab.replication.measure import measure_run
+from trustlab.replication.memorization import roc
 from trustlab.replication.mitigations import INFERENCE, TRAIN
 from trustlab.replication.rau import TimestepRouter
 from trustlab.replication.rau_analysis import skip_ablation
-from trustlab.replication.sampling import generate, sample_run, save_samples
+from trustlab.replication.sampling import generate, load_samples, sample_run, save_samples
 from trustlab.replication.skips import parse_skips
 from trustlab.replication.training import build_denoiser, load_trained, make_scheduler, train_diffusion
 from trustlab.runs import RunDir, finished
 
-STAGES = ("calibration", "gcdf", "loyal", "standard", "seeds", "timing", "controls")
+STAGES = ("calibration", "gcdf", "loyal", "standard", "memorization", "seeds", "timing", "controls")
+NEW = ("wen-filter", "wen-optimize", "opposite-guidance")  # the mitigations that act on the memorization signal
+GATE_FPR = 0.05  # gated mitigations act on prompts above the 95th percentile of non-training prompts' magnitude
 TEXT_DIM = 384  # MiniLM token states, the width the timed models are built for
 _W = (DUAL_FUSION.image_weight, DUAL_FUSION.text_weight)  # the GC&DF weights, (0.1, 0.5)
 GCDF_VARIANTS = {  # name: (generalize, image weight, text weight)
@@ -112,7 +125,8 @@ class Bench:
         """The measurement of ``samples`` in ``run`` (sampled by ``make(path)`` and measured unless stored)."""
         stored = run / f"measure-{samples.stem}.json"
         m = json.loads(stored.read_text()) if stored.exists() and samples.exists() else {}
-        if m.get("compared_with") != "distinct training images":  # measured by an earlier version: measure again
+        if m.get("compared_with") != "distinct training images" or (m.get("copies") or {}).get("copy_metric") != "aligned":
+            # measured by an earlier version (or with the pixel copy metric): measure again
             if not samples.exists():
                 make(samples)
             m = measure_run(run, samples=samples, flip=True, device=self.args.device)
@@ -123,11 +137,26 @@ class Bench:
                 "proxy_fid": q["proxy_fid"], "precision": q["precision"], "recall": q["recall"],
                 "background_p95": m["background"]["pixel"]["score"], "training_minutes": m["training_minutes"]}
 
-    def evaluate(self, run: Path, seed: int = 0, inference: str = "", prompts: str = "training") -> dict:
-        name = f"bench-{inference or 'plain'}{'-original' if prompts == 'original' else ''}-seed{seed}"
+    def evaluate(self, run: Path, seed: int = 0, inference: str = "", prompts: str = "training", gated: bool = False,
+                 **settings) -> dict:
+        """Samples of ``run`` (with ``inference`` mitigations at ``settings``, gated on the reference prompts) measured."""
+        tag = "".join(f"-{k}{v:g}" for k, v in sorted(settings.items())) + ("-gated" if gated else "")
+        name = f"bench-{inference or 'plain'}{tag}{'-original' if prompts == 'original' else ''}-seed{seed}"
+        gate = {"gate_fpr": GATE_FPR, "gate_reference": str(self.reference_prompts())} if gated else {}
         return self.measured(run, run / "samples" / f"{name}.safetensors", lambda path: sample_run(
             run, n=self.args.samples, seed=seed, mitigations=inference, name=path.stem, quiet=self.args.quiet,
-            device=self.args.device, prompts=prompts))
+            device=self.args.device, prompts=prompts, **{f"mitigation_{k}": v for k, v in settings.items()}, **gate))
+
+    def reference_prompts(self) -> Path:
+        """Emoji captions the models were not trained on (no skin-tone variants of trained ones): the gates' reference."""
+        path = self.runs / "reference-prompts.txt"
+        if not path.exists():
+            trained = set(load_captioned(self.config().data).captions)
+            pool = sorted({c for c in load_dataset("emoji", "all").captions if c not in trained and "skin tone" not in c})
+            pick = np.random.default_rng(0).choice(len(pool), size=min(self.args.samples, len(pool)), replace=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(pool[i] for i in sorted(pick)) + "\n")
+        return path
 
     # -- stages --------------------------------------------------------------------------------
     def calibration(self) -> None:
@@ -152,6 +181,10 @@ class Bench:
                 break
         self.analyses["calibration"] = curve
         plot_calibration(curve, a.steps, a.unique_bound, RESULTS / "replication_calibration.png")
+        self.none()
+
+    def none(self) -> None:
+        """The protocol's unmitigated run (training seed 0), the point every method is compared with."""
         self.points["none"] = self.evaluate(self.train("none-s0", self.config()))
         self.report("none")
 
@@ -207,9 +240,58 @@ class Bench:
             self.points[f"infer:{m}"] = self.evaluate(self.runs / "none-s0", inference=m)
             self.report(f"infer:{m}")
 
+    def memorization(self) -> None:
+        """Memorized prompts from the model alone, and the mitigations that act on them.
+
+        Detection: each detector's ROC for the distinct training captions (memorized: the image was
+        duplicated) of the unmitigated model of every training seed, and for the prompts of seed 0's
+        generations against whether the generation was measured a copy. Mitigation: every inference
+        mitigation gated at ``GATE_FPR`` on the reference prompts, and the two new ones at other settings.
+        """
+        from trustlab.replication.config import DetectConfig
+        from trustlab.replication.detect import detect
+
+        out = {}
+        for seed in self.args.train_seeds:
+            run = self.train(self.run_name("none", seed), self.config(seed=seed))
+            folder = run / "detect"
+            if not finished(folder):
+                detect(DetectConfig(run=str(run), device=self.args.device), folder, resume=(folder / "config.yaml").exists(),
+                       quiet=self.args.quiet)
+            out[f"train_seed{seed}"] = RunDir(folder).summary()["roc"]
+        out["against_copies"] = self.detection_against_copies(self.runs / "none-s0")
+        for d in out["against_copies"]:
+            out[f"{d}_auc_mean"] = statistics.mean(out[f"train_seed{s}"][d]["auc"] for s in self.args.train_seeds)
+        self.analyses["detection"] = out
+        print("detection: " + ", ".join(f"{d} AUC {out[d + '_auc_mean']:.3f}" for d in out["against_copies"]), flush=True)
+        none = self.runs / "none-s0"
+        for m in INFERENCE:
+            self.points[f"gated:{m}"] = self.evaluate(none, inference=m, gated=True)
+            self.report(f"gated:{m}")
+        for name in ("infer:wen-optimize@lr0.02", "infer:opposite-guidance@delay0.04", "infer:opposite-guidance@delay0.2",
+                     "gated:wen-optimize@lr0.1", "gated:opposite-guidance@delay0.2"):
+            m, gated, settings = sampling_of(name)
+            self.points[name] = self.evaluate(none, inference=m, gated=gated, **settings)
+            self.report(name)
+
+    def detection_against_copies(self, run: Path) -> dict:
+        """ROC of each detector's score of a generation's prompt against whether that generation was measured a copy."""
+        measured = json.loads((run / "measure-bench-plain-seed0.json").read_text())
+        samples = load_samples(run / "samples" / "bench-plain-seed0.safetensors")[1]
+        with open(run / "detect" / "scores.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        detectors = [k for k in rows[0] if k not in ("prompt", "memorized")]
+        score = {r["prompt"]: r for r in rows}
+        copied = np.array(measured["copies"]["copied"], dtype=bool)
+        return {d: {k: v for k, v in roc(np.array([float(score[p][d]) for p in samples["prompts"]]), copied).items()
+                    if k in ("auc", "tpr_at_1pct_fpr", "positives", "negatives")} for d in detectors}
+
     def chosen(self) -> dict[str, str]:
         """Per family, the point with the largest copy-rate reduction within the quality bound."""
-        families = {"standard": [k for k in self.points if k.startswith(("train:", "infer:"))],
+        families = {"standard": [k for k in self.points if k.startswith(("train:", "infer:"))
+                                 and k.split(":", 1)[1].split("@")[0] not in NEW],
+                    "memorization": [k for k in self.points if k.startswith("gated:")
+                                     or k.split(":", 1)[-1].split("@")[0] in NEW],
                     "gcdf": [k for k in self.points if k in GCDF_VARIANTS],
                     "loyal": [k for k in self.points if k == "loyal"]}
         none, tol = self.points["none"], self.args.fid_tolerance
@@ -225,16 +307,16 @@ class Bench:
                 run = self.runs / self.run_name(name, train_seed)
                 self.train(run.name, self.method_config(name, train_seed))
                 for sample_seed in self.args.sample_seeds:
-                    inference = name.split(":", 1)[1] if name.startswith("infer:") else ""
+                    inference, gated, settings = sampling_of(name)
                     rows.append({"train_seed": train_seed, "sample_seed": sample_seed,
-                                 **self.evaluate(run, sample_seed, inference=inference)})
+                                 **self.evaluate(run, sample_seed, inference=inference, gated=gated, **settings)})
             out[label] = {"method": name, "runs": rows, **spread(rows)}
             print(f"seeds {label} ({name}): copy rate {out[label]['copy_rate']['mean']:.3f} "
                   f"± {out[label]['copy_rate']['sd']:.3f}", flush=True)
         self.analyses["seeds"] = out
 
     def run_name(self, method: str, seed: int) -> str:
-        if method == "none" or method.startswith("infer:"):
+        if method == "none" or method.startswith(("infer:", "gated:")):
             return f"none-s{seed}"
         if method.startswith("train:"):
             return f"train-{method[6:]}-s{seed}"
@@ -248,7 +330,7 @@ class Bench:
         return f"{self.args.itb.replace(',', '+').replace(':', '')}-s{''.join(map(str, skips))}"
 
     def method_config(self, method: str, seed: int) -> DiffusionConfig:
-        if method == "none" or method.startswith("infer:"):
+        if method == "none" or method.startswith(("infer:", "gated:")):
             return self.config(seed=seed)
         if method.startswith("train:"):
             return self.config(seed=seed, mitigation=method[6:])
@@ -292,6 +374,16 @@ class Bench:
         ratio = f", FID x{p['proxy_fid'] / none['proxy_fid']:.2f}" if none else ""
         print(f"{name}: copy rate {p['copy_rate']:.3f} (dup {p['copy_rate_dup']:.3f}, unique "
               f"{p['copy_rate_unique']:.3f}), proxy FID {p['proxy_fid']:.2f}{ratio}", flush=True)
+
+
+def sampling_of(method: str) -> tuple[str, bool, dict]:
+    """A point's sampling: (inference mitigation, gated, settings) from names like ``gated:wen-optimize@lr0.1``."""
+    if not method.startswith(("infer:", "gated:")):
+        return "", False, {}
+    kind, _, rest = method.partition(":")
+    name, _, setting = rest.partition("@")
+    key = setting.rstrip("0123456789.")
+    return name, kind == "gated", ({key: float(setting[len(key):])} if setting else {})
 
 
 def choose(points: list[dict], none: dict, tolerance: float) -> dict:
@@ -378,7 +470,8 @@ def plot_pareto(points: dict, chosen: dict, seeds: dict, path: Path) -> None:
     """Copy rate against proxy FID ratio, one marker per family; chosen settings circled; seed spread as error bars."""
     plt = _pyplot()
     none = points["none"]
-    style = {"train:": ("tab:gray", "s", "training mitigation"), "infer:": ("tab:gray", "^", "inference mitigation"),
+    style = {"gated:": ("tab:red", "o", "gated by the detector (Wen magnitude)"),
+             "train:": ("tab:gray", "s", "training mitigation"), "infer:": ("tab:gray", "^", "inference mitigation"),
              "g": ("tab:green", "o", "GC&DF"), "d": ("tab:green", "o", "GC&DF"), "rau": ("tab:purple", "D", "RAU-Net"),
              "route": ("tab:purple", "v", "plain + RAU-Net routed at tau"), "loyal": ("tab:purple", "*", "LoyalDiffusion"),
              "none": ("k", "X", "unmitigated")}
@@ -440,6 +533,16 @@ def headline(b: Bench) -> dict:
         h["gcdf_default_fid_ratio"] = b.points["gc+df"]["proxy_fid"] / none["proxy_fid"]
         h["gcdf_default_reduction_vs_none_original_prompts"] = (1 - orig["copy_rate"] / none["copy_rate"]
                                                                 if none["copy_rate"] else None)
+    det = b.analyses.get("detection")
+    if det:
+        h["detection_auc"] = {d: det[f"{d}_auc_mean"] for d in det["against_copies"]}
+        h["detection_auc_against_copies"] = {d: v["auc"] for d, v in det["against_copies"].items()}
+    for bound in (1.10, 1.05):
+        ok = [(1 - p["copy_rate"] / none["copy_rate"], name, p["proxy_fid"] / none["proxy_fid"])
+              for name, p in b.points.items() if name != "none" and p["proxy_fid"] <= bound * none["proxy_fid"]]
+        if ok and none["copy_rate"]:
+            r, name, fid = max(ok)
+            h[f"best_reduction_at_fid_ratio_{bound:.2f}"] = {"method": name, "reduction": r, "fid_ratio": fid}
     if seeds:
         h["seed_spread"] = {label: {"copy_rate_sd": s["copy_rate"]["sd"], "proxy_fid_sd": s["proxy_fid"]["sd"],
                                     "runs": s["copy_rate"]["n"]} for label, s in seeds.items()}
@@ -489,7 +592,7 @@ def main() -> None:
         if stage not in stages:
             continue
         if stage != "calibration" and "none" not in b.points:
-            b.calibration()
+            b.none()
         if stage in ("seeds", "timing", "controls") and "loyal" not in b.analyses:
             b.loyal()
         getattr(b, stage)()
@@ -502,8 +605,11 @@ def settings(a) -> dict:
                     f"{a.size}x{a.size}, {a.duplicate_share:.0%} duplicated x{a.duplicate_times} (dup_both), data seed 0",
             "encoder": "minilm", "channels": a.channels, "steps": a.steps, "batch_size": a.batch_size, "lr": DiffusionConfig.lr,
             "samples": a.samples, "sampler": "DDIM 50 steps, guidance 2, eta 1",
-            "copy_rate": "share of generations whose nearest training image (flip-invariant pixel similarity) lies "
-                         "above the calibrated threshold: p99 of distinct training images' nearest-other similarity",
+            "copy_rate": "share of generations whose nearest training image by the aligned copy metric (crops, shifts, "
+                         "rotations, mirroring, grey undone by registration) lies above the calibrated threshold: p99 of "
+                         "distinct training images' nearest-other similarity, one per near-duplicate group",
+            "gate": f"magnitude of the first step, threshold at {GATE_FPR:.0%} false positives on "
+                    f"{a.samples} emoji captions not trained on (4 seeds)",
             "fid_tolerance": a.fid_tolerance, "train_seeds": a.train_seeds, "sample_seeds": a.sample_seeds,
             "gcdf_variants": {k: {"generalize": g, "image_weight": i, "text_weight": t}
                               for k, (g, i, t) in GCDF_VARIANTS.items()},

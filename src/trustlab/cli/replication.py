@@ -9,11 +9,12 @@ import typer
 
 from trustlab.errors import ConfigError
 from trustlab.replication.config import DUAL_FUSION as FUSION
-from trustlab.replication.config import AuditConfig, CaptionDataConfig, DiffusionConfig, DualFusion
+from trustlab.replication.config import AuditConfig, CaptionDataConfig, DetectConfig, DiffusionConfig, DualFusion
+from trustlab.replication.mitigations import Mitigations
 
 app = typer.Typer(no_args_is_help=True)
 DATA, MODEL = CaptionDataConfig(), DiffusionConfig()  # the defaults of `replication train`
-AUDIT = AuditConfig()
+AUDIT, DETECT, MITIGATION = AuditConfig(), DetectConfig(), Mitigations()
 COPY_METRIC_HELP = ("aligned: crops, shifts, small rotations, mirroring and grey conversion undone before comparing; "
                     "pixel: plain pixel similarity.")
 DUPLICATE_HELP = "Training images at least this similar form a near-duplicate group (the calibration takes one per group)."
@@ -47,7 +48,9 @@ def train_cmd(out: str = typer.Option("runs/replication", help="Run folder to wr
               lr: float = typer.Option(MODEL.lr),
               caption_dropout: float = typer.Option(MODEL.caption_dropout, help="Share of empty captions (classifier-free guidance)."),
               mitigation: Optional[str] = typer.Option(None, help="Training mitigations, comma-separated: "
-                                                       "caption-replace, word-add, word-repeat, embedding-noise."),
+                                                       "caption-replace, word-add, word-repeat, embedding-noise, "
+                                                       "wen-filter (leaves the share --mitigation-p of each batch with "
+                                                       "the largest memorization magnitude out of the loss)."),
               mitigation_p: float = typer.Option(MODEL.mitigation_p), mitigation_sigma: float = typer.Option(MODEL.mitigation_sigma),
               generalize: Optional[str] = typer.Option(None, help="Train on generalized captions: wordnet | llm."),
               llm_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base, for --generalize llm."),
@@ -112,19 +115,66 @@ def sample_cmd(run_dir: str = typer.Argument(..., help="A replication train run 
                guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = conditional only)."),
                eta: float = typer.Option(1.0, help="DDIM eta: 0 deterministic, 1 as stochastic as DDPM."),
                mitigation: Optional[str] = typer.Option(None, help="Inference mitigations: word-add, word-repeat, "
-                                                        "embedding-noise."),
-               mitigation_p: float = typer.Option(0.1), mitigation_sigma: float = typer.Option(0.1),
+                                                        "embedding-noise, wen-optimize (prompt states optimised to "
+                                                        "lower the memorization magnitude), opposite-guidance."),
+               mitigation_p: float = typer.Option(MITIGATION.p), mitigation_sigma: float = typer.Option(MITIGATION.sigma),
+               mitigation_steps: int = typer.Option(MITIGATION.steps, help="wen-optimize: Adam steps."),
+               mitigation_lr: float = typer.Option(MITIGATION.lr, help="wen-optimize: Adam learning rate."),
+               mitigation_delay: float = typer.Option(MITIGATION.delay, help="opposite-guidance: share of the steps "
+                                                                             "with reversed guidance."),
+               gate_fpr: Optional[float] = typer.Option(None, help="Mitigate only prompts a detector flags, at this "
+                                                        "false-positive rate on --gate-reference."),
+               gate_reference: Optional[str] = typer.Option(None, help="Prompts file of prompts the model was not "
+                                                            "trained on: the gate's reference."),
+               gate_detector: str = typer.Option("magnitude", help="magnitude | attention-entropy: the gate's detector."),
                prompts: str = typer.Option("training", help="training (the captions the model learned) | original (before "
                                                             "--generalize: how GC&DF models are also evaluated)."),
-               name: Optional[str] = typer.Option(None, help="Samples name (default seed<S>[-mitigations][-original])."),
+               name: Optional[str] = typer.Option(None, help="Samples name (default seed<S>[-mitigations][-gated]"
+                                                             "[-original])."),
                device: str = typer.Option("auto", help="auto | cpu | cuda: where to run (auto: cuda when available)."),
                quiet: bool = typer.Option(False)) -> None:
     """Generate images for training captions (DDIM, classifier-free guidance)."""
     from trustlab.replication.sampling import sample_run
 
     print(sample_run(run_dir, n=n, seed=seed, steps=steps, guidance=guidance, eta=eta, mitigations=mitigation or "",
-                     mitigation_p=mitigation_p, mitigation_sigma=mitigation_sigma, name=name, quiet=quiet, device=device,
+                     mitigation_p=mitigation_p, mitigation_sigma=mitigation_sigma, mitigation_steps=mitigation_steps,
+                     mitigation_lr=mitigation_lr, mitigation_delay=mitigation_delay, gate_fpr=gate_fpr,
+                     gate_reference=gate_reference, gate_detector=gate_detector, name=name, quiet=quiet, device=device,
                      prompts=prompts))
+
+
+@app.command("detect")
+def detect_cmd(run_dir: Optional[str] = typer.Argument(None, help="A replication train run folder (or --pretrained)."),
+               pretrained: Optional[str] = typer.Option(None, help="A Stable Diffusion folder (save_pretrained layout) "
+                                                        "instead of a run."),
+               prompts: Optional[str] = typer.Option(None, help="Prompts file: one per line, or JSON lines {\"prompt\", "
+                                                     "\"memorized\"} (default: the run's distinct training captions, "
+                                                     "memorized = image duplicated)."),
+               out: str = typer.Option("runs/detect", help="Run folder to write (scores.csv, ROC, report)."),
+               detectors: str = typer.Option(DETECT.detectors, help="magnitude (Wen et al.) and/or attention-entropy "
+                                                                    "(Ren et al.), comma-separated."),
+               seeds: int = typer.Option(DETECT.seeds, help="Starting noises averaged per prompt."),
+               first_steps: int = typer.Option(DETECT.first_steps, help="Sampling steps read, from the first."),
+               steps: int = typer.Option(DETECT.steps, help="DDIM steps of the schedule."),
+               guidance: float = typer.Option(DETECT.guidance, help="Classifier-free guidance of those steps."),
+               size: int = typer.Option(DETECT.size, help="--pretrained: image side (0: the pipeline's own)."),
+               batch_size: int = typer.Option(DETECT.batch_size),
+               device: str = typer.Option(DETECT.device, help="auto | cpu | cuda"),
+               quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
+    """Which prompts does the model memorize? Scores from the model alone, no training images needed."""
+    from trustlab.replication.detect import detect
+
+    cfg = DetectConfig(run=run_dir or "", pretrained=pretrained or "", size=size, prompts=prompts, detectors=detectors,
+                       seeds=seeds, first_steps=first_steps, steps=steps, guidance=guidance, batch_size=batch_size,
+                       device=device)
+    s = detect(cfg, out, quiet=quiet).summary()
+    print(f"{s['prompts']:,} prompts scored by {', '.join(s['detectors'])} ({s['seeds']} seeds, first "
+          f"{s['first_steps']} step(s), {s['prompts_per_second']:.1f} prompt-seeds/s on {s['device']})")
+    for d, r in s.get("roc", {}).items():
+        print(f"{d:18s} ROC AUC {r['auc']:.3f}, true positives at 1% false positives {r['tpr_at_1pct_fpr']:.1%} "
+              f"({s['memorized']} memorized of {s['prompts']})")
+    print(f"{out}/scores.csv")
+    print(f"{out}/report.html")
 
 
 @app.command("measure")

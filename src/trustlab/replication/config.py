@@ -18,6 +18,7 @@ from trustlab.replication.pipeline_folder import check_pipeline, vae_factor
 from trustlab.replication.skips import Skip, check_skips, itb_kinds, skips_of
 
 
+DETECTORS = ("magnitude", "attention-entropy")  # memorization detectors from the model alone (memorization.py)
 COPY_METRICS = ("aligned", "pixel")  # how a generation is compared with a training image to call it a copy
 DUPLICATE_LEVEL = 0.98  # two training images at least this similar are one image (calibration takes one per group)
 ALIGN_MIN_SIZE = 16  # the aligned metric blurs and halves images: below this side nothing is left to align
@@ -222,3 +223,45 @@ class AuditConfig:
         check_copy_settings(self.copy_metric, self.duplicate_level, self.size)
         if self.bad_images not in BAD_IMAGES:
             raise ConfigError(f"--bad-images {self.bad_images}: use {' or '.join(BAD_IMAGES)}")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Memorized prompts found from the model alone (``replication detect``): a testbed run or a Stable
+    Diffusion folder, and the prompts to score (a run's own captions by default, labelled memorized when
+    their image was duplicated in training)."""
+
+    run: str = ""  # a replication train run folder
+    pretrained: str = ""  # or a diffusers Stable Diffusion folder (save_pretrained layout)
+    size: int = 0  # --pretrained: the image side (0: the UNet's sample size times the VAE's factor)
+    prompts: str | None = None  # a prompts file (one per line, or JSON lines {"prompt", "memorized"})
+    detectors: str = "magnitude,attention-entropy"
+    seeds: int = 4  # starting noises averaged per prompt
+    first_steps: int = 1  # sampling steps read (the first ones)
+    steps: int = 50  # DDIM steps of the schedule the first steps are taken from
+    guidance: float = 2.0
+    batch_size: int = 64
+    device: str = "auto"
+
+    kind: ClassVar[str] = "replication-detect"
+
+    def validate(self) -> None:
+        if bool(self.run) == bool(self.pretrained):
+            raise ConfigError("give a replication run folder or --pretrained DIR (a Stable Diffusion folder), not both")
+        if self.pretrained:
+            check_pipeline(self.pretrained)
+            if not self.prompts:
+                raise ConfigError("--pretrained has no captions of its own: give the prompts to score with --prompts FILE")
+        if self.size < 0 or (self.size and self.size % 8):
+            raise ConfigError(f"--size {self.size}: use a multiple of 8 (or 0 for the pipeline's own)")
+        if self.seeds < 1 or not 1 <= self.first_steps <= self.steps or self.batch_size < 1 or self.guidance < 0:
+            raise ConfigError(f"--seeds and --batch-size must be >= 1, --first-steps in 1..{self.steps} (--steps) and "
+                              "--guidance >= 0")
+        self.detector_names()
+
+    def detector_names(self) -> tuple[str, ...]:
+        names = tuple(d.strip() for d in self.detectors.split(",") if d.strip())
+        bad = [d for d in names if d not in DETECTORS]
+        if bad or not names:
+            raise ConfigError(f"--detectors {self.detectors}: use one or more of {', '.join(DETECTORS)}")
+        return names

@@ -65,7 +65,7 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     if meta.get("train_index") is not None:
         copies = copy_rates(result.similarity, result.match, torch.tensor(meta["train_index"]), data.origins(),
                             data.duplicated(), threshold)
-        copies.update(threshold_source=result.threshold_source, copy_metric=copy_metric)
+        copies.update(threshold_source=result.threshold_source, copy_metric=copy_metric, copied=result.copied().tolist())
     result = {"samples": str(path), "generations": len(gen), "train_images": len(data), "data": data.source,
               "compared_with": "distinct training images",
               "pixel_threshold": pixel_threshold, "device": str(dev), "flip_invariant": flip,

@@ -28,6 +28,7 @@ from trustlab.replication.config import DiffusionConfig
 from trustlab.replication import pretrained
 from trustlab.replication.data import load_captioned
 from trustlab.replication.fusion import aux_pool, fuse_captions, fuse_images, fuse_states
+from trustlab.replication.memorization import memorized_share
 from trustlab.replication.mitigations import parse, vocabulary
 from trustlab.replication.rau import RAUNet, TimestepRouter
 from trustlab.replication.text import TextEncoder, make_encoder
@@ -141,6 +142,9 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
     del vae
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
     timesteps = scheduler.config.num_train_timesteps  # the schedule's length (the pipeline's, for --pretrained)
+    if "wen-filter" in mit.names:  # the magnitude is read where detection reads it: the first of 50 sampling steps
+        null = tuple(v.to(device) for v in encoder.encode([""]))
+        t_first = torch.tensor(timesteps - timesteps // 50, device=device)
 
     def checkpoint() -> None:
         if rank != 0:
@@ -176,7 +180,13 @@ def train_diffusion(cfg: DiffusionConfig, out: str | Path, *, resume: bool = Fal
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 pred = unet(xt[lo:hi], t[lo:hi], encoder_hidden_states=states[lo:hi].to(device),
                             encoder_attention_mask=mask[lo:hi].to(device)).sample
-            loss = F.mse_loss(pred.float(), target[lo:hi])
+            if "wen-filter" in mit.names:
+                keep = memorized_share(unet, scheduler.add_noise(x0, noise, t_first.expand(len(x0)))[lo:hi], t_first,
+                                       states[lo:hi].to(device), mask[lo:hi].to(device), null, mit.p)
+                per_sample = (pred.float() - target[lo:hi]).pow(2).flatten(1).mean(1)
+                loss = (per_sample * keep).sum() / keep.sum().clamp_min(1)
+            else:
+                loss = F.mse_loss(pred.float(), target[lo:hi])
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
