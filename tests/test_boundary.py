@@ -6,8 +6,13 @@ package-data check that keeps a wheel complete.
 
 import fnmatch
 import json
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
 import tomllib
 import zlib
 from pathlib import Path
@@ -328,3 +333,29 @@ def test_cvss31_random_vectors_keep_base_temporal_environmental_apart():
         want = 2 if defined & set(env) else 1 if defined & set(temporal) else 0
         assert score_vector(vector).score == float(CVSS3(vector).scores()[want]), vector
 
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_training_exits_non_zero_and_the_run_resumes(tmp_path, sig, code):
+    """Ctrl-C or a SIGTERM ends training with one line and 130 / 143 (not 0), and --resume finishes the run."""
+    from test_replication import write_folder
+
+    folder = write_folder(tmp_path / "imgs")
+    args = [sys.executable, "-m", "trustlab", "replication", "train", "--out", str(tmp_path / "run"), "--dataset", "folder",
+            "--folder", str(folder), "--n", "0", "--size", "16", "--encoder", "hash", "--channels", "8,16,16",
+            "--batch-size", "4", "--checkpoint-every", "5", "--steps", "400", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == code, err
+    assert err.strip().splitlines()[-1].endswith("rerun with --resume to continue from the last checkpoint"), err
+    step = RunDir(tmp_path / "run").load_checkpoint()[1]["step"]
+    assert 5 <= step < 400 and not (tmp_path / "run" / "summary.json").exists()
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert RunDir(tmp_path / "run").summary()["steps"] == 400

@@ -3,11 +3,14 @@
 Commands are thin: parse, call the library, print. Heavy libraries are imported inside the
 commands that need them, so ``trustlab --help`` and the TinyML commands answer at once.
 A :class:`~trustlab.errors.TrustlabError` prints one line and exits 2 (``--debug`` shows
-the traceback).
+the traceback). Ctrl-C (SIGINT) and SIGTERM end a command with one line and exit 130 / 143, so
+that ``make`` or a ``&&`` chain stops; every checkpoint is written atomically, so the run folder
+holds the last complete one and ``--resume`` continues from it.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -56,11 +59,28 @@ def _usage_error_type() -> type[Exception]:
     return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+INTERRUPTED = "interrupted: rerun with --resume to continue from the last checkpoint"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is (a BaseException, so that no handler of the command swallows it)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _debug["on"] = "--debug" in argv
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:  # typer hands an interrupt (130) or a typer.Exit(code) back as a value
+            if code == 130:
+                print(INTERRUPTED, file=sys.stderr)
+            return code
         if "torch.distributed" in sys.modules:  # only commands that trained can have a process group
             from trustlab.train import finish_distributed
 
@@ -79,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         e.show()
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
+    except Terminated:
+        print(INTERRUPTED.replace("interrupted", "terminated"), file=sys.stderr)
+        return 143
     return 0
