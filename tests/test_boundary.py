@@ -345,7 +345,9 @@ def test_a_signal_mid_training_exits_non_zero_and_the_run_resumes(tmp_path, sig,
             "--folder", str(folder), "--n", "0", "--size", "16", "--encoder", "hash", "--channels", "8,16,16",
             "--batch-size", "4", "--checkpoint-every", "5", "--steps", "400", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell that starts the tests in the background leaves SIGINT ignored in its children: the child takes the default
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = tmp_path / "run" / "checkpoints" / "last.safetensors"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and p.poll() is None and time.monotonic() < deadline:

@@ -114,7 +114,7 @@ def similarity(q: torch.Tensor, c: torch.Tensor, p: torch.Tensor) -> torch.Tenso
     m = inside[:, None].expand_as(q).flatten(1).float()
     n = m.sum(1, keepdim=True).clamp_min(1)
     a, b = _masked_centred(q.flatten(1), m, n), _masked_centred(w.flatten(1), m, n)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).clamp(-1, 1)  # a cosine, rounding aside
 
 
 def _gradients(x: torch.Tensor) -> torch.Tensor:
@@ -187,8 +187,11 @@ def _query_views(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def retrieve(q: torch.Tensor, train_vectors: tuple[torch.Tensor, torch.Tensor], k: int,
-             exclude: tuple[torch.Tensor, torch.Tensor] | None, block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` training images (indices [Q, k]) nearest to any view of each query, and that view ([Q, k]).
+             exclude: tuple[torch.Tensor, torch.Tensor] | None,
+             block: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` training images (indices [Q, k]) nearest to any view of each query, that view ([Q, k]), and
+    whether each is a candidate at all ([Q, k]: False where fewer than ``k`` training images are outside the
+    query's group).
 
     ``train_vectors``: the training images' vectors at ``SHORTLIST_SIDE`` and at ``RETRIEVAL_SIDE``. The
     ``SHORTLIST`` nearest at the small side are ranked again at the full one, so a search over many
@@ -214,7 +217,7 @@ def retrieve(q: torch.Tensor, train_vectors: tuple[torch.Tensor, torch.Tensor], 
     sims = torch.einsum("vqd,qsd->vqs", fine_q, fine_t[shortlist])
     value, view = sims.max(0)
     top = value.masked_fill(excluded, -3.0).topk(min(k, value.shape[1]), 1).indices
-    return shortlist.gather(1, top), view.gather(1, top)
+    return shortlist.gather(1, top), view.gather(1, top), ~excluded.gather(1, top)
 
 
 def retrieval_vectors(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,23 +235,25 @@ def _start(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mirrored, p
 
 
-def register(q: torch.Tensor, c: torch.Tensor, start: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Register each query's candidates onto it: ``q`` [Q, 3, S, S], ``c`` [Q, K, 3, S, S], ``start`` [Q, K, 5].
+def register(q: torch.Tensor, c: torch.Tensor, start: torch.Tensor, keep: int,
+             valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Register each query's candidates onto it: ``q`` [Q, 3, S, S], ``c`` [Q, K, 3, S, S], ``start`` [Q, K, 5];
+    ``valid`` [Q, K] False for padding (a query with fewer candidates).
 
-    Returns the aligned similarity [Q, keep] of the ``keep`` candidates best after the coarse step,
-    and their positions among the K.
+    Returns the aligned similarity [Q, keep] of the ``keep`` candidates best after the coarse step
+    (-2 for padding), and their positions among the K.
     """
     nq, k = c.shape[:2]
     qq = q.repeat_interleave(k, 0)
     cc = c.flatten(0, 1)
     half_q, half_c = F.avg_pool2d(grey(qq), 2), F.avg_pool2d(grey(cc), 2)
     p = ecc(half_q, half_c, start.flatten(0, 1), STEPS[0])
-    coarse = similarity(half_q, half_c, p).view(nq, k)
+    coarse = similarity(half_q, half_c, p).view(nq, k).masked_fill(~valid, -3.0)
     top = coarse.topk(min(keep, k), 1).indices
     pick = (top + k * torch.arange(nq)[:, None]).flatten()
     qq, cc, p = qq[pick], cc[pick], p[pick]
     p = ecc(grey(qq), grey(cc), p, STEPS[1])
-    return similarity(qq, cc, p).view(nq, -1), top
+    return similarity(qq, cc, p).view(nq, -1).masked_fill(~valid.gather(1, top), -2.0), top
 
 
 def aligned_nearest(queries: np.ndarray, train: np.ndarray, size: int, *, exclude: tuple[np.ndarray, np.ndarray] | None = None,
@@ -268,7 +273,7 @@ def aligned_nearest(queries: np.ndarray, train: np.ndarray, size: int, *, exclud
         for i in range(0, len(queries), chunk):
             q = images(queries[i : i + chunk], size)
             g = is_grey(q)
-            cand, view = retrieve(q, vectors, RETRIEVED, None if ex is None else (ex[0][i : i + chunk], ex[1]))
+            cand, view, valid = retrieve(q, vectors, RETRIEVED, None if ex is None else (ex[0][i : i + chunk], ex[1]))
             mirrored, start = _start(view.flatten())
             mirrored = mirrored.view(cand.shape)
             c = t[cand]  # [Q, K, 3, S, S]
@@ -276,7 +281,7 @@ def aligned_nearest(queries: np.ndarray, train: np.ndarray, size: int, *, exclud
             c = torch.where(mirrored[..., None, None, None], c.flip(-1), c)  # mirror the candidate, not the query
             start[:, 3] = torch.where(mirrored.flatten(), -start[:, 3], start[:, 3])
             start[:, 2] = torch.where(mirrored.flatten(), -start[:, 2], start[:, 2])
-            sims, top = register(q, c, start.view(*cand.shape, 5), CANDIDATES)
+            sims, top = register(q, c, start.view(*cand.shape, 5), CANDIDATES, valid)
             best = sims.max(1)
             score[i : i + chunk] = best.values
             nearest[i : i + chunk] = cand.gather(1, top.gather(1, best.indices[:, None]))[:, 0]
