@@ -51,6 +51,7 @@ demo: data
 	$(TRUSTLAB) replication train --out $(RUNS)/replication --n 16 --size 16 --batch-size 16 --steps 300 --quiet
 	$(TRUSTLAB) replication sample $(RUNS)/replication --n 32 --steps 25 --quiet
 	$(TRUSTLAB) replication measure $(RUNS)/replication
+	$(TRUSTLAB) replication detect $(RUNS)/replication --out $(RUNS)/replication-detect --seeds 2 --quiet
 	$(TRUSTLAB) replication export $(RUNS)/replication --out $(RUNS)/replication-export
 	$(TRUSTLAB) replication audit --generated $(RUNS)/replication-export/generated --train $(RUNS)/replication-export/train --captions $(RUNS)/replication-export/generated/prompts.jsonl --size 16 --out $(RUNS)/replication-audit --quiet
 	$(TRUSTLAB) replication train --out $(RUNS)/replication-loyal --n 16 --size 16 --batch-size 16 --steps 300 --generalize wordnet --dual-fusion --rau-skips default --tau 200 --quiet
