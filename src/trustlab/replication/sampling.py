@@ -51,7 +51,8 @@ class Gate:
 
 def sample_run(run_dir: str | Path, *, n: int = 256, seed: int = 0, steps: int = 50, guidance: float = 2.0,
                eta: float = 1.0, mitigations: str = "", mitigation_p: float = 0.1, mitigation_sigma: float = 0.1,
-               mitigation_steps: int = 10, mitigation_lr: float = 0.05, mitigation_delay: float = 0.1,
+               mitigation_steps: int = Mitigations.steps, mitigation_lr: float = Mitigations.lr,
+               mitigation_delay: float = Mitigations.delay,
                gate_fpr: float | None = None, gate_reference: str | None = None, gate_detector: str = "magnitude",
                batch_size: int = 64, name: str | None = None, quiet: bool = False, device: str = "auto",
                prompts: str = "training") -> Path:
