@@ -10,7 +10,7 @@ RUNS ?= runs/demo
 PIPQ = { grep -v "^WARNING: Location" || true; }
 SARIF_SCHEMA := tests/.schemas/sarif-2.1.0.json
 
-.PHONY: setup data demo test wheel-test lock bench lint clean
+.PHONY: setup data demo test docs wheel-test lock bench lint clean
 
 EDITABLE := -e '.[all,dev]'
 # torch first (the CPU wheel on this disk), then everything else at the versions in constraints.txt
@@ -60,8 +60,15 @@ demo: data
 	$(TRUSTLAB) report $(RUNS)/pi-senet-half >/dev/null
 	@echo "report: $(RUNS)/pi-senet-half/report.html"
 
+# The documentation site (docs/, mkdocs.yml) into site/; a warning (a broken link or reference) fails it.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+# The test suite, then every Python example of the README and the docs (pytest-markdown-docs), then the site.
 test: data $(SARIF_SCHEMA)
 	$(PY) -m pytest
+	OMP_NUM_THREADS=2 $(PY) -m pytest -p no:cacheprovider --markdown-docs README.md docs/
+	$(MAKE) docs
 
 # The wheel a user would install, in a fresh virtualenv outside the source tree, one command per
 # area: catches data files missing from the package, which the editable install of `make` hides.
@@ -85,4 +92,4 @@ lock: setup
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) runs tests/.schemas
+	rm -rf $(VENV) runs tests/.schemas site

@@ -172,6 +172,18 @@ def test_report_of_a_damaged_run_folder(cli, pi_run, tmp_path, damage, needle):
     one_line_error(cli("report", str(run)), needle)
 
 
+@pytest.mark.parametrize("missing,needle", [("summary.json", "has no summary.json"), ("config.yaml", "no config.yaml"),
+                                            ("checkpoints/last.safetensors", "does not exist")])
+@pytest.mark.parametrize("command", [("pi", "cost", "{run}"), ("pi", "secure-infer", "{run}"),
+                                     ("pi", "senet", "--teacher", "{run}", "--budget", "10", "--out", "{out}")])
+def test_every_command_reading_a_run_folder_names_a_missing_file(cli, pi_run, tmp_path, missing, needle, command):
+    run = _copy(pi_run, tmp_path / "run")
+    (run / missing).unlink()
+    args = [a.format(run=run, out=tmp_path / "out") for a in command]
+    one_line_error(cli(*args, env=THREADS), needle)
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_without_a_summary_still_renders(cli, pi_run, tmp_path):
     run = _copy(pi_run, tmp_path / "run")
     (run / "summary.json").unlink()
@@ -361,3 +373,27 @@ def test_a_signal_mid_training_exits_non_zero_and_the_run_resumes(tmp_path, sig,
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert RunDir(tmp_path / "run").summary()["steps"] == 400
+
+
+def test_ratios_read_true_both_ways():
+    from trustlab.report import times
+
+    assert times(2.0) == "2.00× smaller" and times(0.05) == "20.00× larger"
+    assert times(1.5, "fewer", "more") == "1.50× fewer" and times(0.5, "fewer", "more") == "2.00× more"
+
+
+def test_reports_leave_out_unset_settings_and_empty_rows_and_curve_only_learning(tmp_path):
+    from trustlab.pi.config import DataConfig
+    from trustlab.report import plot_metric_curves, render_report
+
+    run = RunDir.create(tmp_path / "run", DataConfig(), kind="test")  # data_dir, limit, ... unset
+    for step in (1, 2, 3):
+        run.log(step, epoch=step, lr=0.1, minutes=0.5 * step, seconds_per_step=0.1)
+    assert plot_metric_curves(run) is None  # counters, schedules and clocks alone are no learning curve
+    run.write_summary({"test_acc": 0.9, "copy_rate_dup": None, "groups": {}, "split": {"unique": 0.1, "dup": None}})
+    page = render_report(run.path).read_text()
+    assert "None" not in page and "null" not in page and "copy_rate_dup" not in page and "groups" not in page
+    assert "fashion-mnist" in page and "unique" in page
+    for step in (1, 2, 3):
+        run.log(step, train_loss=1.0 / step)
+    assert plot_metric_curves(run) is not None

@@ -102,3 +102,33 @@ def test_command_defaults_are_the_config_defaults():
             assert param.default == want, f"{' '.join(path)} --{param.name}: {param.default!r}, config {want!r}"
             compared += 1
         assert compared >= 5, (path, compared)
+
+
+def _leaf_commands(cmd, path=()):
+    subs = getattr(cmd, "commands", None)
+    if not subs:
+        yield path, cmd
+        return
+    for name, sub in subs.items():
+        yield from _leaf_commands(sub, (*path, name))
+
+
+def test_every_option_name_survives_an_80_column_help(monkeypatch):
+    """Help wraps descriptions, never option names: a user types them from there."""
+    import typer
+    from typer.testing import CliRunner
+
+    from trustlab.cli import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    root = typer.main.get_command(app)
+    leaves = list(_leaf_commands(root))
+    assert len(leaves) > 20
+    for path, cmd in leaves:
+        out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"}).output
+        assert "…" not in out, path
+        for param in cmd.params:
+            for name in (*param.opts, *param.secondary_opts):
+                if name.startswith("-"):
+                    assert name in out, (path, name)
+        assert max(len(line) for line in out.splitlines()) <= 80, path

@@ -198,3 +198,42 @@ def test_distillation_teacher_follows_the_batch_device_and_the_student_layout():
     cpu_student.to(memory_format=torch.channels_last)
     DistillationLoss(cpu_teacher, [], beta=0.0)(cpu_student, torch.rand(2, 1, 16, 16), torch.zeros(2, dtype=torch.long))
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in cpu_teacher.parameters() if p.dim() == 4)
+
+
+def _snl_until_budget(teacher, out, budget, resume=False, **settings):
+    from trustlab.pi.reductions import run_reduction
+
+    cfg = ReductionConfig(method="snl", teacher=str(teacher), budget=budget, snl_schedule="until-budget", **{
+        "search_lr": 0.1, "snl_lambda": 1e-2, "finetune_epochs": 1, "batch_size": 32, "train_limit": 128, "device": "cpu", **settings})
+    return run_reduction(cfg, out, resume=resume, quiet=True).summary()
+
+
+def test_snl_until_budget_stops_at_the_budget_reports_the_cap_and_resumes_exactly(teacher, tmp_path):
+    """SNL's public-code rule: epochs until the α above threshold fit the budget; λ x1.1 when the count
+    stalls; the cap reported when hit. A run killed after an epoch's checkpoint but before its count
+    was written counts it again on resume and ends where the uninterrupted run ends."""
+    total = json.loads((teacher / "summary.json").read_text())["relus"]
+    a = _snl_until_budget(teacher, tmp_path / "a", total // 2, search_epochs=8)
+    history = json.loads((tmp_path / "a" / "tables" / "snl_search.json").read_text())["rows"]
+    assert a["relus"] == total // 2 and a["search_epochs_run"] == len(history) > 1 and not a["search_cap_hit"]
+    assert history[-1]["relus_above_threshold"] <= total // 2
+    assert all(h["relus_above_threshold"] > total // 2 for h in history[:-1])
+
+    cap = _snl_until_budget(teacher, tmp_path / "cap", 1, search_epochs=2, snl_lambda=1e-6, search_lr=1e-4)
+    assert cap["search_cap_hit"] and cap["search_epochs_run"] == 2 and cap["relus"] == 1
+
+    # forget the last epoch's count and everything after the search: the resumed run redoes them alike
+    state = json.loads((tmp_path / "a" / "snl_search.json").read_text())
+    state["epochs"] = state["epochs"][:-1]
+    (tmp_path / "a" / "snl_search.json").write_text(json.dumps(state))
+    for p in ("summary.json", "checkpoints/finetune.safetensors"):
+        (tmp_path / "a" / p).unlink()
+    again = _snl_until_budget(teacher, tmp_path / "a", total // 2, resume=True, search_epochs=8)
+    assert again["test_acc"] == a["test_acc"] and again["search_epochs_run"] == a["search_epochs_run"]
+
+
+def test_snl_schedule_is_checked_at_the_edge():
+    with pytest.raises(ConfigError, match="unknown SNL schedule"):
+        ReductionConfig(method="snl", budget=10, snl_schedule="forever").validate()
+    with pytest.raises(ConfigError, match="use it with pi snl only"):
+        ReductionConfig(method="senet", budget=10, snl_schedule="until-budget").validate()

@@ -426,7 +426,7 @@ def test_target_ratio_is_against_the_spn_and_random_trains_need_no_exact_map(cli
     (row,) = c["ranks"]
     assert c["route"] == "random" and not c["exact_tspn"]["built"] and "no SPN samples" in c["fitted_on"]
     assert c["order"] == "mi" and json.loads(cli("spn", "eval", str(tmp_path / "tt"), "--json").stdout)["test_ll"] < 0
-    assert row["parameters"] <= spn_params / 2 and row["ratio_vs_spn"] >= 2 and "fewer than the SPN" in r.stdout
+    assert row["parameters"] <= spn_params / 2 and row["ratio_vs_spn"] >= 2 and "× smaller than the SPN" in r.stdout
     bigger = rows.shape[1] * 2 * (row["rank"] + 1) ** 2  # the next rank would break the budget
     assert bigger > spn_params / 2 or row["rank"] == 2 ** 5
     for bad, message in ((["--target-ratio", "0.5"], "below 1"), (["--target-ratio", "1e9"], "ask for a ratio of at most"),

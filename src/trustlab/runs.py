@@ -215,9 +215,10 @@ class RunDir:
         atomic_write_json(self.path / "summary.json", summary)
 
     def summary(self) -> dict:
+        """The finished run's figures; a run that has not finished (no ``summary.json``) is a RunError."""
         p = self.path / "summary.json"
         if not p.exists():
-            return {}
+            raise RunError(f"{self.path} has no summary.json: the run did not finish; rerun its command with --resume")
         doc = read_json(p, "run summary", RunError)
         if not isinstance(doc, dict):
             raise RunError(f"{p} is not a summary (a JSON object): rerun the command that wrote it")

@@ -16,6 +16,7 @@ import sys
 import typer
 
 from trustlab.cli import data as data_cli
+from trustlab.cli.apps import new_app
 from trustlab.cli import pi as pi_cli
 from trustlab.cli import replication as replication_cli
 from trustlab.cli import spn as spn_cli
@@ -23,8 +24,8 @@ from trustlab.cli import tinyml as tinyml_cli
 
 from trustlab.errors import TrustlabError
 
-app = typer.Typer(help="trustlab: private inference, diffusion replication, tensor SPNs and TinyML security, on your own data.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = new_app(help="trustlab: private inference, diffusion replication, tensor SPNs and TinyML security, on your own data.",
+              pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(data_cli.app, name="data", help="Offline datasets: list, fetch.")
 app.add_typer(pi_cli.app, name="pi", help="Private inference: ReLU accounting, SENet/SNL/layer-drop, shallow models, secure inference.")
 app.add_typer(replication_cli.app, name="replication",

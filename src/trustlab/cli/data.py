@@ -6,7 +6,9 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from trustlab.cli.apps import new_app
+
+app = new_app()
 
 
 @app.command("list")

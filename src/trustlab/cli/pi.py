@@ -8,12 +8,14 @@ from typing import Optional
 
 import typer
 
+from trustlab.cli.apps import new_app
+
 from trustlab.errors import ConfigError, RunError
 from trustlab.files import read_json
-from trustlab.pi.config import ClassifierConfig, DataConfig, ReductionConfig, ShallowConfig
+from trustlab.pi.config import SNL_SCHEDULES, ClassifierConfig, DataConfig, ReductionConfig, ShallowConfig
 from trustlab.pi.methods import METHODS
 
-app = typer.Typer(no_args_is_help=True)
+app = new_app()
 TEACHER = ClassifierConfig()  # the defaults of `pi train`
 
 
@@ -113,7 +115,11 @@ def _reduction_command(method: str, doc: str) -> None:
                 budget: int = typer.Option(..., help="ReLUs to keep in the whole network."),
                 out: Optional[str] = typer.Option(None, help=f"Run folder to write (default runs/pi-{method}-BUDGET)."),
                 granularity: str = typer.Option(ReductionConfig.granularity, help="pixel | channel (senet only)."),
-                search_epochs: int = typer.Option(ReductionConfig.search_epochs, min=1, help="Epochs to decide where ReLUs stay."),
+                search_epochs: int = typer.Option(ReductionConfig.search_epochs, min=1,
+                                                  help="Epochs to decide where ReLUs stay (snl until-budget: the most)."),
+                snl_schedule: str = typer.Option(ReductionConfig.snl_schedule,
+                                                 help=f"{' | '.join(SNL_SCHEDULES)}: SNL's penalty schedule (snl only)."),
+                snl_lambda: float = typer.Option(ReductionConfig.snl_lambda, help="SNL's initial penalty weight (snl only)."),
                 finetune_epochs: int = typer.Option(ReductionConfig.finetune_epochs, min=1,
                                                     help="Epochs of distillation with the mask fixed."),
                 batch_size: int = typer.Option(ReductionConfig.batch_size, min=1),
@@ -125,14 +131,16 @@ def _reduction_command(method: str, doc: str) -> None:
                 resume: bool = typer.Option(False, help="Continue the run folder from its last checkpoint."),
                 quiet: bool = typer.Option(False)) -> None:
         from trustlab.pi.reductions import run_reduction
+        from trustlab.report import times
 
         cfg = ReductionConfig(method=method, teacher=teacher or "", model=model_spec(model),
                               data=DataConfig(dataset=dataset, data_dir=data_dir), budget=budget, granularity=granularity,
-                              search_epochs=search_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
+                              search_epochs=search_epochs, snl_schedule=snl_schedule, snl_lambda=snl_lambda,
+                              finetune_epochs=finetune_epochs, batch_size=batch_size,
                               lr=lr, beta=beta, temperature=temperature, train_limit=train_limit, seed=seed, device=device)
         run = run_reduction(cfg, out or f"runs/pi-{method}-{budget}", resume=resume, quiet=quiet)
         s = run.summary()
-        print(f"{method}: {s['relus']:,} ReLUs ({s['relu_reduction']:.2f}x fewer), test accuracy {s['test_acc']:.4f} "
+        print(f"{method}: {s['relus']:,} ReLUs ({times(s['relu_reduction'], 'fewer', 'more')}), test accuracy {s['test_acc']:.4f} "
               f"(teacher {s['teacher_acc']:.4f})")
         print(run.path / "report.html")
 
@@ -165,6 +173,7 @@ def shallow_cmd(teacher: Optional[str] = typer.Option(None, help="Run folder of 
                 resume: bool = typer.Option(False), quiet: bool = typer.Option(False)) -> None:
     """Shallow model: remove the least sensitive inner ReLU layers and merge the convolutions around them."""
     from trustlab.pi.shallow_models import run_shallow
+    from trustlab.report import times
 
     cfg = ShallowConfig(teacher=teacher or "", model=model_spec(model), data=DataConfig(dataset=dataset, data_dir=data_dir),
                         target_relu_reduction=target_relu_reduction, kernel=kernel,
@@ -173,7 +182,8 @@ def shallow_cmd(teacher: Optional[str] = typer.Option(None, help="Run folder of 
                         seed=seed, device=device)
     run = run_shallow(cfg, out or "runs/pi-shallow", resume=resume, quiet=quiet)
     s = run.summary()
-    print(f"shallow: merged {len(s['merged_blocks'])} blocks, ReLUs {s['relu_reduction']:.2f}x fewer, MACs {s['mac_reduction']:.2f}x fewer, "
+    print(f"shallow: merged {len(s['merged_blocks'])} blocks, {times(s['relu_reduction'], 'fewer', 'more')} ReLUs, "
+          f"{times(s['mac_reduction'], 'fewer', 'more')} MACs, "
           f"depth {s['teacher_depth']} -> {s['depth']}, test accuracy {s['test_acc']:.4f} (teacher {s['teacher_acc']:.4f})")
     print(run.path / "report.html")
 

@@ -7,12 +7,14 @@ from typing import Optional
 
 import typer
 
+from trustlab.cli.apps import new_app
+
 from trustlab.errors import ConfigError
 from trustlab.replication.config import DUAL_FUSION as FUSION
 from trustlab.replication.config import AuditConfig, CaptionDataConfig, DetectConfig, DiffusionConfig, DualFusion
 from trustlab.replication.mitigations import Mitigations
 
-app = typer.Typer(no_args_is_help=True)
+app = new_app()
 DATA, MODEL = CaptionDataConfig(), DiffusionConfig()  # the defaults of `replication train`
 AUDIT, DETECT, MITIGATION = AuditConfig(), DetectConfig(), Mitigations()
 COPY_METRIC_HELP = ("aligned: crops, shifts, small rotations, mirroring and grey conversion undone before comparing; "
@@ -204,12 +206,13 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
         print(f"{k:8s} replication score {v['score']:.3f}, share flagged {v['share']:.3f} "
               f"(training images among themselves: {r['background'][k]['score']:.3f})")
     c = r["copies"]
-    if c is not None:
-        def pct(v):
-            return "-" if v is None else f"{v:.1%}"
-        print(f"copy rate {pct(c['copy_rate'])} (prompts of duplicated images {pct(c['copy_rate_dup'])}, of unique ones "
-              f"{pct(c['copy_rate_unique'])}); own prompt's image {pct(c['own_prompt_copy_rate'])}; "
-              f"threshold {c['threshold']:.3f} ({c['threshold_source']})")
+    if c is not None:  # the figures a folder without duplicated images or prompts cannot have are left out
+        split = [f"prompts of {kind} images {c[key]:.1%}" for kind, key in (("duplicated", "copy_rate_dup"),
+                                                                          ("unique", "copy_rate_unique")) if c[key] is not None]
+        own = c["own_prompt_copy_rate"]
+        print(f"copy rate {c['copy_rate']:.1%}" + (f" ({', '.join(split)})" if split else "")
+              + (f"; own prompt's image {own:.1%}" if own is not None else "")
+              + f"; threshold {c['threshold']:.3f} ({c['threshold_source']})")
     d = r["duplicates"]
     if d["groups"]:
         print(f"near-duplicates among the distinct training images: {d['groups']:,} groups of {d['images_in_groups']:,} images")
@@ -321,7 +324,7 @@ def timestep_analysis_cmd(plain_run: str = typer.Argument(..., help="A plain U-N
     print(f"chosen --tau {r['chosen_tau']} ({r['rule']}); {rau_run}/timestep-analysis.json")
 
 
-captions_app = typer.Typer(no_args_is_help=True, help="Caption generality: score and generalize captions.")
+captions_app = new_app(help="Caption generality: score and generalize captions.")
 app.add_typer(captions_app, name="captions")
 
 

@@ -8,10 +8,12 @@ from typing import Optional
 
 import typer
 
+from trustlab.cli.apps import new_app
+
 from trustlab.errors import ConfigError
 from trustlab.spn.config import CompressConfig, FitConfig, SPNDataConfig
 
-app = typer.Typer(no_args_is_help=True)
+app = new_app()
 
 
 def _ranks(text: str) -> tuple[int, ...]:
@@ -94,7 +96,7 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
                  resume: bool = typer.Option(False, help="Continue: keep the ranks already done."),
                  quiet: bool = typer.Option(False, help="No progress bars.")) -> None:
     """Compress an SPN into tensor trains (from its exact train, or fitted to it) and compare them with the SPN."""
-    from trustlab.report import number
+    from trustlab.report import number, times
     from trustlab.spn.pipeline import compress_spn, load_fit, rank_for_ratio, start_route, variable_order
 
     if (rank is None) == (target_ratio is None):
@@ -119,8 +121,8 @@ def compress_cmd(run_dir: str = typer.Argument(..., help="A run folder written b
           f"fitted on {s['fitted_on']}")
     for r in s["ranks"]:
         acc = f", accuracy {r['accuracy']:.4f} ({r['accuracy_drop_points']:+.2f} points lost)" if "accuracy" in r else ""
-        print(f"rank {r['rank']}: {r['parameters']:,} parameters ({r['ratio_vs_spn']:.2f}x fewer than the SPN, "
-              f"{number(r['ratio_vs_exact_tspn'], ',.1f')}x fewer than the exact tSPN), {_lls(r)}{acc}, "
+        print(f"rank {r['rank']}: {r['parameters']:,} parameters ({times(r['ratio_vs_spn'])} than the SPN, "
+              f"{times(r['ratio_vs_exact_tspn'])} than the exact tSPN), {_lls(r)}{acc}, "
               f"{r['speedup_vs_spn']:.1f}x the SPN's rows/s, {r['seconds']:.0f} s")
     print(run.path / "report.html")
 

@@ -8,9 +8,11 @@ from typing import Optional
 
 import typer
 
+from trustlab.cli.apps import new_app
+
 from trustlab.errors import ConfigError
 
-app = typer.Typer(no_args_is_help=True)
+app = new_app()
 FORMATS = ("md", "json", "sarif", "html")
 
 

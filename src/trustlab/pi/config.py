@@ -9,12 +9,14 @@ data is read or model built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from trustlab.data import ClassificationData, load_classification
 from trustlab.errors import ConfigError
 from trustlab.pi.methods import DEFAULT_GRANULARITY, METHODS, MethodInfo
 from trustlab.train_config import TrainConfig
+
+if TYPE_CHECKING:  # the CLI reads this module at start-up; the data readers (numpy) load when data does
+    from trustlab.data import ClassificationData
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class DataConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
 
     def load(self) -> ClassificationData:
+        from trustlab.data import load_classification
+
         self.validate()
         return load_classification(self.dataset, data_dir=self.data_dir, limit=self.limit,
                                    test_limit=self.test_limit, size=self.size)
@@ -60,6 +64,9 @@ def check_source(teacher: str, model: str | None) -> None:
                           "(your trained model, with --dataset), not " + ("both" if teacher else "neither"))
 
 
+SNL_SCHEDULES = ("ramp", "until-budget")  # see trustlab.pi.reductions.SNL
+
+
 @dataclass(frozen=True)
 class ReductionConfig:
     method: str = "senet"
@@ -68,7 +75,7 @@ class ReductionConfig:
     data: DataConfig = field(default_factory=DataConfig)
     budget: int = 0
     granularity: str = DEFAULT_GRANULARITY
-    search_epochs: int = 2  # with 2 fine-tuning epochs: the best SENet recipe of bench/pi_senet_ablation.py
+    search_epochs: int = 2  # with 2 fine-tuning epochs: the best SENet recipe of bench/pi_senet_ablation.py; SNL until-budget: the cap
     finetune_epochs: int = 2
     batch_size: int = 128
     lr: float = 0.01  # fine-tuning (SGD, cosine)
@@ -76,7 +83,9 @@ class ReductionConfig:
     temperature: float = 4.0
     beta: float = 1.0  # PRAM weight (SENet only)
     proxy_density: float = 0.1
-    snl_lambda: float = 1e-4
+    snl_lambda: float = 1e-4  # SNL's initial penalty weight on the alphas
+    snl_schedule: str = "ramp"  # ramp: lambda x1.1 every 1% of search steps; until-budget: SNL's public-code rule
+    snl_threshold: float = 1e-2  # until-budget: an alpha above it counts as a kept ReLU
     probe_images: int = 1000  # images used for sensitivity and score initialisation
     train_limit: int | None = None  # train on the teacher's first N training images only (shorter schedule)
     seed: int = 0
@@ -99,6 +108,12 @@ class ReductionConfig:
         if self.granularity not in self.info.granularities:
             able = [m.name for m in METHODS.values() if self.granularity in m.granularities]
             raise ConfigError(f"{self.granularity} granularity is available for {', '.join(able) or 'no method'} only")
+        if self.snl_schedule not in SNL_SCHEDULES:
+            raise ConfigError(f"unknown SNL schedule '{self.snl_schedule}': choose one of {', '.join(SNL_SCHEDULES)}")
+        if self.snl_schedule != "ramp" and self.method != "snl":
+            raise ConfigError(f"--snl-schedule {self.snl_schedule} is SNL's search rule: use it with pi snl only")
+        if self.snl_lambda <= 0 or self.snl_threshold <= 0:
+            raise ConfigError("the SNL penalty weight and threshold must be positive")
         if self.search_epochs < 0 or self.finetune_epochs < 1:
             raise ConfigError("search epochs must be >= 0 and fine-tuning epochs >= 1")
         if self.budget < 0 or self.batch_size < 1 or min(self.lr, self.search_lr, self.temperature) <= 0:

@@ -17,9 +17,13 @@ methods compare at equal training.
   their search epochs alike); stage 3: CE + KL(T=4) + β·PRAM distillation.
 * **snl** — Selective Network Linearization (Cho et al., 2022), as in its public code: α per
   position, initial 1, trained with the weights under CE + KD + λ‖α‖₁; the final mask keeps
-  the ``budget`` largest α over the whole network. SNL raises λ by ×1.1 whenever the count
-  stalls; here λ grows by ×1.1 every 1% of the search steps (a deterministic stand-in, so that
-  ``--resume`` is exact). Fine-tuning is CE + KD.
+  the ``budget`` largest α over the whole network. Two λ schedules (``snl_schedule``):
+  ``until-budget`` is the rule of SNL's public code — after each search epoch the ReLUs whose
+  α exceeds ``snl_threshold`` are counted, λ grows ×1.1 whenever that count did not fall below
+  its lowest so far (from the sixth epoch on), and the search stops once the count is within the
+  budget or after ``search_epochs`` epochs (the cap, reported in the summary when hit);
+  ``ramp`` (the default, for short fixed schedules) grows λ ×1.1 every 1% of the
+  ``search_epochs``. Both resume exactly. Fine-tuning is CE + KD.
 * **layerdrop** — DeepReDuce-style: whole ReLU layers are linearised, least critical first
   (:func:`removal_sensitivity`), until the count is within budget; then CE + KD for all epochs.
   Its count is at most the budget, not equal to it.
@@ -28,13 +32,13 @@ methods compare at equal training.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from trustlab.errors import ConfigError
+from trustlab.errors import ConfigError, RunError
 from trustlab.pi.accounting import count
 from trustlab.pi.config import ReductionConfig
 from trustlab.pi.distill import DistillationLoss
@@ -43,7 +47,8 @@ from trustlab.pi.graph import split_sites
 from trustlab.pi.masks import PartialReLU, install_partial_relus, partial_relus, topk_mask
 from trustlab.pi.sensitivity import allocate, pruning_sensitivity, removal_sensitivity
 from trustlab.report import render_report
-from trustlab.runs import Job, RunDir, atomic_save_figure
+from trustlab.files import read_json
+from trustlab.runs import Job, RunDir, atomic_save_figure, atomic_write_json
 from trustlab.train import evaluate, fit
 from trustlab.train_config import TrainConfig
 
@@ -82,13 +87,18 @@ def _scores_and_weights(student: nn.Module) -> list[dict]:
     return [{"params": scores}, {"params": weights, "lr_scale": 0.1}]
 
 
+def _alpha_l1(model: nn.Module) -> torch.Tensor:
+    return sum(m.scores.abs().sum() for m in partial_relus(model).values())
+
+
 def _snl_penalty(cfg: ReductionConfig, steps: int):
+    """The ramp schedule's λ‖α‖₁: λ ×1.1 every 1% of ``steps``, counted in ``state`` so a resumed search continues it."""
     state = {"step": 0}
 
     def penalty(model: nn.Module) -> torch.Tensor:
         lam = cfg.snl_lambda * 1.1 ** (100 * state["step"] / max(1, steps))
         state["step"] += 1
-        return lam * sum(m.scores.abs().sum() for m in partial_relus(model).values())
+        return lam * _alpha_l1(model)
     return penalty, state
 
 
@@ -106,6 +116,7 @@ class Search:
     run: RunDir
     resume: bool
     quiet: bool
+    notes: dict = field(default_factory=dict)  # what the search reports in the run's summary
 
     @property
     def masks(self) -> dict[str, PartialReLU]:
@@ -115,11 +126,14 @@ class Search:
     def capacity(self) -> dict[str, int]:
         return {n: m.units * m.unit_size for n, m in self.masks.items()}
 
-    def train_masks(self, loss: DistillationLoss) -> None:
-        """The search epochs: mask scores (or α) and weights together, checkpointed as ``search``."""
-        if self.cfg.search_epochs:
-            fit(self.student, self.data.x_train, self.data.y_train, _train_cfg(self.cfg, self.cfg.search_epochs, True), self.run,
-                loss_fn=loss, resume=self.resume, quiet=self.quiet, params=_scores_and_weights(self.student), tag="search")
+    def train_masks(self, loss: DistillationLoss, epochs: int | None = None, resume: bool | None = None) -> None:
+        """Search epochs (all ``search_epochs`` by default): mask scores (or α) and weights together,
+        checkpointed as ``search``; a later call with more ``epochs`` continues from that checkpoint."""
+        epochs = self.cfg.search_epochs if epochs is None else epochs
+        if epochs:
+            fit(self.student, self.data.x_train, self.data.y_train, _train_cfg(self.cfg, epochs, True), self.run, loss_fn=loss,
+                resume=self.resume if resume is None else resume, quiet=self.quiet, params=_scores_and_weights(self.student),
+                tag="search")
 
 
 class Reduction(abc.ABC):
@@ -161,11 +175,14 @@ class SNL(Reduction):
         cfg, prl, capacity = s.cfg, s.masks, s.capacity
         for n in s.layers:
             prl[n].start_search("soft", torch.ones(prl[n].mask.shape))
-        steps = cfg.search_epochs * (len(s.data.x_train) // cfg.batch_size)
-        penalty, state = _snl_penalty(cfg, steps)
-        if s.resume and s.run.has_checkpoint("search"):
-            state["step"] = s.run.load_checkpoint("search")[1]["step"]  # λ continues where it was
-        s.train_masks(DistillationLoss(s.teacher, s.layers, cfg.temperature, 0.0, extra=penalty))
+        if cfg.snl_schedule == "until-budget":
+            self.search_until_budget(s)
+        else:
+            steps = cfg.search_epochs * (len(s.data.x_train) // cfg.batch_size)
+            penalty, state = _snl_penalty(cfg, steps)
+            if s.resume and s.run.has_checkpoint("search"):
+                state["step"] = s.run.load_checkpoint("search")[1]["step"]  # λ continues where it was
+            s.train_masks(DistillationLoss(s.teacher, s.layers, cfg.temperature, 0.0, extra=penalty))
         flat = torch.cat([prl[n].scores.detach().flatten() for n in s.layers])
         keep_all = topk_mask(flat, cfg.budget)
         offset, rows = 0, []
@@ -176,6 +193,37 @@ class SNL(Reduction):
             prl[n].freeze(k)
             rows.append({"layer": n, "relus": capacity[n], "alpha_above_1e-2": above, "allocated": k})
         return rows
+
+
+    @staticmethod
+    def search_until_budget(s: Search) -> None:
+        """SNL's public-code search: epoch by epoch until the α above threshold fit the budget.
+
+        The λ state and the per-epoch counts live in ``snl_search.json`` beside the ``search``
+        checkpoint, written after each epoch, so a resumed search picks up λ where it was; an
+        epoch whose checkpoint was written but not its count is counted again from the weights.
+        """
+        cfg, path = s.cfg, s.run.path / "snl_search.json"
+        state = {"lambda": cfg.snl_lambda, "lowest": None, "epochs": []}
+        if s.resume and path.exists():
+            state = read_json(path, "SNL search state", RunError)
+        loss = DistillationLoss(s.teacher, s.layers, cfg.temperature, 0.0, extra=lambda m: state["lambda"] * _alpha_l1(m))
+        history = state["epochs"]
+        if history:  # resumed: the weights as of the last counted epoch (or of a later one not yet counted)
+            s.train_masks(loss, epochs=len(history), resume=True)
+        while len(history) < cfg.search_epochs and not (history and history[-1]["relus_above_threshold"] <= cfg.budget):
+            epoch = len(history) + 1
+            s.train_masks(loss, epochs=epoch, resume=s.resume or epoch > 1)
+            kept = sum(int((m.scores.detach() > cfg.snl_threshold).sum()) * m.unit_size for m in s.masks.values())
+            history.append({"epoch": epoch, "relus_above_threshold": kept, "lambda": state["lambda"]})
+            if state["lowest"] is None or kept < state["lowest"]:
+                state["lowest"] = kept
+            elif epoch > 5:
+                state["lambda"] *= 1.1
+            atomic_write_json(path, state)
+        s.run.write_table("snl_search", history, title="SNL search: ReLUs with α above the threshold, and λ, per epoch")
+        s.notes.update(search_epochs_run=len(history), search_cap_hit=bool(history) and history[-1]["relus_above_threshold"] > cfg.budget,
+                       snl_final_lambda=state["lambda"])
 
 
 class LayerDrop(Reduction):
@@ -234,7 +282,8 @@ def reduce_model(job: Job, teacher: nn.Module, shape: tuple[int, ...], data, lin
     student, layers = install_partial_relus(teacher, shape, cfg.granularity)
     before = {r.name: r.relus for r in count(student, shape).relu_layers()}
     method = IMPLEMENTATIONS[cfg.method]
-    rows = method.search(Search(cfg, teacher, student, layers, data, shape, run, resume, quiet))
+    search = Search(cfg, teacher, student, layers, data, shape, run, resume, quiet)
+    rows = method.search(search)
     beta = cfg.beta if method.pram else 0.0
     result = fit(student, data.x_train, data.y_train, _train_cfg(cfg, method.finetune_epochs(cfg), False), run,
                  x_test=data.x_test, y_test=data.y_test, loss_fn=DistillationLoss(teacher, layers, cfg.temperature, beta),
@@ -248,7 +297,7 @@ def reduce_model(job: Job, teacher: nn.Module, shape: tuple[int, ...], data, lin
     run.write_summary({"method": cfg.method, "budget": cfg.budget, "relus": acc.relus, "teacher_relus": total,
                        "relu_reduction": total / max(1, acc.relus), "test_acc": result.get("test_acc"),
                        "teacher_acc": teacher_acc, "acc_drop_points": 100 * (teacher_acc - result.get("test_acc", 0)),
-                       "macs": acc.macs, **link, "input_shape": list(shape), "classes": len(data.classes)})
+                       "macs": acc.macs, **link, "input_shape": list(shape), "classes": len(data.classes), **search.notes})
     plot_accuracy_vs_relus(run)
     render_report(run.path)
     return run

@@ -8,14 +8,15 @@ builds its runs from these classes. Each config is written resolved into its run
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from trustlab.data.registry import get_spec
 from trustlab.errors import ConfigError
-from trustlab.replication.llm import ChatClient
 from trustlab.replication.mitigations import TRAIN, parse
 from trustlab.replication.pipeline_folder import check_pipeline, vae_factor
 from trustlab.replication.skips import Skip, check_skips, itb_kinds, skips_of
+
+if TYPE_CHECKING:  # the CLI reads this module at start-up: HTTP and the data registry load when used
+    from trustlab.replication.llm import ChatClient
 
 
 DETECTORS = ("magnitude", "attention-entropy")  # memorization detectors from the model alone (memorization.py)
@@ -81,6 +82,8 @@ class CaptionDataConfig:
     def llm_client(self) -> ChatClient | None:
         if self.generalize != "llm":
             return None
+        from trustlab.replication.llm import ChatClient
+
         return ChatClient(self.llm_url, self.llm_model)
 
 
@@ -100,6 +103,8 @@ class DualFusion:
         if self.text_mode not in ("mix", "append"):
             raise ConfigError(f"--fusion-text-mode is mix or append, not '{self.text_mode}'")
         if self.image_weight:
+            from trustlab.data.registry import get_spec
+
             get_spec(self.aux)
 
 

@@ -18,9 +18,9 @@ import json
 import os
 from pathlib import Path
 
-from trustlab.errors import RunError
-from trustlab.files import read_text
-from trustlab.runs import RunDir, atomic_save_figure, atomic_write_text
+import yaml
+
+from trustlab.runs import RunDir, atomic_save_figure, atomic_write_text, finished
 
 
 def _segments(records: list[dict]) -> list[list[dict]]:
@@ -38,6 +38,26 @@ def _segments(records: list[dict]) -> list[list[dict]]:
 
 def _numeric(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+NOT_LEARNING = ("epoch", "lr", "minutes", "seconds", "time")  # counters, schedules and clocks: logged, not curves
+
+
+def _learning(key: str) -> bool:
+    """Whether a metric says how learning goes (a loss, an accuracy, a copy rate), not when or at what rate."""
+    return not any(key == k or key.endswith("_" + k) or key.startswith(k + "_") for k in NOT_LEARNING)
+
+
+def _set(value) -> bool:
+    """Whether a summary figure or setting has a value to show (unset ones, None or empty, are left out)."""
+    return value is not None and value != {} and value != []
+
+
+def _settings(doc):
+    """A run configuration without its unset settings."""
+    if isinstance(doc, dict):
+        return {k: _settings(v) for k, v in doc.items() if _set(v)}
+    return doc
 
 
 def _part_names(parts: list[list[dict]]) -> list[str]:
@@ -59,7 +79,7 @@ def plot_metric_curves(run: RunDir) -> Path | None:
     are constant within each part and differ between them, e.g. ``stage`` or ``rank``); None when there is
     nothing to plot."""
     parts = _segments(run.metrics())
-    keys = sorted({k for p in parts for r in p for k, v in r.items() if k != "step" and _numeric(v)})
+    keys = sorted({k for p in parts for r in p for k, v in r.items() if k != "step" and _numeric(v) and _learning(k)})
     names = _part_names(parts)
     keys = [k for k in keys if k not in names and len({r["step"] for p in parts for r in p if k in r}) > 1]  # a dot is no curve
     if not keys:
@@ -108,6 +128,14 @@ def number(x: float, spec: str = ",") -> str:
     """``x`` as ``spec`` formats it, or in scientific notation from a billion up: the exact tensor
     train of a large SPN has 1e60 entries, which no reader counts digit by digit."""
     return format(x, spec) if abs(x) < 1e9 else f"{x:.2e}"
+
+
+def times(ratio: float, smaller: str = "smaller", larger: str = "larger") -> str:
+    """A ratio of sizes (before / after) in words that stay true either way: "2.00× smaller" for 2,
+    "20.00× larger" for 0.05 (never "0.05x smaller")."""
+    if ratio >= 1:
+        return f"{number(ratio, ',.2f')}× {smaller}"
+    return f"{number(1 / ratio, ',.2f')}× {larger}" if ratio > 0 else f"infinitely {larger}"
 
 
 def _fmt(v, key: str = "", base: Path | None = None) -> str:
@@ -170,13 +198,15 @@ def render_report(run_dir: str | Path) -> Path:
     run = RunDir.open(run_dir)
     plot_metric_curves(run)
     parts = [f"<h1>trustlab run: {html.escape(run.path.name)}</h1>", f"<p>kind: <b>{html.escape(run.kind)}</b> — folder <code>{html.escape(str(run.path.resolve()))}</code></p>"]
-    summary = run.summary()
+    summary = run.summary() if finished(run.path) else {}  # an unfinished run's report shows its curves and tables
     if summary:
-        flat = [{"figure": k, "value": summary[k]} for k in _order(list(summary)) if not isinstance(summary[k], (dict, list))]
+        flat = [{"figure": k, "value": summary[k]} for k in _order(list(summary))
+                if _set(summary[k]) and not isinstance(summary[k], (dict, list))]
         parts += ["<h2>Summary</h2>", _table(flat, base=run.path)]
         for k, v in summary.items():
-            if isinstance(v, dict):
-                parts += [f"<h3>{html.escape(k)}</h3>", _table([{"figure": a, "value": b} for a, b in v.items()], base=run.path)]
+            rows = [{"figure": a, "value": b} for a, b in v.items() if _set(b)] if isinstance(v, dict) else []
+            if rows:
+                parts += [f"<h3>{html.escape(k)}</h3>", _table(rows, base=run.path)]
     for path in sorted((run.path / "tables").glob("*.json")):
         doc = run.table(path.stem)
         parts += [f"<h2>{html.escape(str(doc.get('title', path.stem)))}</h2>", _table(doc["rows"], base=run.path)]
@@ -189,7 +219,8 @@ def render_report(run_dir: str | Path) -> Path:
     metrics = run.metrics()
     if metrics:
         parts += ["<h2>Metrics</h2>", _table(metrics)]
-    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(read_text(run.path / 'config.yaml', 'run configuration', RunError))}</pre>"]
+    settings = yaml.safe_dump({"kind": run.kind, "config": _settings(run.config)}, sort_keys=False)
+    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(settings)}</pre>"]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.path.name)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
     out = run.path / "report.html"
     atomic_write_text(out, page)
