@@ -15,7 +15,7 @@ def test_help_lists_areas_and_is_fast(cli):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from trustlab.cli import app; print('torch' in sys.modules)"
+    code = "import sys; from trustlab.cli import build_app; build_app(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
     assert out == "False"
 
@@ -68,9 +68,9 @@ def test_bad_model_and_input_are_one_line_errors(cli):
 def _command(path: tuple[str, ...]):
     import typer
 
-    from trustlab.cli import app
+    from trustlab.cli import build_app
 
-    cmd = typer.main.get_command(app)
+    cmd = typer.main.get_command(build_app())
     for name in path:
         cmd = cmd.commands[name]
     return cmd
@@ -104,27 +104,18 @@ def test_command_defaults_are_the_config_defaults():
         assert compared >= 5, (path, compared)
 
 
-def _leaf_commands(cmd, path=()):
-    subs = getattr(cmd, "commands", None)
-    if not subs:
-        yield path, cmd
-        return
-    for name, sub in subs.items():
-        yield from _leaf_commands(sub, (*path, name))
-
 
 def test_every_option_name_survives_an_80_column_help(monkeypatch):
     """Help wraps descriptions, never option names: a user types them from there."""
-    import typer
     from typer.testing import CliRunner
 
-    from trustlab.cli import app
+    from test_cli_usage import LEAVES
+    from trustlab.cli import build_app
 
     monkeypatch.setenv("COLUMNS", "80")
-    root = typer.main.get_command(app)
-    leaves = list(_leaf_commands(root))
-    assert len(leaves) > 20
-    for path, cmd in leaves:
+    app = build_app()
+    assert len(LEAVES) > 20
+    for path, cmd in LEAVES:
         out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"}).output
         assert "…" not in out, path
         for param in cmd.params:

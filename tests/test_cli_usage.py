@@ -7,7 +7,7 @@ this file.
 import pytest
 import typer
 
-from trustlab.cli import app, main
+from trustlab.cli import build_app, main
 
 
 def _leaf_commands(command, path=()):
@@ -19,7 +19,7 @@ def _leaf_commands(command, path=()):
         yield from _leaf_commands(child, (*path, name))
 
 
-LEAVES = list(_leaf_commands(typer.main.get_command(app)))
+LEAVES = list(_leaf_commands(typer.main.get_command(build_app())))
 WITH_REQUIRED_ARGUMENT = [path for path, cmd in LEAVES
                           if any(p.required for p in cmd.params)]
 

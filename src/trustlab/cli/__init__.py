@@ -12,42 +12,57 @@ from __future__ import annotations
 
 import signal
 import sys
+from importlib import import_module
 
 import typer
 
-from trustlab.cli import data as data_cli
 from trustlab.cli.apps import new_app
-from trustlab.cli import pi as pi_cli
-from trustlab.cli import replication as replication_cli
-from trustlab.cli import spn as spn_cli
-from trustlab.cli import tinyml as tinyml_cli
-
 from trustlab.errors import TrustlabError
 
-app = new_app(help="trustlab: private inference, diffusion replication, tensor SPNs and TinyML security, on your own data.",
-              pretty_exceptions_enable=False, add_completion=False)
-app.add_typer(data_cli.app, name="data", help="Offline datasets: list, fetch.")
-app.add_typer(pi_cli.app, name="pi", help="Private inference: ReLU accounting, SENet/SNL/layer-drop, shallow models, secure inference.")
-app.add_typer(replication_cli.app, name="replication",
-              help="Replication in diffusion models: testbed training, sampling, replication and quality metrics.")
-app.add_typer(spn_cli.app, name="spn", help="Tensor SPNs: learn SPNs, map them onto tensor trains, compress, evaluate.")
-app.add_typer(tinyml_cli.app, name="tinyml", help="TinyML security: taxonomy, CVSS-scored attacks, defenses, assessment.")
-
+AREAS = {  # command: (the module whose ``app`` holds its commands, its line in ``trustlab --help``)
+    "data": ("trustlab.cli.data", "Offline datasets: list, fetch."),
+    "pi": ("trustlab.cli.pi", "Private inference: ReLU accounting, SENet/SNL/layer-drop, shallow models, secure inference."),
+    "replication": ("trustlab.cli.replication",
+                    "Replication in diffusion models: testbed training, sampling, replication and quality metrics."),
+    "spn": ("trustlab.cli.spn", "Tensor SPNs: learn SPNs, map them onto tensor trains, compress, evaluate."),
+    "tinyml": ("trustlab.cli.tinyml", "TinyML security: taxonomy, CVSS-scored attacks, defenses, assessment."),
+}
 
 _debug = {"on": False}
 
 
-@app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     _debug["on"] = debug
 
 
-@app.command("report")
 def report(run_dir: str = typer.Argument(..., help="A run folder written by a trustlab command.")) -> None:
     """Render a run folder to a self-contained HTML report."""
     from trustlab.report import render_report
 
     print(render_report(run_dir))
+
+
+def build_app(areas: set[str] | None = None) -> typer.Typer:
+    """The ``trustlab`` app with the commands of ``areas`` (default: every area).
+
+    The other areas appear in ``trustlab --help`` with their line but are not imported: a command
+    reads only its own area's module, so ``trustlab --help`` and ``trustlab tinyml score`` start
+    without building the options of every other command.
+    """
+    app = new_app(help="trustlab: private inference, diffusion replication, tensor SPNs and TinyML security, on your own data.",
+                  pretty_exceptions_enable=False, add_completion=False)
+    app.callback()(_root)
+    app.command("report")(report)
+    for name, (module, line) in AREAS.items():
+        sub = import_module(module).app if areas is None or name in areas else new_app()
+        app.add_typer(sub, name=name, help=line)
+    return app
+
+
+def _area(argv: list[str]) -> set[str]:
+    """The area a command line names (its first word that is not an option), if any."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return {first} & set(AREAS)
 
 
 def _usage_error_type() -> type[Exception]:
@@ -77,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = build_app(_area(argv))(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:  # typer hands an interrupt (130) or a typer.Exit(code) back as a value
             if code == 130:
                 print(INTERRUPTED, file=sys.stderr)

@@ -12,7 +12,7 @@ import json
 
 from trustlab import __version__
 from trustlab.report import STYLE
-from trustlab.tinyml.assess import Assessment
+from trustlab.tinyml.assessment import Assessment
 from trustlab.tinyml.catalog import OWN_TECHNIQUES, attacks
 
 LEVEL = {"Critical": "error", "High": "error", "Medium": "warning", "Low": "note", "None": "none"}
