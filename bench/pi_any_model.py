@@ -14,7 +14,7 @@ Writes ``bench/results/pi_any_model.json`` and ``.png``.
 
     python bench/pi_any_model.py                 # the full protocol (about 45 minutes on 2 CPU cores)
     python bench/pi_any_model.py --limit 3000 --reduce-limit 2000 --seeds 0   # a smoke run
-    python bench/pi_any_model.py --markdown      # the README's table from the result file
+    python bench/pi_any_model.py --markdown      # the benchmark page's table (docs/benchmarks/pi.md) from the result file
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def plot(rows: list[dict], base: list[dict], teacher: dict, builtin: dict) -> No
 
 
 def markdown() -> str:
-    """The README's table, from the result file."""
+    """The benchmark page's table (docs/benchmarks/pi.md), from the result file."""
     doc = json.loads((RESULTS / "pi_any_model.json").read_text())
     lines = ["| method | budget | functional ResNet18 (API) | built-in ResNet18 | difference | larger sd |",
              "|---|---|---|---|---|---|"]

@@ -1,6 +1,6 @@
 """Replication protocol: partial copying, copy rates, and every mitigation at matched quality.
 
-Protocol (CPU, chosen from the calibration curve, see the README): ``--n`` distinct emoji
+Protocol (CPU, chosen from the calibration curve, see docs/benchmarks/replication.md): ``--n`` distinct emoji
 (skin-tone variations and near-duplicates dropped, unique captions) at ``--size``, a
 ``--duplicate-share`` of them repeated ``--duplicate-times`` more times with their captions
 (``dup_both``); the diffusers U-Net of ``--channels`` with MiniLM token states, ``--steps``

@@ -41,7 +41,7 @@ from trustlab.replication.registration import centred_unit, images, luminance
 SIZE = 32  # the audit's default side
 LOOKALIKE_LEVEL = 0.99
 TARGET = {"recall": 0.95, "false_copy_rate": 0.01}
-ROUTES = [  # the copy metrics measured on these sets before the current one (figures: README)
+ROUTES = [  # the copy metrics measured on these sets before the current one (figures: docs/benchmarks/replication.md)
     "pixel cosine (mirrored too) and pHash: the baselines, in every run of this file",
     "aligned v1: autograd Adam registration of 6 candidates from 12 colour retrieval views, calibration images whose "
     "nearest reached the duplicate level merged into that group",

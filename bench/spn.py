@@ -79,7 +79,7 @@ SETS = {  # name: data, fit options (alpha: a list chosen on validation), ranks
                             routes=("spn",) if name == "dna" else ("mi", "direct-mi"))  # DNA: SPN order is its best
        for name, ranks in (("nltcs", (2, 4, 8)), ("plants", (4, 8, 16)), ("jester", (2, 4, 8)), ("dna", (2, 4, 8)))},
     "plants-large": dict(data=dict(dataset="debd", name="plants"), fit=dict(WIDE_LEARNSPN, min_instances=3),
-                         ranks=(8, 16, 32), routes=("mi",)),  # the largest wide LearnSPN within 1% (README)
+                         ranks=(8, 16, 32), routes=("mi",)),  # the largest wide LearnSPN within 1% (docs/benchmarks/spn.md)
     "digits": dict(data=dict(dataset="digits"), fit=dict(), ranks=(8, 16, 32)),
     "mnist-14": dict(data=dict(dataset="mnist", size=14, limit=20000), fit=dict(min_instances=100), ranks=(16, 32)),
 }
@@ -277,7 +277,7 @@ COLUMNS = {"spn": "from the SPN, SPN order", "als": "from the SPN, ALS rounding"
 
 
 def markdown(name: str, r: dict) -> str:
-    """A set's figures as the README shows them: one row per rank, one column per route, then the choice."""
+    """A set's figures as docs/benchmarks/spn.md shows them: one row per rank, one column per route, then the choice."""
     spn, chosen = r["spn"], r.get("at_chosen")
     routes = {k: r["ranks"][k] for k in routes_of(name)}
     ranks = sorted({x["rank"] for rows in routes.values() for x in rows})

@@ -172,11 +172,16 @@ def test_report_of_a_damaged_run_folder(cli, pi_run, tmp_path, damage, needle):
     one_line_error(cli("report", str(run)), needle)
 
 
-@pytest.mark.parametrize("missing,needle", [("summary.json", "has no summary.json"), ("config.yaml", "no config.yaml"),
-                                            ("checkpoints/last.safetensors", "does not exist")])
-@pytest.mark.parametrize("command", [("pi", "cost", "{run}"), ("pi", "secure-infer", "{run}"),
-                                     ("pi", "senet", "--teacher", "{run}", "--budget", "10", "--out", "{out}")])
-def test_every_command_reading_a_run_folder_names_a_missing_file(cli, pi_run, tmp_path, missing, needle, command):
+MISSING = {"summary.json": "has no summary.json", "config.yaml": "no config.yaml", "checkpoints/last.safetensors": "does not exist"}
+COST, SECURE, REDUCE = ("pi", "cost", "{run}"), ("pi", "secure-infer", "{run}"), ("pi", "senet", "--teacher", "{run}", "--budget", "10",
+                                                                              "--out", "{out}")
+
+
+@pytest.mark.parametrize("missing,command", [(m, COST) for m in MISSING] + [("summary.json", SECURE), ("config.yaml", REDUCE),
+                                                                          ("checkpoints/last.safetensors", REDUCE)])
+def test_every_command_reading_a_run_folder_names_a_missing_file(cli, pi_run, tmp_path, missing, command):
+    """Each file kind missing, for each command that reads a PI run folder: one line naming it, exit 2."""
+    needle = MISSING[missing]
     run = _copy(pi_run, tmp_path / "run")
     (run / missing).unlink()
     args = [a.format(run=run, out=tmp_path / "out") for a in command]

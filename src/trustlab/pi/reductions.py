@@ -207,6 +207,8 @@ class SNL(Reduction):
         state = {"lambda": cfg.snl_lambda, "lowest": None, "epochs": []}
         if s.resume and path.exists():
             state = read_json(path, "SNL search state", RunError)
+            if not isinstance(state, dict) or not isinstance(state.get("epochs"), list) or not isinstance(state.get("lambda"), (int, float)):
+                raise RunError(f"{path} is not an SNL search state: rerun without --resume into a new folder")
         loss = DistillationLoss(s.teacher, s.layers, cfg.temperature, 0.0, extra=lambda m: state["lambda"] * _alpha_l1(m))
         history = state["epochs"]
         if history:  # resumed: the weights as of the last counted epoch (or of a later one not yet counted)
