@@ -20,6 +20,13 @@ if TYPE_CHECKING:  # the CLI reads this module at start-up: HTTP and the data re
 
 
 DETECTORS = ("magnitude", "attention-entropy")  # memorization detectors from the model alone (memorization.py)
+
+
+def check_detector(name: str, option: str = "--gate-detector") -> str:
+    """``name`` if it is a memorization detector, else a one-line error naming ``option``."""
+    if name not in DETECTORS:
+        raise ConfigError(f"{option} {name}: use {' or '.join(DETECTORS)}")
+    return name
 COPY_METRICS = ("aligned", "pixel")  # how a generation is compared with a training image to call it a copy
 DUPLICATE_LEVEL = 0.98  # two training images at least this similar are one image (calibration takes one per group)
 ALIGN_MIN_SIZE = 16  # the aligned metric blurs and halves images: below this side nothing is left to align
@@ -265,8 +272,7 @@ class DetectConfig:
         self.detector_names()
 
     def detector_names(self) -> tuple[str, ...]:
-        names = tuple(d.strip() for d in self.detectors.split(",") if d.strip())
-        bad = [d for d in names if d not in DETECTORS]
-        if bad or not names:
-            raise ConfigError(f"--detectors {self.detectors}: use one or more of {', '.join(DETECTORS)}")
+        names = tuple(check_detector(d.strip(), "--detectors") for d in self.detectors.split(",") if d.strip())
+        if not names:
+            raise ConfigError(f"--detectors is empty: use one or more of {', '.join(DETECTORS)}")
         return names

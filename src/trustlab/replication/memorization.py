@@ -37,11 +37,6 @@ from trustlab.replication.config import DETECTORS
 
 
 
-def check_detector(name: str) -> str:
-    if name not in DETECTORS:
-        raise ConfigError(f"detector '{name}': use {' or '.join(DETECTORS)}")
-    return name
-
 
 def check_fpr(fpr: float, option: str = "--gate-fpr") -> float:
     if not 0 < fpr < 1:
@@ -214,5 +209,5 @@ def roc(scores: np.ndarray, labels: np.ndarray) -> dict:
             "fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()}
 
 
-__all__ = ["DETECTORS", "AttentionEntropy", "Prompts", "check_detector", "check_fpr", "first_step_scores",
+__all__ = ["DETECTORS", "AttentionEntropy", "Prompts", "check_fpr", "first_step_scores",
            "gate_threshold", "guided", "lower_magnitude", "memorized_share", "read_prompts", "roc"]

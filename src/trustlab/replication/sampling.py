@@ -23,8 +23,9 @@ import torch
 from trustlab.errors import ConfigError, RunError
 from trustlab.progress import progress_bar
 from trustlab.replication.data import load_captioned
-from trustlab.replication.memorization import (DETECTORS, check_detector, check_fpr, first_step_scores, gate_threshold,
-                                               guided, lower_magnitude, read_prompts)
+from trustlab.replication.config import DETECTORS, check_detector
+from trustlab.replication.memorization import (check_fpr, first_step_scores, gate_threshold, guided, lower_magnitude,
+                                               read_prompts)
 from trustlab.replication.mitigations import INFERENCE, Mitigations, parse, vocabulary
 from trustlab.replication import pretrained
 from trustlab.replication.pipeline_folder import vae_factor
