@@ -14,7 +14,9 @@ near-identical twins (a JPEG quality-90 re-save of the image) and two kinds of q
 
 Every descriptor is run with its default calibrated threshold, through the comparison that
 ``replication audit`` and ``measure`` use (duplicate groups first, one image per group calibrates):
-``aligned`` (the default copy metric), ``pixel`` and a perceptual hash (``imagehash`` pHash,
+``aligned`` (the default copy metric), ``pixel``, ``learned`` (a descriptor trained on the
+training set itself, SSCD-style, :mod:`trustlab.replication.descriptor`; its seconds include the
+training) and a perceptual hash (``imagehash`` pHash,
 similarity 1 − Hamming distance / 64, calibrated by the same rule, calibration images with an
 identical hash left out: by the hash's own rule they are duplicates). A copy is *found* when it is
 flagged and its match lies in its source's duplicate group. Writes
@@ -35,6 +37,7 @@ from common import RESULTS, write_result
 from PIL import Image, ImageEnhance
 
 from trustlab.data import load_dataset
+from trustlab.replication.config import COPY_METRICS
 from trustlab.replication.metrics import compare, sample
 from trustlab.replication.registration import centred_unit, images, luminance
 
@@ -191,7 +194,7 @@ def run_set(name: str, train_pics: list[Image.Image], look_pics: list[Image.Imag
     out = {"train_images": len(folder), "planted_twins": len(twins), "lookalikes": int(len(look)),
            "lookalikes_left_out_as_same_picture": int((same >= LOOKALIKE_LEVEL).sum()), "copies_per_edit": n_copies,
            "descriptors": {}}
-    for metric in ("aligned", "pixel"):
+    for metric in COPY_METRICS:
         t0 = time.perf_counter()
         c = compare(q, train, SIZE, calibration=2000, background=64, seed=seed, metric=metric)
         flagged, match, group = c.copied().numpy(), c.match.numpy(), c.duplicates.group

@@ -125,3 +125,25 @@ def test_copy_settings_bad_input_is_one_line(cli, tmp_path):
     r = cli("replication", "audit", "--generated", str(tmp_path / "train"), "--train", str(tmp_path / "same"),
             "--out", str(tmp_path / "y"), "--size", "16", "--quiet")
     assert r.returncode == 2 and "all duplicates" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_learned_descriptor_is_cached_by_the_folder_fingerprint_and_respects_groups(tmp_data):
+    """The learned copy metric trains on the training rows once: the same rows reuse the cached weights,
+    changed rows (or another version) train again; too few images is one line; excluded groups never match."""
+    import numpy as np
+
+    from trustlab.replication import descriptor
+
+    rows = (torch.rand(24, 3 * 16 * 16, generator=torch.Generator().manual_seed(0)) * 2 - 1).numpy()
+    first = descriptor.train_descriptor(rows, 16, steps=2)
+    cached = list((tmp_data / "cache" / "copy-descriptors").glob("*.safetensors"))
+    assert len(cached) == 1
+    again = descriptor.train_descriptor(rows, 16, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    descriptor.train_descriptor(rows[:-1], 16, steps=2)  # another folder: trained, cached beside the first
+    assert len(list((tmp_data / "cache" / "copy-descriptors").glob("*.safetensors"))) == 2
+    with pytest.raises(ConfigError, match="too few"):
+        descriptor.train_descriptor(rows[:5], 16, steps=2)
+    groups = np.arange(24)
+    score, match = descriptor.learned_nearest(rows[:4], rows, 16, exclude=(groups[:4], groups), steps=2)
+    assert not (match == torch.arange(4)).any() and (score <= 1.0 + 1e-6).all()

@@ -18,7 +18,8 @@ app = new_app()
 DATA, MODEL = CaptionDataConfig(), DiffusionConfig()  # the defaults of `replication train`
 AUDIT, DETECT, MITIGATION = AuditConfig(), DetectConfig(), Mitigations()
 COPY_METRIC_HELP = ("aligned: crops, shifts, small rotations, mirroring and grey conversion undone before comparing; "
-                    "pixel: plain pixel similarity.")
+                    "pixel: plain pixel similarity; learned: a copy descriptor trained on the training folder "
+                    "(cached by its fingerprint).")
 DUPLICATE_HELP = "Training images at least this similar form a near-duplicate group (the calibration takes one per group)."
 
 

@@ -27,7 +27,7 @@ def check_detector(name: str, option: str = "--gate-detector") -> str:
     if name not in DETECTORS:
         raise ConfigError(f"{option} {name}: use {' or '.join(DETECTORS)}")
     return name
-COPY_METRICS = ("aligned", "pixel")  # how a generation is compared with a training image to call it a copy
+COPY_METRICS = ("aligned", "pixel", "learned")  # how a generation is compared with a training image to call it a copy
 DUPLICATE_LEVEL = 0.98  # two training images at least this similar are one image (calibration takes one per group)
 ALIGN_MIN_SIZE = 16  # the aligned metric blurs and halves images: below this side nothing is left to align
 

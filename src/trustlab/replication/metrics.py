@@ -232,12 +232,17 @@ def copy_similarity(queries: np.ndarray, train: np.ndarray, size: int, metric: s
     """Each query's highest similarity to a training row by the copy ``metric`` and that row.
 
     ``aligned``: after undoing crops, shifts, rotations, mirroring and grey conversion
-    (:mod:`trustlab.replication.registration`); ``pixel``: mean-centred cosine (mirrored too with
-    ``flip``), taken from ``neighbours`` when the pixel search already ran.
+    (:mod:`trustlab.replication.registration`); ``learned``: the cosine of descriptors trained on the
+    training rows (:mod:`trustlab.replication.descriptor`); ``pixel``: mean-centred cosine (mirrored
+    too with ``flip``), taken from ``neighbours`` when the pixel search already ran.
     """
     if metric == "aligned":
         score, match, _ = aligned_nearest(queries, train, size, exclude=exclude, quiet=quiet, what=what)
         return score.double(), match
+    if metric == "learned":
+        from trustlab.replication.descriptor import learned_nearest
+
+        return learned_nearest(queries, train, size, exclude=exclude, quiet=quiet)
     nb = neighbours if neighbours is not None else nearest(queries, train, size, flip=flip, exclude=exclude,
                                                            quiet=quiet, what=what, **search)
     return nb.pixel.double(), nb.nearest
