@@ -34,6 +34,13 @@ def mean_sd(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
+def accuracy_gap(rows: list[dict], a: str, b: str, fraction: str) -> dict:
+    """Method ``a``'s test accuracy minus method ``b``'s in points at one budget (``fraction``): mean and sd
+    over the seeds both ran (rows carry ``method``, ``seed``, ``fraction``, ``test_acc``)."""
+    acc = {(r["method"], r["seed"]): r["test_acc"] for r in rows if r["fraction"] == fraction}
+    return mean_sd([100 * (acc[(a, s)] - acc[(b, s)]) for (m, s) in acc if m == a and (b, s) in acc])
+
+
 def seeded(runs: Path, name: str, seed: int, first: int) -> Path:
     """A run's folder for ``seed``; the first seed keeps the unsuffixed name that one-seed versions of a
     benchmark wrote, so their finished runs are reused."""

@@ -24,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
+from common import RESULTS, accuracy_gap, ensure_teacher, mean_sd, seeded, write_result
 
 import trustlab.pi as pi
 from trustlab.data import load_classification
@@ -72,7 +72,8 @@ def main() -> None:
     builtin = json.loads((RESULTS / "pi_relu_budget.json").read_text())
     base_rows = [r for r in builtin["rows"] if r["fraction"] in {f"1/{f}" for f in FRACTIONS} and r["seed"] in seeds]
     compare = comparison(rows, base_rows)
-    gaps = {f"1/{f}": {"functional": senet_minus_snl(rows, f"1/{f}"), "built-in": senet_minus_snl(base_rows, f"1/{f}")}
+    gaps = {f"1/{f}": {"functional": accuracy_gap(rows, "senet", "snl", f"1/{f}"),
+                       "built-in": accuracy_gap(base_rows, "senet", "snl", f"1/{f}")}
             for f in FRACTIONS}
     within = [c for c in compare if abs(c["difference_points"]) <= 2 * max(c["spread_points"], 1e-9)]
     headline = {
@@ -111,11 +112,6 @@ def comparison(rows: list[dict], base: list[dict]) -> list[dict]:
                         "difference_points": round(a["mean"] - b["mean"], 3), "spread_points": round(max(a["sd"], b["sd"]), 3),
                         "n": [a["n"], b["n"]]})
     return out
-
-
-def senet_minus_snl(rows: list[dict], fraction: str) -> dict:
-    acc = {(r["method"], r["seed"]): r["test_acc"] for r in rows if r["fraction"] == fraction}
-    return mean_sd([100 * (acc[("senet", s)] - acc[("snl", s)]) for (m, s) in acc if m == "senet" and ("snl", s) in acc])
 
 
 def plot(rows: list[dict], base: list[dict], teacher: dict, builtin: dict) -> None:

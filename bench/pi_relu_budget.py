@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, ensure_teacher, mean_sd, seeded, write_result
+from common import RESULTS, accuracy_gap, ensure_teacher, mean_sd, seeded, write_result
 
 from trustlab.pi.methods import METHODS
 from trustlab.pi.config import ReductionConfig
@@ -61,7 +61,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     table = summarise(rows)
     drop = {k: v["acc_drop_points"] for k, v in table.items()}
-    gap = {f: senet_minus_snl(rows, f"1/{f}") for f in FRACTIONS}
+    gap = {f: accuracy_gap(rows, "senet", "snl", f"1/{f}") for f in FRACTIONS}
     headline = {
         "senet_half_acc_drop": round(drop[("senet", "1/2")]["mean"], 3),
         "senet_half_acc_drop_sd": round(drop[("senet", "1/2")]["sd"], 3),
@@ -91,12 +91,6 @@ def summarise(rows: list[dict]) -> dict:
     keys = sorted({(r["method"], r["fraction"]) for r in rows}, key=lambda k: (list(METHODS).index(k[0]), int(k[1][2:])))
     return {k: {fig: mean_sd([r[fig] for r in rows if (r["method"], r["fraction"]) == k])
                 for fig in ("relus", "test_acc", "acc_drop_points")} for k in keys}
-
-
-def senet_minus_snl(rows: list[dict], fraction: str) -> dict:
-    """SENet's accuracy minus SNL's in points at one budget: mean and sd over the seeds both ran."""
-    acc = {(r["method"], r["seed"]): r["test_acc"] for r in rows if r["fraction"] == fraction}
-    return mean_sd([100 * (acc[("senet", s)] - acc[("snl", s)]) for (m, s) in acc if m == "senet" and ("snl", s) in acc])
 
 
 def plot(rows: list[dict], teacher: dict) -> None:

@@ -36,7 +36,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common import RESULTS, ensure_teacher, mean_sd, write_result
+from common import RESULTS, accuracy_gap, ensure_teacher, mean_sd, write_result
 
 import trustlab.pi as pi
 from trustlab.data import load_classification
@@ -131,18 +131,14 @@ def headline_of(rows: list[dict], teacher: dict, longest: int) -> dict:
     def acc(method, fraction):
         return mean_sd([r["test_acc"] for r in at if r["method"] == method and r["fraction"] == fraction])
 
-    def gap(a, b, fraction):
-        by_seed = {(r["method"], r["seed"]): r["test_acc"] for r in at if r["fraction"] == fraction}
-        return mean_sd([100 * (by_seed[(a, s)] - by_seed[(b, s)]) for (m, s) in by_seed if m == a and (b, s) in by_seed])
-
     total = teacher["relus"]
     snl = [(total // f, acc("snl", f"1/{f}")["mean"]) for f in FRACTIONS] + [(total, teacher["test_acc"])]
     shallow = [r for r in at if r["method"] == "shallow"]
     return {
         "finetune_epochs": longest,
         "senet_relu_ratio_at_iso_accuracy": iso_accuracy_ratio(snl, total // 4, acc("senet", "1/4")["mean"]),
-        "senet_minus_snl": {f"1/{f}": gap("senet", "snl", f"1/{f}") for f in FRACTIONS},
-        "senet_minus_layerdrop": {"1/2": gap("senet", "layerdrop", "1/2")},
+        "senet_minus_snl": {f"1/{f}": accuracy_gap(at, "senet", "snl", f"1/{f}") for f in FRACTIONS},
+        "senet_minus_layerdrop": {"1/2": accuracy_gap(at, "senet", "layerdrop", "1/2")},
         "shallow_acc_drop_points": mean_sd([r["acc_drop_points"] for r in shallow]),
         "shallow_relu_reduction": total / shallow[0]["relus"] if shallow else None,
         "teacher_acc": teacher["test_acc"],

@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 
 from trustlab.cli.apps import new_app
-
 from trustlab.errors import ConfigError, RunError
 from trustlab.files import read_json
 from trustlab.pi.config import SNL_SCHEDULES, ClassifierConfig, DataConfig, ReductionConfig, ShallowConfig

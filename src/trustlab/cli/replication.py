@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from trustlab.cli.apps import new_app
-
 from trustlab.errors import ConfigError
 from trustlab.replication.config import DUAL_FUSION as FUSION
 from trustlab.replication.config import AuditConfig, CaptionDataConfig, DetectConfig, DiffusionConfig, DualFusion

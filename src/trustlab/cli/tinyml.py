@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 
 from trustlab.cli.apps import new_app
-
 from trustlab.errors import ConfigError
 
 app = new_app()

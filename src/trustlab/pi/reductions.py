@@ -194,7 +194,6 @@ class SNL(Reduction):
             rows.append({"layer": n, "relus": capacity[n], "alpha_above_1e-2": above, "allocated": k})
         return rows
 
-
     @staticmethod
     def search_until_budget(s: Search) -> None:
         """SNL's public-code search: epoch by epoch until the α above threshold fit the budget.
@@ -204,27 +203,30 @@ class SNL(Reduction):
         epoch whose checkpoint was written but not its count is counted again from the weights.
         """
         cfg, path = s.cfg, s.run.path / "snl_search.json"
-        state = {"lambda": cfg.snl_lambda, "lowest": None, "epochs": []}
+        state = {"lambda": cfg.snl_lambda, "epochs": []}
         if s.resume and path.exists():
             state = read_json(path, "SNL search state", RunError)
             if not isinstance(state, dict) or not isinstance(state.get("epochs"), list) or not isinstance(state.get("lambda"), (int, float)):
                 raise RunError(f"{path} is not an SNL search state: rerun without --resume into a new folder")
         loss = DistillationLoss(s.teacher, s.layers, cfg.temperature, 0.0, extra=lambda m: state["lambda"] * _alpha_l1(m))
         history = state["epochs"]
+
+        def within_budget() -> bool:
+            return bool(history) and history[-1]["relus_above_threshold"] <= cfg.budget
+
         if history:  # resumed: the weights as of the last counted epoch (or of a later one not yet counted)
             s.train_masks(loss, epochs=len(history), resume=True)
-        while len(history) < cfg.search_epochs and not (history and history[-1]["relus_above_threshold"] <= cfg.budget):
+        while len(history) < cfg.search_epochs and not within_budget():
             epoch = len(history) + 1
             s.train_masks(loss, epochs=epoch, resume=s.resume or epoch > 1)
             kept = sum(int((m.scores.detach() > cfg.snl_threshold).sum()) * m.unit_size for m in s.masks.values())
-            history.append({"epoch": epoch, "relus_above_threshold": kept, "lambda": state["lambda"]})
-            if state["lowest"] is None or kept < state["lowest"]:
-                state["lowest"] = kept
-            elif epoch > 5:
+            stalled = epoch > 5 and kept >= min(h["relus_above_threshold"] for h in history)
+            history.append({"epoch": epoch, "relus_above_threshold": kept, "lambda": state["lambda"]})  # λ of this epoch
+            if stalled:
                 state["lambda"] *= 1.1
             atomic_write_json(path, state)
         s.run.write_table("snl_search", history, title="SNL search: ReLUs with α above the threshold, and λ, per epoch")
-        s.notes.update(search_epochs_run=len(history), search_cap_hit=bool(history) and history[-1]["relus_above_threshold"] > cfg.budget,
+        s.notes.update(search_epochs_run=len(history), search_cap_hit=bool(history) and not within_budget(),
                        snl_final_lambda=state["lambda"])
 
 
