@@ -466,8 +466,12 @@ def plot_calibration(curve: list[dict], protocol_steps: int, unique_bound: float
     plt.close(fig)
 
 
+ZOOM = (1.45, 0.40)  # the right panel: FID ratios up to this, copy rates from this up, where most methods lie
+
+
 def plot_pareto(points: dict, chosen: dict, seeds: dict, path: Path) -> None:
-    """Copy rate against proxy FID ratio, one marker per family; chosen settings circled; seed spread as error bars."""
+    """Copy rate against proxy FID ratio, one marker per family; chosen settings circled; seed spread as error bars.
+    Left every method, right the crowded corner near the unmitigated model, each label moved off the others."""
     plt = _pyplot()
     none = points["none"]
     style = {"gated:": ("tab:red", "o", "gated by the detector (Wen magnitude)"),
@@ -475,31 +479,57 @@ def plot_pareto(points: dict, chosen: dict, seeds: dict, path: Path) -> None:
              "g": ("tab:green", "o", "GC&DF"), "d": ("tab:green", "o", "GC&DF"), "rau": ("tab:purple", "D", "RAU-Net"),
              "route": ("tab:purple", "v", "plain + RAU-Net routed at tau"), "loyal": ("tab:purple", "*", "LoyalDiffusion"),
              "none": ("k", "X", "unmitigated")}
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    seen = set()
-    for name, p in points.items():
-        key = next(k for k in style if name.startswith(k))
-        color, marker, label = style[key]
-        ax.scatter(p["proxy_fid"] / none["proxy_fid"], p["copy_rate"], color=color, marker=marker, s=60,
-                   label=None if label in seen else label)
-        seen.add(label)
-        ax.annotate(name.replace("train:", "t:").replace("infer:", "i:"), (p["proxy_fid"] / none["proxy_fid"], p["copy_rate"]),
-                    fontsize=6, xytext=(3, 3), textcoords="offset points")
-    for label, s in seeds.items():
-        ax.errorbar(s["proxy_fid"]["mean"] / seeds["none"]["proxy_fid"]["mean"], s["copy_rate"]["mean"],
-                    xerr=s["proxy_fid"]["sd"] / seeds["none"]["proxy_fid"]["mean"], yerr=s["copy_rate"]["sd"],
-                    color="k", lw=1, capsize=3)
-    for name in chosen.values():
-        p = points[name]
-        ax.scatter(p["proxy_fid"] / none["proxy_fid"], p["copy_rate"], s=220, facecolors="none", edgecolors="tab:orange")
-    ax.axvline(1.10, color="tab:orange", ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("proxy FID / unmitigated proxy FID (log; dotted: 1.10)")
-    ax.set_ylabel("copy rate (share of generations copying)")
-    ax.legend(fontsize=7)
+    xy = {name: (p["proxy_fid"] / none["proxy_fid"], p["copy_rate"]) for name, p in points.items()}
+    zoomed = {n for n, (x, y) in xy.items() if x <= ZOOM[0] and y >= ZOOM[1]}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.25]})
+    for ax, names in ((axes[0], set(xy) - zoomed), (axes[1], zoomed)):
+        seen = set()
+        for name, (x, y) in xy.items():
+            key = next(k for k in style if name.startswith(k))
+            color, marker, label = style[key]
+            ax.scatter(x, y, color=color, marker=marker, s=50, label=None if label in seen else label)
+            seen.add(label)
+        for label, s in seeds.items():
+            ax.errorbar(s["proxy_fid"]["mean"] / seeds["none"]["proxy_fid"]["mean"], s["copy_rate"]["mean"],
+                        xerr=s["proxy_fid"]["sd"] / seeds["none"]["proxy_fid"]["mean"], yerr=s["copy_rate"]["sd"],
+                        color="k", lw=1, capsize=3)
+        for name in chosen.values():
+            ax.scatter(*xy[name], s=200, facecolors="none", edgecolors="tab:orange")
+        ax.axvline(1.10, color="tab:orange", ls=":", lw=1)
+        ax.set_xlabel("proxy FID / unmitigated proxy FID (dotted: 1.10)")
+        ax.set_ylabel("copy rate (share of generations copying)")
+        if ax is axes[1]:
+            lo = min(x for x, _ in xy.values())
+            ax.set_xlim(lo - 0.03, ZOOM[0])
+            ax.set_ylim(ZOOM[1], max(y for _, y in xy.values()) + 0.015)
+            ax.set_title("near the unmitigated model (error bars: sd over 2x2 seeds)", fontsize=9)
+        else:
+            ax.set_xscale("log")
+            ax.add_patch(plt.Rectangle((0.8, ZOOM[1]), ZOOM[0] - 0.8, 1, fill=False, ls="--", lw=0.8, color="gray"))
+            ax.set_title("every method (dashed box: right panel)", fontsize=9)
+            ax.legend(fontsize=7, loc="lower left")
+        _labels(ax, {n: xy[n] for n in names})
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _labels(ax, xy: dict[str, tuple[float, float]], height: float = 7.0) -> None:
+    """Each point's name beside it, moved up or down in steps of a line until it overlaps no label placed before."""
+    ax.figure.canvas.draw()
+    placed, points_per_pixel = [], 72 / ax.figure.dpi  # boxes in points, as the offsets
+    for name, (x, y) in sorted(xy.items(), key=lambda kv: (-kv[1][1], kv[1][0])):
+        text = name.replace("train:", "t:").replace("infer:", "i:")
+        px, py = ax.transData.transform((x, y)) * points_per_pixel
+        width = 3.4 * len(text)
+        for k in range(40):
+            dy = 2 + (k + 1) // 2 * height * (1 if k % 2 else -1)
+            box = (px + 4, py + dy, px + 4 + width, py + dy + height)
+            if all(box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (x, y), fontsize=6, xytext=(4, dy), textcoords="offset points",
+                    arrowprops=dict(arrowstyle="-", lw=0.3, color="gray") if abs(dy) > height else None)
 
 
 def headline(b: Bench) -> dict:

@@ -351,7 +351,6 @@ def test_cvss31_random_vectors_keep_base_temporal_environmental_apart():
         assert score_vector(vector).score == float(CVSS3(vector).scores()[want]), vector
 
 
-
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_mid_training_exits_non_zero_and_the_run_resumes(tmp_path, sig, code):
     """Ctrl-C or a SIGTERM ends training with one line and 130 / 143 (not 0), and --resume finishes the run."""

@@ -36,8 +36,6 @@ from trustlab.files import read_text
 from trustlab.replication.config import DETECTORS
 
 
-
-
 def check_fpr(fpr: float, option: str = "--gate-fpr") -> float:
     if not 0 < fpr < 1:
         raise ConfigError(f"{option} {fpr:g}: a false-positive rate lies in (0, 1)")
