@@ -359,7 +359,7 @@ def test_a_signal_mid_training_exits_non_zero_and_the_run_resumes(tmp_path, sig,
     folder = write_folder(tmp_path / "imgs")
     args = [sys.executable, "-m", "trustlab", "replication", "train", "--out", str(tmp_path / "run"), "--dataset", "folder",
             "--folder", str(folder), "--n", "0", "--size", "16", "--encoder", "hash", "--channels", "8,16,16",
-            "--batch-size", "4", "--checkpoint-every", "5", "--steps", "400", "--quiet"]
+            "--batch-size", "4", "--checkpoint-every", "5", "--steps", "150", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # a shell that starts the tests in the background leaves SIGINT ignored in its children: the child takes the default
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -373,10 +373,10 @@ def test_a_signal_mid_training_exits_non_zero_and_the_run_resumes(tmp_path, sig,
     assert p.returncode == code, err
     assert err.strip().splitlines()[-1].endswith("rerun with --resume to continue from the last checkpoint"), err
     step = RunDir(tmp_path / "run").load_checkpoint()[1]["step"]
-    assert 5 <= step < 400 and not (tmp_path / "run" / "summary.json").exists()
+    assert 5 <= step < 150 and not (tmp_path / "run" / "summary.json").exists()
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert RunDir(tmp_path / "run").summary()["steps"] == 400
+    assert RunDir(tmp_path / "run").summary()["steps"] == 150
 
 
 def test_ratios_read_true_both_ways():
