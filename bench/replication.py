@@ -481,6 +481,7 @@ def plot_pareto(points: dict, chosen: dict, seeds: dict, path: Path) -> None:
              "none": ("k", "X", "unmitigated")}
     xy = {name: (p["proxy_fid"] / none["proxy_fid"], p["copy_rate"]) for name, p in points.items()}
     zoomed = {n for n, (x, y) in xy.items() if x <= ZOOM[0] and y >= ZOOM[1]}
+    left = min(x for x, _ in xy.values()) - 0.03  # the right panel's first FID ratio, and the box's on the left
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.25]})
     for ax, names in ((axes[0], set(xy) - zoomed), (axes[1], zoomed)):
         seen = set()
@@ -499,13 +500,12 @@ def plot_pareto(points: dict, chosen: dict, seeds: dict, path: Path) -> None:
         ax.set_xlabel("proxy FID / unmitigated proxy FID (dotted: 1.10)")
         ax.set_ylabel("copy rate (share of generations copying)")
         if ax is axes[1]:
-            lo = min(x for x, _ in xy.values())
-            ax.set_xlim(lo - 0.03, ZOOM[0])
+            ax.set_xlim(left, ZOOM[0])
             ax.set_ylim(ZOOM[1], max(y for _, y in xy.values()) + 0.015)
             ax.set_title("near the unmitigated model (error bars: sd over 2x2 seeds)", fontsize=9)
         else:
             ax.set_xscale("log")
-            ax.add_patch(plt.Rectangle((0.8, ZOOM[1]), ZOOM[0] - 0.8, 1, fill=False, ls="--", lw=0.8, color="gray"))
+            ax.add_patch(plt.Rectangle((left, ZOOM[1]), ZOOM[0] - left, 1, fill=False, ls="--", lw=0.8, color="gray"))
             ax.set_title("every method (dashed box: right panel)", fontsize=9)
             ax.legend(fontsize=7, loc="lower left")
         _labels(ax, {n: xy[n] for n in names})
