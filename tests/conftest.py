@@ -1,6 +1,9 @@
+import contextlib
+import io
 import os
+import signal
 import subprocess
-import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -8,16 +11,48 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m trustlab ARGS`` in a subprocess, as a user would."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "trustlab", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
+@contextlib.contextmanager
+def _environment(env: dict | None):
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def call_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """What ``python -m trustlab ARGS`` does (``sys.exit(main(ARGS))``), in this process, with ``env`` added.
+
+    A subprocess pays torch's and diffusers' imports (seconds) on every call, and the command line
+    itself is the same code. Tests of what needs a process of its own (a signal's exit code,
+    torchrun) start ``python -m trustlab`` themselves. An exception that escapes ``main`` becomes
+    exit 1 and a traceback on stderr, as in a subprocess; the SIGTERM handler ``main`` installs is
+    taken back afterwards.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    handler = signal.getsignal(signal.SIGTERM)
+    from trustlab.cli import main
+
+    with _environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    signal.signal(signal.SIGTERM, handler)
+    return subprocess.CompletedProcess(["trustlab", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
 def cli():
-    return run_cli
+    return call_cli
 
 
 @pytest.fixture
