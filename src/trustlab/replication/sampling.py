@@ -168,7 +168,7 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
         for i in range(0, n, batch_size):
             b = len(chosen[i : i + batch_size])
             x = torch.randn((b, *shape), generator=g).to(dev)
-            flagged = torch.ones(b, dtype=torch.bool)
+            flagged, plain = torch.ones(b, dtype=torch.bool), None
             if gate is not None:
                 plain = tuple(t.to(dev) for t in encoder.encode(chosen[i : i + b]))
                 score = first_step_scores(unet, scheduler, x, *plain, null, guidance, gate.first_steps, (gate.detector,))
@@ -176,7 +176,8 @@ def generate(unet, cfg, encoder, *, n: int = 256, seed: int = 0, steps: int = 50
                 flagged = score[gate.detector] > gate.threshold
             batch = [r if f else c for r, c, f in zip(rewritten[i : i + b], chosen[i : i + b], flagged.tolist())]
             used += batch
-            states, mask = (t.to(dev) for t in encoder.encode(batch))
+            same = plain is not None and batch == chosen[i : i + b]  # the gate's encoding serves unless a caption changed
+            states, mask = plain if same else (t.to(dev) for t in encoder.encode(batch))
             states = torch.where(flagged.to(dev)[:, None, None], mit.states(states, gm).to(states), states)
             if "wen-optimize" in mit.names and flagged.any():
                 f = flagged.to(dev)
