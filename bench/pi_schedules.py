@@ -203,12 +203,13 @@ def main() -> None:
     runs = Path(args.runs)
     t0 = time.time()
     teacher_dir = runs / "teacher"
-    t_teacher = time.time()
-    teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit, seeds[0])
     minutes_path = runs / "minutes.json"
     minutes = json.loads(minutes_path.read_text()) if minutes_path.exists() else {}
-    minutes.setdefault("teacher", round((time.time() - t_teacher) / 60, 1))
-    atomic_write_json(minutes_path, minutes)
+    t_teacher, training = time.time(), not finished(teacher_dir)
+    teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit, seeds[0])
+    if training:  # its minutes add up over the invocations that trained it, as a run's do
+        minutes["teacher"] = round(minutes.get("teacher", 0) + (time.time() - t_teacher) / 60, 1)
+        atomic_write_json(minutes_path, minutes)
     model = load_pi_model(teacher_dir)[0]
     data = load_classification("fashion-mnist")
     rows = []
@@ -230,7 +231,7 @@ def main() -> None:
                 "shallow": {"anneal_epochs": 1, "ring_epochs": 1, "target_relu_reduction": SHALLOW_TARGET},
                 "seeds": {"longest": seeds, "others": seeds[:1]}, "fractions": [f"1/{f}" for f in FRACTIONS]}
     write_result("pi_schedules", headline, settings, rows=rows, table=table, teacher_curve=teacher_curve(teacher_dir),
-                 minutes={"teacher": minutes["teacher"], **stage_minutes, "this_invocation": round((time.time() - t0) / 60, 1)})
+                 minutes={"teacher": minutes.get("teacher"), **stage_minutes, "this_invocation": round((time.time() - t0) / 60, 1)})
     plot(table, teacher, lengths)
     print(json.dumps(headline, indent=1))
 
