@@ -64,6 +64,7 @@ from trustlab.replication.config import DUAL_FUSION, CaptionDataConfig, Diffusio
 from trustlab.replication.data import load_captioned
 from trustlab.replication.measure import measure_run
 from trustlab.replication.memorization import roc
+from trustlab.replication.metrics import metric_version
 from trustlab.replication.mitigations import INFERENCE, TRAIN
 from trustlab.replication.rau import TimestepRouter
 from trustlab.replication.rau_analysis import skip_ablation
@@ -125,8 +126,10 @@ class Bench:
         """The measurement of ``samples`` in ``run`` (sampled by ``make(path)`` and measured unless stored)."""
         stored = run / f"measure-{samples.stem}.json"
         m = json.loads(stored.read_text()) if stored.exists() and samples.exists() else {}
-        if m.get("compared_with") != "distinct training images" or (m.get("copies") or {}).get("copy_metric") != "aligned":
-            # measured by an earlier version (or with the pixel copy metric): measure again
+        copies = m.get("copies") or {}
+        if (m.get("compared_with") != "distinct training images" or copies.get("copy_metric") != "aligned"
+                or copies.get("copy_metric_version") != metric_version("aligned")):
+            # measured by an earlier version of trustlab or of the copy metric (or with the pixel one): measure again
             if not samples.exists():
                 make(samples)
             m = measure_run(run, samples=samples, flip=True, device=self.args.device)
@@ -635,6 +638,7 @@ def settings(a) -> dict:
                     f"{a.size}x{a.size}, {a.duplicate_share:.0%} duplicated x{a.duplicate_times} (dup_both), data seed 0",
             "encoder": "minilm", "channels": a.channels, "steps": a.steps, "batch_size": a.batch_size, "lr": DiffusionConfig.lr,
             "samples": a.samples, "sampler": "DDIM 50 steps, guidance 2, eta 1",
+            "copy_metric_version": metric_version("aligned"),  # a new version measures every stored sample set again
             "copy_rate": "share of generations whose nearest training image by the aligned copy metric (crops, shifts, "
                          "rotations, mirroring, grey undone by registration) lies above the calibrated threshold: p99 of "
                          "distinct training images' nearest-other similarity, one per near-duplicate group",

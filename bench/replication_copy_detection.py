@@ -49,9 +49,12 @@ ROUTES = [  # the copy metrics measured on these sets before the current one (fi
     "aligned v1: autograd Adam registration of 6 candidates from 12 colour retrieval views, calibration images whose "
     "nearest reached the duplicate level merged into that group",
     "ECC registration with the same merge",
-    "aligned v2 (the default): ECC registration masked to the covered part, 28 luminance views with shifts and edge "
-    "crops, an 8x8 shortlist, no merge",
+    "aligned v2: ECC registration masked to the covered part, 28 luminance views with shifts and edge crops, an 8x8 "
+    "shortlist, no merge; candidates warped bilinearly",
+    "aligned v3 (the default): v2 with candidates warped bicubically",
     "band-pass (difference of Gaussians) similarity after registration; 48 retrieved candidates instead of 24",
+    "on v3: a Gaussian blur (sigma 0.7) before the similarity; colour compared as YCbCr with chroma at half resolution; "
+    "48 retrieved and 8 registered candidates; 20 ECC steps at full size (figures: docs/guides/replication.md)",
     "learned: an SSCD-style descriptor trained on the training folder (600 batches, InfoNCE + KoLeo), measured beside "
     "the others in every run of this file",
 ]

@@ -45,7 +45,7 @@ from trustlab.replication.config import AuditConfig
 from trustlab.replication.duplicates import Duplicates
 from trustlab.replication.measure import copy_grid, duplicate_grid
 from trustlab.replication.data import caption_records
-from trustlab.replication.metrics import TorchScriptEmbedder, compare
+from trustlab.replication.metrics import TorchScriptEmbedder, compare, metric_version
 from trustlab.report import render_report
 from trustlab.runs import Job, RunDir, atomic_write_bytes, atomic_write_text
 from trustlab.train import resolve_device
@@ -169,7 +169,8 @@ def audit(cfg: AuditConfig, out: str | Path, *, resume: bool = False, quiet: boo
     copied = result.copied()
     duplicates = result.duplicates.summary(train.files)
     summary = {"copy_rate": float(copied.double().mean()), "copies": int(copied.sum()), "copy_threshold": threshold,
-               "copy_metric": cfg.copy_metric, "threshold_source": result.threshold_source,
+               "copy_metric": cfg.copy_metric, "copy_metric_version": metric_version(cfg.copy_metric),
+               "threshold_source": result.threshold_source,
                "generations": len(gen.files), "train_images": len(train.files), "duplicates": duplicates,
                "skipped_generations": len(gen.skipped), "skipped_train_images": len(train.skipped),
                "size": cfg.size, "flip_invariant": cfg.flip or cfg.copy_metric == "aligned", "device": str(device),

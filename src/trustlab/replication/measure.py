@@ -17,7 +17,7 @@ import torch
 from trustlab.replication.config import DUPLICATE_LEVEL, DiffusionConfig, check_copy_settings
 from trustlab.replication.data import load_captioned
 from trustlab.replication.metrics import (TorchScriptEmbedder, check_same_size, check_threshold, compare, copy_rates,
-                                          image_rows)
+                                          image_rows, metric_version)
 from trustlab.replication.quality import quality
 from trustlab.replication.sampling import latest_samples, load_samples
 from trustlab.report import render_report
@@ -65,7 +65,8 @@ def measure_run(run_dir: str | Path, *, samples: str | Path | None = None, sscd:
     if meta.get("train_index") is not None:
         copies = copy_rates(result.similarity, result.match, torch.tensor(meta["train_index"]), data.origins(),
                             data.duplicated(), threshold)
-        copies.update(threshold_source=result.threshold_source, copy_metric=copy_metric, copied=result.copied().tolist())
+        copies.update(threshold_source=result.threshold_source, copy_metric=copy_metric,
+                      copy_metric_version=metric_version(copy_metric), copied=result.copied().tolist())
     result = {"samples": str(path), "generations": len(gen), "train_images": len(data), "data": data.source,
               "compared_with": "distinct training images",
               "pixel_threshold": pixel_threshold, "device": str(dev), "flip_invariant": flip,

@@ -29,6 +29,7 @@ from trustlab.errors import ConfigError
 from trustlab.progress import progress_bar
 from trustlab.replication.config import DUPLICATE_LEVEL, check_copy_settings
 from trustlab.replication.duplicates import Duplicates, find_duplicates
+from trustlab.replication.registration import VERSION as ALIGNED_VERSION
 from trustlab.replication.registration import aligned_nearest, centred_unit
 
 GRID = 4  # Carlini's tiles per side
@@ -266,6 +267,18 @@ def calibrate(train: np.ndarray, size: int, metric: str, duplicates: Duplicates,
     return float(torch.quantile(sim, 0.99)), source
 
 
+def metric_version(metric: str) -> int | None:
+    """The version of a copy ``metric``, stored with its measurements so that a result of an older one is not
+    mistaken for a current one (``pixel`` has none: it does not change)."""
+    if metric == "aligned":
+        return ALIGNED_VERSION
+    if metric == "learned":
+        from trustlab.replication.descriptor import VERSION
+
+        return VERSION
+    return None
+
+
 def compare(gen: np.ndarray, train: np.ndarray, size: int, *, calibration: int, background: int, seed: int = 0,
             copy_threshold: float | None = None, descriptors: tuple[np.ndarray, np.ndarray] | None = None,
             pixel_threshold: float = 0.9, metric: str = "aligned", duplicate_level: float = DUPLICATE_LEVEL,
@@ -374,5 +387,5 @@ def sample(n: int, limit: int, seed: int) -> np.ndarray:
 
 __all__ = ["CARLINI_K", "GRID", "Comparison", "calibrate", "copy_similarity", "Neighbours", "TorchScriptEmbedder", "against_the_rest", "check_same_size",
            "check_threshold",
-           "compare", "copy_rates", "nearest", "pixel_similarity", "pixel_similarity_mirrored", "replication", "image_rows",
+           "compare", "copy_rates", "metric_version", "nearest", "pixel_similarity", "pixel_similarity_mirrored", "replication", "image_rows",
            "sample", "statistics"]
