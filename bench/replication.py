@@ -491,12 +491,13 @@ def plot_pareto(points: dict, chosen: dict, seeds: dict, path: Path) -> None:
         for name, (x, y) in xy.items():
             key = next(k for k in style if name.startswith(k))
             color, marker, label = style[key]
-            ax.scatter(x, y, color=color, marker=marker, s=50, label=None if label in seen else label)
+            ax.scatter(x, y, color=color, marker=marker, s=50, label=None if label in seen else label,
+                       zorder=3 if name == "none" else 2)  # the reference stays visible under points that tie it
             seen.add(label)
         for label, s in seeds.items():
             ax.errorbar(s["proxy_fid"]["mean"] / seeds["none"]["proxy_fid"]["mean"], s["copy_rate"]["mean"],
                         xerr=s["proxy_fid"]["sd"] / seeds["none"]["proxy_fid"]["mean"], yerr=s["copy_rate"]["sd"],
-                        color="k", lw=1, capsize=3)
+                        color="0.45", lw=0.8, capsize=3, alpha=0.7, zorder=1)
         for name in chosen.values():
             ax.scatter(*xy[name], s=200, facecolors="none", edgecolors="tab:orange")
         ax.axvline(1.10, color="tab:orange", ls=":", lw=1)
@@ -518,7 +519,8 @@ def plot_pareto(points: dict, chosen: dict, seeds: dict, path: Path) -> None:
 
 
 def _labels(ax, xy: dict[str, tuple[float, float]], height: float = 7.0) -> None:
-    """Each point's name beside it, moved up or down in steps of a line until it overlaps no label placed before."""
+    """Each point's name beside it, moved up or down in steps of a line until it overlaps no label placed before
+    (a moved label has a line to its point)."""
     ax.figure.canvas.draw()
     placed, points_per_pixel = [], 72 / ax.figure.dpi  # boxes in points, as the offsets
     for name, (x, y) in sorted(xy.items(), key=lambda kv: (-kv[1][1], kv[1][0])):
@@ -532,7 +534,7 @@ def _labels(ax, xy: dict[str, tuple[float, float]], height: float = 7.0) -> None
                 break
         placed.append(box)
         ax.annotate(text, (x, y), fontsize=6, xytext=(4, dy), textcoords="offset points",
-                    arrowprops=dict(arrowstyle="-", lw=0.3, color="gray") if abs(dy) > height else None)
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="gray") if k else None)  # a moved label points home
 
 
 def headline(b: Bench) -> dict:
