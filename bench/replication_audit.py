@@ -8,7 +8,7 @@ written once into ``--runs`` and reused. The audit compares at its default 32x32
 nothing (no cache): decoding, the duplicate groups, the calibration, the background, the search and
 the registration of the aligned copy metric (the default). Writes
 ``bench/results/replication_audit.json`` and ``.png``; a finished audit is reused unless
-``--again``.
+``--again`` or the copy metric's version changed.
 
     python bench/replication_audit.py          # about 10 minutes on 2 CPU cores, half of it writing the folders
 """
@@ -26,6 +26,7 @@ from common import RESULTS, write_result
 from trustlab.data import load_dataset
 from trustlab.replication.audit import audit
 from trustlab.replication.config import DUPLICATE_LEVEL, AuditConfig
+from trustlab.replication.metrics import metric_version
 from trustlab.runs import RunDir, finished
 
 
@@ -62,7 +63,8 @@ def main() -> None:
     write_folder(runs / "generated", train[planted], [f"copy-of-{i:05d}.jpg" for i in planted], 80, quality=90)
     written = time.time() - t0
     out = runs / "audit"
-    if args.again and out.exists():
+    stale = finished(out) and RunDir(out).summary().get("copy_metric_version") != metric_version("aligned")
+    if (args.again or stale) and out.exists():  # an audit by an older copy metric is timed and measured again
         shutil.rmtree(out)
     cfg = AuditConfig(generated=str(runs / "generated"), train=str(runs / "train"))
     if not finished(out):
@@ -76,7 +78,8 @@ def main() -> None:
     near_duplicates = sum(r[-1] == "1" and float(r[3]) >= DUPLICATE_LEVEL for r in rows if not Path(r[0]).name.startswith("copy-of-"))
     headline = {"minutes": round(s["seconds"] / 60, 2), "target_minutes": 10, "generations": s["generations"],
                 "train_images": s["train_images"], "copy_rate": s["copy_rate"], "copies_flagged": s["copies"],
-                "copy_metric": s["copy_metric"], "duplicate_groups": s["duplicates"]["groups"],
+                "copy_metric": s["copy_metric"], "copy_metric_version": s.get("copy_metric_version"),
+                "duplicate_groups": s["duplicates"]["groups"],
                 "images_in_duplicate_groups": s["duplicates"]["images_in_groups"],
                 "planted_copies": args.copies, "copy_threshold": s["copy_threshold"],
                 "planted_found": found, "recall": found / len(planted_rows),

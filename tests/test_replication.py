@@ -15,7 +15,7 @@ from PIL import Image
 from trustlab.errors import ConfigError, DataError, RunError
 from trustlab.replication.config import CaptionDataConfig, DiffusionConfig
 from trustlab.replication.data import load_captioned, read_folder
-from trustlab.replication.metrics import TorchScriptEmbedder, replication
+from trustlab.replication.metrics import TorchScriptEmbedder, metric_version, replication
 from trustlab.replication.mitigations import INFERENCE, parse
 from trustlab.replication.quality import frechet_distance, precision_recall
 from trustlab.replication.training import train_diffusion
@@ -150,6 +150,8 @@ def test_cli_train_sample_measure(cli, tmp_path):
     assert (run / "plots" / "copies.png").exists() and (run / "report.html").exists()
     c = m["copies"]
     assert 0 <= c["copy_rate"] <= 1 and -1 < c["threshold"] <= 1 and c["prompts_dup"] + c["prompts_unique"] == 5
+    assert c["copy_metric"] == "aligned" and isinstance(c["copy_metric_version"], int)
+    assert c["copy_metric_version"] == metric_version("aligned")  # what a benchmark checks before reusing a measurement
     assert m["distinct_train_images"] == m["train_images"] and "Copies:" in (run / "report.html").read_text()
     r = cli("replication", "measure", str(run), "--json", "--flip", "--copy-threshold", "0.95")
     assert r.returncode == 0, r.stderr

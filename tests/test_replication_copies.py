@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from trustlab.errors import ConfigError
 from trustlab.replication.duplicates import find_duplicates
 from trustlab.replication.metrics import calibrate, compare, image_rows
-from trustlab.replication.registration import aligned_nearest, ecc, grey, warp
+from trustlab.replication.registration import VERSION, aligned_nearest, ecc, grey, warp
 
 
 def _pictures(n: int, size: int, seed: int) -> torch.Tensor:
@@ -105,6 +105,7 @@ def test_audit_finds_edited_copies_and_reports_duplicates(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["copy_metric"] == "aligned" and s["duplicates"]["groups"] == 3 and s["duplicates"]["images_in_groups"] == 6
+    assert s["copy_metric_version"] == VERSION  # what a benchmark compares before it reuses a stored measurement
     rows = [line.split(",") for line in (out / "nearest.csv").read_text().splitlines()[1:]]
     flagged = {r[0].rsplit("/", 1)[1]: r[1].rsplit("/", 1)[1] for r in rows if r[-1] == "1"}
     assert {k: flagged.get(f"{k}.png" if k != "mirror" else "mirror.jpg") for k in source} == \
