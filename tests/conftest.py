@@ -1,6 +1,5 @@
 import contextlib
 import io
-import os
 import signal
 import subprocess
 import traceback
@@ -9,20 +8,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def _environment(env: dict | None):
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def call_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -38,11 +23,13 @@ def call_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
     handler = signal.getsignal(signal.SIGTERM)
     from trustlab.cli import main
 
-    with _environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
         try:
             code = main(list(args))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+        except SystemExit as e:  # as the interpreter reads it: None is 0, a message is 1
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
         except Exception:
             traceback.print_exc()
             code = 1
