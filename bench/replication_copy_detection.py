@@ -9,8 +9,9 @@ near-identical twins (a JPEG quality-90 re-save of the image) and two kinds of q
   (σ = 10 of 255), and three combinations;
 * look-alikes: images of the same kind that are not in the training set. Emoji are split by base
   emoji (all skin tones of one emoji fall on one side); Fashion-MNIST look-alikes are test images.
-  A look-alike whose pixel similarity to a training image reaches 0.99 (the mirror image and the
-  grey version too) is left out: it is the same picture, not a look-alike.
+  A look-alike whose pixel similarity to a training image reaches the duplicate level (0.98, the
+  mirror image and the grey version too) is left out: by the rule that makes two training images
+  one duplicate group, it is the same picture, not a look-alike.
 
 Every descriptor is run with its default calibrated threshold, through the comparison that
 ``replication audit`` and ``measure`` use (duplicate groups first, one image per group calibrates):
@@ -37,12 +38,12 @@ from common import RESULTS, write_result
 from PIL import Image, ImageEnhance
 
 from trustlab.data import load_dataset
-from trustlab.replication.config import COPY_METRICS
+from trustlab.replication.config import COPY_METRICS, DUPLICATE_LEVEL
 from trustlab.replication.metrics import compare, sample
 from trustlab.replication.registration import centred_unit, images, luminance
 
 SIZE = 32  # the audit's default side
-LOOKALIKE_LEVEL = 0.99
+LOOKALIKE_LEVEL = DUPLICATE_LEVEL  # closer to a training image than this, a look-alike is that image by the duplicate rule
 TARGET = {"recall": 0.95, "false_copy_rate": 0.01}
 ROUTES = [  # the copy metrics measured on these sets before the current one (figures: docs/benchmarks/replication.md)
     "pixel cosine (mirrored too) and pHash: the baselines, in every run of this file",
@@ -54,7 +55,9 @@ ROUTES = [  # the copy metrics measured on these sets before the current one (fi
     "aligned v3 (the default): v2 with candidates warped bicubically",
     "band-pass (difference of Gaussians) similarity after registration; 48 retrieved candidates instead of 24",
     "on v3: a Gaussian blur (sigma 0.7) before the similarity; colour compared as YCbCr with chroma at half resolution; "
-    "48 retrieved and 8 registered candidates; 20 ECC steps at full size (figures: docs/guides/replication.md)",
+    "48 retrieved and 8 registered candidates; 20 ECC steps at full size; score normalisation by the best match outside "
+    "the first one's duplicate group; the retrieval's crop views applied to the training images (figures: "
+    "docs/guides/replication.md)",
     "learned: an SSCD-style descriptor trained on the training folder (600 batches, InfoNCE + KoLeo), measured beside "
     "the others in every run of this file",
 ]
