@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from trustlab.errors import ConfigError
 from trustlab.replication.duplicates import find_duplicates
 from trustlab.replication.metrics import calibrate, compare, image_rows
-from trustlab.replication.registration import VERSION, aligned_nearest, ecc, grey, warp
+from trustlab.replication.registration import CROPS, VERSION, aligned_nearest, ecc, grey, retrieval_vectors, warp
 
 
 def _pictures(n: int, size: int, seed: int) -> torch.Tensor:
@@ -66,6 +66,19 @@ def test_registration_undoes_crops_shifts_rotations_mirrors_and_grey():
     tu = F.normalize(train.flatten(1) - train.flatten(1).mean(1, keepdim=True), dim=1)
     plain = (unit @ tu.T)[torch.arange(5), src]
     assert bool((score[:4] > plain[:4] + 0.02).all())  # the pixel similarity alone is lower for every geometric edit
+
+
+def test_crop_views_of_the_training_images_equal_warping_each_image():
+    """The crop views are computed as two small maps per view (rows, columns), not by warping every image."""
+    from trustlab.replication.registration import SHORTLIST_SIDE, _candidate_warp, _vector
+
+    train = _pictures(40, 24, 3)
+    coarse, fine = retrieval_vectors(train)
+    assert coarse.shape[0] == fine.shape[0] == 1 + len(CROPS)
+    for j, p in enumerate(CROPS):
+        warped = warp(grey(train), _candidate_warp(p).expand(len(train), -1))
+        assert torch.allclose(fine[1 + j], _vector(warped), atol=1e-5)
+        assert torch.allclose(coarse[1 + j], _vector(warped, SHORTLIST_SIDE), atol=1e-5)
 
 
 def test_ecc_recovers_the_warp_a_copy_underwent():
