@@ -23,10 +23,11 @@ Finished run folders are reused, so a killed benchmark continues where it stoppe
 resumes from its last checkpoint); the minutes of each run are kept beside them. Writes
 ``bench/results/pi_schedules.json`` and ``.png`` (accuracy against ReLUs per fine-tuning length).
 
-The default lengths (1 and 3 fine-tuning epochs, the longest with three seeds) are what fits a budget of
-about five hours: an epoch of a reduction takes about two minutes here, and 1, 3 and 9 would take eight.
+The default lengths (1 and 3 fine-tuning epochs, the longest with three seeds) come closest to a budget of
+about five hours: an epoch of a reduction takes about two minutes here, SNL's search 4 epochs to 1/2 of the
+ReLUs, and 1, 3 and 9 would take about nine hours.
 
-    python bench/pi_schedules.py                       # the full protocol (about 5.5 hours on 2 CPU cores, the teacher 1.5)
+    python bench/pi_schedules.py                       # the full protocol (about 6 hours on 2 CPU cores, the teacher 1.5)
     python bench/pi_schedules.py --limit 2000 --reduce-limit 1000 --lengths 1,2 --teacher-epochs 1   # a smoke run
 """
 
