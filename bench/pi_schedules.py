@@ -51,7 +51,9 @@ METHODS = ("senet", "snl", "layerdrop", "shallow")
 FRACTIONS = (2, 4)
 SHARED_STAGES = ("search", "anneal", "ring")  # checkpoints that do not depend on the fine-tuning length
 SHALLOW_TARGET = 1.7
-SNL_LAMBDA_PROBE = (  # why SNL's λ starts at 1e-4: ReLUs with α above 1e-2 after each search epoch at 1/4, seed 0
+SNL_LAMBDA_PROBE = (  # why SNL's λ starts at 1e-4: ReLUs with α above 1e-2 after each search epoch at 1/4, seed 0, from
+    # the snl_search table of pi.reduce(teacher, data, relus // 4, method="snl", snl_schedule="until-budget",
+    # snl_lambda=λ, seed=0, train_limit=20000) run before this benchmark's runs and stopped after two epochs
     "1e-5 (SNL's public scripts, there with Adam at lr 1e-3): 107,405 and 105,664 of 108,544 after one and two "
     "epochs, hundreds of epochs to the budget; 1e-3: 20,808 after one, below both budgets, a one-epoch search; "
     "1e-4: 93,388 and 69,806 after one and two")

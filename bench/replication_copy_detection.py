@@ -45,7 +45,7 @@ from trustlab.replication.registration import centred_unit, images, luminance
 SIZE = 32  # the audit's default side
 LOOKALIKE_LEVEL = DUPLICATE_LEVEL  # closer to a training image than this, a look-alike is that image by the duplicate rule
 TARGET = {"recall": 0.95, "false_copy_rate": 0.01}
-ROUTES = [  # the copy metrics measured on these sets before the current one (figures: docs/benchmarks/replication.md)
+ROUTES = [  # the copy metrics measured on these sets before the current one (figures: docs/guides/replication.md)
     "pixel cosine (mirrored too) and pHash: the baselines, in every run of this file",
     "aligned v1: autograd Adam registration of 6 candidates from 12 colour retrieval views, calibration images whose "
     "nearest reached the duplicate level merged into that group",

@@ -30,7 +30,7 @@ from trustlab.progress import progress_bar
 from trustlab.replication.config import DUPLICATE_LEVEL, check_copy_settings
 from trustlab.replication.duplicates import Duplicates, find_duplicates
 from trustlab.replication.registration import VERSION as ALIGNED_VERSION
-from trustlab.replication.registration import aligned_nearest, centred_unit
+from trustlab.replication.registration import AlignedIndex, aligned_index, aligned_nearest, centred_unit
 
 GRID = 4  # Carlini's tiles per side
 CARLINI_K = 50  # Carlini's ratio compares the nearest with the mean of this many nearest
@@ -229,16 +229,18 @@ class Comparison:
 
 def copy_similarity(queries: np.ndarray, train: np.ndarray, size: int, metric: str, *, flip: bool = False,
                     exclude: tuple[np.ndarray, np.ndarray] | None = None, neighbours: Neighbours | None = None,
-                    quiet: bool = True, what: str = "copies", **search) -> tuple[torch.Tensor, torch.Tensor]:
+                    index: AlignedIndex | None = None, quiet: bool = True, what: str = "copies",
+                    **search) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query's highest similarity to a training row by the copy ``metric`` and that row.
 
     ``aligned``: after undoing crops, shifts, rotations, mirroring and grey conversion
     (:mod:`trustlab.replication.registration`); ``learned``: the cosine of descriptors trained on the
     training rows (:mod:`trustlab.replication.descriptor`); ``pixel``: mean-centred cosine (mirrored
-    too with ``flip``), taken from ``neighbours`` when the pixel search already ran.
+    too with ``flip``), taken from ``neighbours`` when the pixel search already ran; ``index``: the aligned
+    metric's index of ``train`` when it is already built.
     """
     if metric == "aligned":
-        score, match, _ = aligned_nearest(queries, train, size, exclude=exclude, quiet=quiet, what=what)
+        score, match, _ = aligned_nearest(queries, train, size, exclude=exclude, index=index, quiet=quiet, what=what)
         return score.double(), match
     if metric == "learned":
         from trustlab.replication.descriptor import learned_nearest
@@ -250,7 +252,7 @@ def copy_similarity(queries: np.ndarray, train: np.ndarray, size: int, metric: s
 
 
 def calibrate(train: np.ndarray, size: int, metric: str, duplicates: Duplicates, limit: int, seed: int,
-              **search) -> tuple[float, str]:
+              index: AlignedIndex | None = None, **search) -> tuple[float, str]:
     """The copy threshold: the 99th percentile of how close one image per duplicate group comes to its nearest
     training image outside its group (by the copy ``metric``), so that about 1% of images that are not copies
     count as copies, however many duplicates the folder holds."""
@@ -261,7 +263,7 @@ def calibrate(train: np.ndarray, size: int, metric: str, duplicates: Duplicates,
                           "--copy-threshold or a folder of distinct images")
     idx = reps[sample(len(reps), limit, seed)]
     sim, _ = copy_similarity(train[idx], train, size, metric, exclude=(duplicates.group[idx], duplicates.group),
-                             what="calibration", **search)
+                             index=index, what="calibration", **search)
     source = (f"p99 of {len(idx):,} training images' nearest other outside their duplicate group "
               f"({metric} similarity, one image per group)")
     return float(torch.quantile(sim, 0.99)), source
@@ -298,9 +300,11 @@ def compare(gen: np.ndarray, train: np.ndarray, size: int, *, calibration: int, 
                           "compare each with the others)")
     duplicates = find_duplicates(train, size, duplicate_level, quiet=quiet)
     nb = nearest(gen, train, size, sscd=descriptors, what="generations vs training", quiet=quiet, **search)
-    similarity, match = copy_similarity(gen, train, size, metric, neighbours=nb, quiet=quiet, what="copies", **search)
+    index = aligned_index(train, size) if metric == "aligned" else None  # one for the generations and the calibration
+    similarity, match = copy_similarity(gen, train, size, metric, neighbours=nb, index=index, quiet=quiet, what="copies",
+                                        **search)
     if copy_threshold is None:
-        threshold, source = calibrate(train, size, metric, duplicates, calibration, seed, quiet=quiet, **search)
+        threshold, source = calibrate(train, size, metric, duplicates, calibration, seed, index=index, quiet=quiet, **search)
     else:
         check_threshold(copy_threshold, "--copy-threshold")
         threshold, source = copy_threshold, "given"

@@ -38,6 +38,7 @@ each other the same way, which is how the copy threshold is calibrated
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -306,16 +307,33 @@ def register(q: torch.Tensor, c: torch.Tensor, start: torch.Tensor, keep: int,
     return similarity(qq, cc, p).view(nq, -1).masked_fill(~valid.gather(1, top), -2.0), top
 
 
+@dataclass
+class AlignedIndex:
+    """Training images ready to be searched and registered: as images, and their retrieval vectors (the crop views
+    of every image included), built once for all the queries against one training set."""
+
+    images: torch.Tensor
+    vectors: tuple[torch.Tensor, torch.Tensor]
+
+
+def aligned_index(train: np.ndarray, size: int) -> AlignedIndex:
+    """The :class:`AlignedIndex` of training rows [N, 3*size*size]."""
+    t = images(train, size)
+    return AlignedIndex(t, retrieval_vectors(t))
+
+
 def aligned_nearest(queries: np.ndarray, train: np.ndarray, size: int, *, exclude: tuple[np.ndarray, np.ndarray] | None = None,
-                    chunk: int = 256, quiet: bool = True, what: str = "registration") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    index: AlignedIndex | None = None, chunk: int = 256, quiet: bool = True,
+                    what: str = "registration") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each query's highest aligned similarity to a training image, that image, and whether the query was grey.
 
     Rows are [N, 3*size*size] in [-1, 1]. ``exclude``: (group of each query, group of each training
     image): a query is never compared with a training image of its own group (training images
-    measured against the others, duplicates of each other excluded).
+    measured against the others, duplicates of each other excluded). ``index``: ``aligned_index(train,
+    size)`` when the caller searches the same training set again.
     """
-    t = images(train, size)
-    vectors = retrieval_vectors(t)
+    ix = index if index is not None else aligned_index(train, size)
+    t, vectors = ix.images, ix.vectors
     ex = None if exclude is None else tuple(torch.as_tensor(np.asarray(e)) for e in exclude)
     score, nearest, was_grey = torch.empty(len(queries)), torch.empty(len(queries), dtype=torch.long), torch.empty(len(queries), dtype=torch.bool)
     with progress_bar(quiet) as bar, torch.no_grad():
@@ -340,5 +358,5 @@ def aligned_nearest(queries: np.ndarray, train: np.ndarray, size: int, *, exclud
     return score, nearest, was_grey
 
 
-__all__ = ["CANDIDATES", "RETRIEVED", "VERSION", "aligned_nearest", "centred_unit", "ecc", "grey", "images", "is_grey", "luminance",
+__all__ = ["CANDIDATES", "RETRIEVED", "VERSION", "AlignedIndex", "aligned_index", "aligned_nearest", "centred_unit", "ecc", "grey", "images", "is_grey", "luminance",
            "register", "retrieve", "similarity", "warp"]
