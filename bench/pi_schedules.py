@@ -21,13 +21,16 @@ shortest one's finished search checkpoints, so each search is paid for once per 
 
 Finished run folders are reused, so a killed benchmark continues where it stopped (each run
 resumes from its last checkpoint); the minutes of each run are kept beside them. Writes
-``bench/results/pi_schedules.json`` and ``.png`` (accuracy against ReLUs per fine-tuning length).
+``bench/results/pi_schedules.json`` and ``.png`` (accuracy against ReLUs per fine-tuning length);
+``--finished-only`` writes them from the runs finished so far, the headline at the longest length whose
+runs have all finished and the missing runs listed under ``partial``.
 
 The default lengths (1 and 3 fine-tuning epochs, the longest with three seeds) come closest to a budget of
 about five hours: an epoch of a reduction takes about two minutes here, SNL's search 4 epochs to 1/2 of the
 ReLUs, and 1, 3 and 9 would take about nine hours.
 
     python bench/pi_schedules.py                       # the full protocol (about 6 hours on 2 CPU cores, the teacher 1.5)
+    python bench/pi_schedules.py --finished-only       # the result file of the runs finished so far
     python bench/pi_schedules.py --limit 2000 --reduce-limit 1000 --lengths 1,2 --teacher-epochs 1   # a smoke run
 """
 
@@ -206,6 +209,8 @@ def main() -> None:
     ap.add_argument("--snl-cap", type=int, default=20, help="the most search epochs SNL may take to reach the budget")
     ap.add_argument("--snl-lambda", type=float, default=1e-4, help="SNL's initial penalty weight (see SNL_LAMBDA_PROBE)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds at the longest fine-tuning (the first: all others)")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: write the result file from the finished runs, marked partial")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     seeds = [int(v) for v in args.seeds.split(",") if v]
@@ -216,22 +221,30 @@ def main() -> None:
     minutes_path = runs / "minutes.json"
     minutes = json.loads(minutes_path.read_text()) if minutes_path.exists() else {}
     t_teacher, training = time.time(), not finished(teacher_dir)
+    if training and args.finished_only:
+        raise SystemExit(f"no finished teacher in {runs}: run without --finished-only first")
     teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit, seeds[0])
     if training:  # its minutes add up over the invocations that trained it, as a run's do
         minutes["teacher"] = round(minutes.get("teacher", 0) + (time.time() - t_teacher) / 60, 1)
         atomic_write_json(minutes_path, minutes)
     model = load_pi_model(teacher_dir)[0]
     data = load_classification("fashion-mnist")
-    rows = []
-    for job in plan(args, seeds, lengths):
+    rows, jobs = [], plan(args, seeds, lengths)
+    for job in jobs:
         if not finished(runs / job["name"]):
+            if args.finished_only:
+                continue
             minutes[job["name"]] = round(minutes.get(job["name"], 0) + run_one(runs, job, args, model, data, teacher["relus"],
                                                                                lengths), 1)
             atomic_write_json(minutes_path, minutes)
         rows.append(row_of(runs, job, minutes))
         print(rows[-1], flush=True)
     table = by_length(rows)
-    headline = headline_of(rows, teacher, lengths[-1])
+    missing = [job["name"] for job in jobs if not finished(runs / job["name"])]  # only with --finished-only
+    complete = [n for n in lengths if not any(job["length"] == n and job["name"] in missing for job in jobs)]
+    headline = headline_of(rows, teacher, complete[-1]) if complete else {}
+    if missing:
+        headline["partial"] = {"runs_finished": len(jobs) - len(missing), "runs_planned": len(jobs), "missing": missing}
     stage_minutes = {m: round(sum(r["minutes"] or 0 for r in rows if r["method"] == m), 1) for m in METHODS}
     settings = {"data": "fashion-mnist train/test" + (f" (first {args.limit} teacher images)" if args.limit else " (60,000/10,000)"),
                 "model": "ResNet18 width multiplier 0.25 (stage widths 16/32/64/128), 1x28x28 input",
