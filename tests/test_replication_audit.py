@@ -102,9 +102,10 @@ def test_audit_bad_input_is_one_line(cli, tmp_path):
     (gen / "broken.png").write_bytes(b"not an image")
     r = cli("replication", "audit", "--generated", str(gen), "--train", str(train), "--out", str(tmp_path / "b"), "--quiet")
     assert r.returncode == 2 and "broken.png" in r.stderr and "--bad-images skip" in r.stderr
-    r = cli("replication", "audit", "--generated", str(gen), "--train", str(train), "--out", str(tmp_path / "c"),
+    assert not (tmp_path / "b").exists()  # no half-made run folder: the same command with skip needs no --resume
+    r = cli("replication", "audit", "--generated", str(gen), "--train", str(train), "--out", str(tmp_path / "b"),
             "--bad-images", "skip", "--quiet")
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "c" / "summary.json").read_text())["skipped_generations"] == 1
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["skipped_generations"] == 1
     r = cli("replication", "audit", "--generated", str(gen), "--train", str(train), "--size", "30")
     assert r.returncode == 2 and "--size" in r.stderr

@@ -86,7 +86,7 @@ def test_report_reads_like_a_results_section(tmp_path):
     assert page.index("test_acc") < page.index("acc_drop_points") < page.index("method")  # headline figures first
 
 
-def test_job_settles_the_config_and_makes_the_folder_only_when_it_starts(tmp_path):
+def test_job_settles_the_config_and_makes_the_folder_only_when_it_starts(tmp_path, capsys):
     from trustlab.runs import Job
     from trustlab.spn.config import CompressConfig, FitConfig
 
@@ -94,7 +94,10 @@ def test_job_settles_the_config_and_makes_the_folder_only_when_it_starts(tmp_pat
     job = Job(first, tmp_path / "run", resume=False)
     assert not (tmp_path / "run").exists()  # nothing on disk until the inputs have loaded
     assert job.start().kind == "spn-compress" and (tmp_path / "run" / "config.yaml").exists()
+    assert Job(first, tmp_path / "run", resume=True).config == first and capsys.readouterr().err == ""
     assert Job(CompressConfig(source="other", ranks=(8,)), tmp_path / "run", resume=True).config == first
+    said = capsys.readouterr().err  # the settings a resumed run does not take are named, not dropped quietly
+    assert "started with" in said and "source: 'spn-run' (asked: 'other')" in said and "ranks: (4,) (asked: (8,))" in said
     with pytest.raises(ConfigError, match="rank"):
         Job(CompressConfig(ranks=(0,)), tmp_path / "bad", resume=False)
     assert not (tmp_path / "bad").exists()

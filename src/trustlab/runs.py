@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,18 @@ def config_from_dict(cls: type, values: dict) -> Any:
     return cls(**kwargs)
 
 
+def config_differences(stored: Any, asked: Any, prefix: str = "") -> list[str]:
+    """``"field: stored (asked: value)"`` for each (nested) field where two configs of one class differ."""
+    out = []
+    for f in dataclasses.fields(stored):
+        a, b = getattr(stored, f.name), getattr(asked, f.name)
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+            out += config_differences(a, b, f"{prefix}{f.name}.")
+        elif a != b:
+            out.append(f"{prefix}{f.name}: {a!r} (asked: {b!r})")
+    return out
+
+
 _SCALARS = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
 
 
@@ -332,7 +345,12 @@ class Job:
     def __init__(self, config: Any, out: str | Path, resume: bool):
         self.path, self.kind, self.resume = Path(out), config.kind, resume
         if resume and (self.path / "config.yaml").exists():
-            config = config_from_dict(type(config), RunDir.open(self.path, kind=self.kind).config)
+            stored = config_from_dict(type(config), RunDir.open(self.path, kind=self.kind).config)
+            changed = config_differences(stored, config)
+            if changed:  # a resumed run keeps its settings; say which of the asked-for ones it does not take
+                print(f"resuming {self.path} with the settings it was started with ({'; '.join(changed)}): "
+                      "start a new run folder to change them", file=sys.stderr)
+            config = stored
         config.validate()
         self.config = config
 

@@ -203,8 +203,8 @@ def measure_cmd(run_dir: str = typer.Argument(..., help="A replication train run
         print(json.dumps(r, indent=2))
         return
     for k, v in r["replication"].items():
-        print(f"{k:8s} replication score {v['score']:.3f}, share flagged {v['share']:.3f} "
-              f"(training images among themselves: {r['background'][k]['score']:.3f})")
+        print(f"{k:8s} replication score {v['score']:.4g}, share flagged {v['share']:.3f} "
+              f"(training images among themselves: {r['background'][k]['score']:.4g})")
     c = r["copies"]
     if c is not None:  # the figures a folder without duplicated images or prompts cannot have are left out
         split = [f"prompts of {kind} images {c[key]:.1%}" for kind, key in (("duplicated", "copy_rate_dup"),
@@ -271,8 +271,8 @@ def audit_cmd(generated: str = typer.Option(..., help="Folder of generated image
     print(f"near-duplicates in the training folder: {d['groups']:,} groups of {d['images_in_groups']:,} images "
           f"(similarity >= {d['level']:g}; see the report)")
     for k in (k for k in ("pixel", "carlini", "gu", "sscd") if k in rep):
-        print(f"{k:8s} replication score {rep[k]['score']:.3f}, share flagged {rep[k]['share']:.3f} (training images "
-              f"among themselves: {back[k]['score']:.3f})")
+        print(f"{k:8s} replication score {rep[k]['score']:.4g}, share flagged {rep[k]['share']:.3f} (training images "
+              f"among themselves: {back[k]['score']:.4g})")
     if s["own_prompt_nearest"] is not None:
         print(f"nearest training image carries the generation's own prompt: {s['own_prompt_nearest']:.1%}")
     print(f"{out}/report.html")

@@ -82,15 +82,16 @@ def _listing_key(files: list[Path], size: int, sscd: TorchScriptEmbedder | None)
 
 
 def encode_folder(files: list[Path], cfg: AuditConfig, cache: Path, what: str, sscd: TorchScriptEmbedder | None,
-                  quiet: bool) -> Encoded:
-    """The images of ``files`` as rows (read from the cache when the same files at the same size were encoded)."""
+                  quiet: bool) -> tuple[Encoded, Path]:
+    """The images of ``files`` as rows (read from the cache when the same files at the same size were
+    encoded) and the cache file they belong in; :func:`save_encoded` writes it once the run folder exists."""
     from PIL import Image
 
     path = cache / f"{what}-{cfg.size}-{_listing_key(files, cfg.size, sscd)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return Encoded(z["rows"], [str(f) for f in z["files"]], z["sscd"] if "sscd" in z else None,
-                           [str(f) for f in z["skipped"]])
+                           [str(f) for f in z["skipped"]]), path
     rows, kept, skipped, descriptors = [], [], [], []
     with progress_bar(quiet) as bar:
         task = bar.add_task(f"reading {what} images", total=len(files))
@@ -116,12 +117,17 @@ def encode_folder(files: list[Path], cfg: AuditConfig, cache: Path, what: str, s
             bar.update(task, advance=min(cfg.batch, len(files) - start))
     if not kept:
         raise DataError(f"none of the {len(files)} {what} images could be decoded")
-    enc = Encoded(np.concatenate(rows), kept, np.concatenate(descriptors) if descriptors else None, skipped)
+    return Encoded(np.concatenate(rows), kept, np.concatenate(descriptors) if descriptors else None, skipped), path
+
+
+def save_encoded(enc: Encoded, path: Path) -> None:
+    """Cache ``enc`` at ``path`` (unless it came from there), so a resumed audit reads no image again."""
+    if path.exists():
+        return
     buf = io.BytesIO()
     extra = {"sscd": enc.sscd} if enc.sscd is not None else {}
     np.savez(buf, rows=enc.rows, files=np.array(enc.files), skipped=np.array(enc.skipped, dtype=str), **extra)
     atomic_write_bytes(path, buf.getvalue())
-    return enc
 
 
 def _captions(path: Path, folder: Path) -> dict[str, str]:
@@ -154,12 +160,14 @@ def audit(cfg: AuditConfig, out: str | Path, *, resume: bool = False, quiet: boo
     gen_files, train_files = image_files(cfg.generated, "generated"), image_files(cfg.train, "training")
     device = resolve_device(cfg.device)
     detector = TorchScriptEmbedder(cfg.sscd, 288, "an SSCD model") if cfg.sscd else None
-    run = job.start()
-    cache = run.path / "cache"
-    train = encode_folder(train_files, cfg, cache, "train", detector, quiet)
-    gen = encode_folder(gen_files, cfg, cache, "generated", detector, quiet)
+    cache = job.path / "cache"
+    train, train_cache = encode_folder(train_files, cfg, cache, "train", detector, quiet)
+    gen, gen_cache = encode_folder(gen_files, cfg, cache, "generated", detector, quiet)
     if len(train.files) < 2:
         raise DataError(f"{cfg.train}: an audit needs at least two training images")
+    run = job.start()  # only once every image has been read: an image that cannot be decoded leaves no run folder
+    save_encoded(train, train_cache)
+    save_encoded(gen, gen_cache)
     result = compare(gen.rows, train.rows, cfg.size, calibration=cfg.calibration, background=cfg.background,
                      seed=cfg.seed, copy_threshold=cfg.copy_threshold,
                      descriptors=None if detector is None else (gen.sscd, train.sscd), pixel_threshold=cfg.pixel_threshold,
