@@ -82,6 +82,22 @@ def test_other_nonlinear_costs_are_counted_or_named():
     masked, names = install_partial_relus(ClampNet(), (1, 4, 4))
     assert len(names) == 1 and count(masked, (1, 4, 4)).relus == 32
 
+    class ComparisonNet(nn.Module):  # ReLUs and comparisons in other words: counted, or named, never dropped
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            h = torch.clamp_min(self.conv(x), 0).clamp_max(6)
+            h = torch.where(h > 1, h, 0.5 * torch.maximum(h, torch.zeros_like(h)))
+            return h.flatten(1)
+
+    acc = count(ComparisonNet(), (1, 4, 4))
+    assert acc.relus == 32 and sum(r.comparisons for r in acc.layers if r.kind == "Clamp") == 32
+    assert {r.kind for r in acc.uncovered} == {"gt", "where", "maximum"}
+    masked, names = install_partial_relus(ComparisonNet(), (1, 4, 4))
+    assert len(names) == 1 and count(masked, (1, 4, 4)).relus == 32
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_masks_cover_every_call_site_and_all_kept_changes_nothing(name):

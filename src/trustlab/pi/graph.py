@@ -14,9 +14,11 @@ traces the model once and works on the graph:
   that module again, so both routes give the same kind of graph and BatchNorm still trains.
   Only the first tensor output is kept (the logits of a ``ModelOutput`` or a tuple).
 * :func:`sites` — every non-linear *call site*, in execution order, with its output shape:
-  ReLU in every form (``clamp(min=0)`` included: the sites masks act on), ReLU6 and clamp (two comparisons per element),
+  ReLU in every form (``clamp(min=0)`` and ``clamp_min(0)`` included: the sites masks act on), ReLU6 and clamp (one
+  comparison per bound and element),
   max-pooling (``k²−1`` comparisons per output), and the non-linearities that ReLU-based PI
-  cost models do not cover (GELU, SiLU, softmax, …), named rather than dropped.
+  cost models do not cover (GELU, SiLU, softmax, and comparisons in other words: ``maximum``, ``where``,
+  ``gt``, ``topk``, …), named rather than dropped.
 * :func:`split_sites` — a copy of the model in which every ReLU call site is its own
   ``nn.ReLU`` module, named after the site; masks (:mod:`trustlab.pi.masks`), sensitivity and
   distillation then address sites by name.
@@ -48,19 +50,26 @@ aten = torch.ops.aten
 # What each kind of call site is, by module class or by function (torch-level and ATen-level).
 RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, aten.relu.default, aten.relu_.default}
 RELU_METHODS = {"relu", "relu_"}
-CLAMP_FUNCTIONS = {F.relu6, F.hardtanh, torch.clamp, torch.clip, aten.hardtanh.default, aten.hardtanh_.default,
-                   aten.clamp.default, aten.clamp_.default}
-CLAMP_METHODS = {"clamp", "clamp_", "clip", "clip_"}
+CLAMP_FUNCTIONS = {F.relu6, F.hardtanh, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, aten.hardtanh.default,
+                   aten.hardtanh_.default, aten.clamp.default, aten.clamp_.default, aten.clamp_min.default,
+                   aten.clamp_max.default}
+CLAMP_METHODS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_"}
 MAXPOOL_FUNCTIONS = {F.max_pool2d, aten.max_pool2d.default, aten.max_pool2d_with_indices.default}
 CONV_FUNCTIONS = {F.conv2d, aten.conv2d.default}
 LINEAR_FUNCTIONS = {F.linear, aten.linear.default}
 UNCOVERED_MODULES = (nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.LeakyReLU, nn.ELU, nn.SELU,
                      nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.PReLU, nn.LayerNorm, nn.GroupNorm,
-                     nn.AdaptiveMaxPool2d, nn.MultiheadAttention)
+                     nn.AdaptiveMaxPool2d, nn.MultiheadAttention, nn.Threshold, nn.CELU, nn.GLU, nn.RReLU, nn.LogSigmoid,
+                     nn.Softsign, nn.Softmin, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.MaxPool1d, nn.MaxPool3d)
 UNCOVERED_NAMES = {"gelu", "silu", "sigmoid", "tanh", "softmax", "_softmax", "log_softmax", "_log_softmax", "leaky_relu",
                    "elu", "selu", "hardswish", "hardsigmoid", "mish", "softplus", "prelu", "layer_norm", "group_norm",
                    "native_layer_norm", "exp", "sqrt", "rsqrt", "erf", "adaptive_max_pool2d",
-                   "scaled_dot_product_attention", "sign", "abs"}
+                   "scaled_dot_product_attention", "sign", "abs",
+                   # comparisons in other words: each is secure comparisons that no ReLU cost model prices
+                   "maximum", "minimum", "fmax", "fmin", "max", "min", "amax", "amin", "argmax", "argmin", "where",
+                   "threshold", "gt", "lt", "ge", "le", "topk", "sort", "floor", "ceil", "round", "max_pool1d",
+                   "max_pool3d", "celu", "glu", "rrelu", "log_sigmoid", "softsign", "softmin", "tanhshrink", "hardshrink",
+                   "softshrink"}
 
 # Standard leaf modules whose single ATen call the export route lifts back to a module call.
 LIFTABLE = {nn.Conv2d: {"conv2d"}, nn.Linear: {"linear"}, nn.BatchNorm2d: {"batch_norm"}, nn.BatchNorm1d: {"batch_norm"},
@@ -334,6 +343,10 @@ def clamp_bounds(node: torch.fx.Node, module: nn.Module | None) -> tuple:
         lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
         hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
         return (lo, hi)
+    name = op_name(node).rstrip("_")
+    if name in ("clamp_min", "clamp_max"):  # one bound, the second argument
+        bound = node.args[1] if len(node.args) > 1 else node.kwargs.get("min", node.kwargs.get("max"))
+        return (bound, None) if name == "clamp_min" else (None, bound)
     lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
     hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
     return (lo, hi)
