@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trustlab.errors import ConfigError
+from trustlab.errors import ConfigError, DataError
 from trustlab.spn.circuit import Circuit
 from trustlab.spn.classify import accuracy, class_log_joint
 from trustlab.spn.compress import em_fit, fine_tune, truncate
@@ -453,6 +453,19 @@ def test_bad_csv_is_a_one_line_error(cli, tmp_path, content, message):
     r = cli("spn", "fit", "--dataset", "csv", "--csv", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "fit"))
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "fit").exists()
+
+
+def test_a_csv_header_is_skipped_and_errors_name_the_file_line(tmp_path):
+    from trustlab.spn.data import binary_csv
+
+    rows = "1,0,1\n0,1,0\n\n1,1,1\n0,0,0\n1,0,0\n"
+    (tmp_path / "plain.csv").write_text(rows)
+    (tmp_path / "named.csv").write_text("smoker,cough,fever\n" + rows)  # what a spreadsheet export writes first
+    plain, named = binary_csv(tmp_path / "plain.csv"), binary_csv(tmp_path / "named.csv")
+    assert torch.equal(plain.x_train, named.x_train) and torch.equal(plain.x_test, named.x_test)
+    (tmp_path / "bad.csv").write_text("smoker,cough,fever\n" + rows + "0,1,3\n")
+    with pytest.raises(DataError, match=r"bad.csv:8: column 2 holds 3"):  # the line in the file, header and blank counted
+        binary_csv(tmp_path / "bad.csv")
 
 
 def test_bad_rank_and_bad_structure_file_exit_2(cli, tmp_path):

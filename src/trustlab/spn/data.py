@@ -66,19 +66,33 @@ def binarized_images(dataset: str, *, size: int | None = None, threshold: float 
                         0 if with_class else None, d.classes if with_class else None)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_rows(path: Path) -> np.ndarray:
-    rows = []
+    """The 0/1 rows of a CSV file; a first line of column names (no field a number) is a header and skipped."""
+    rows, line_nos, first = [], [], True
     for line_no, line in enumerate(read_text(path, "CSV file", DataError, max_bytes=2**31).splitlines(), 1):
         line = line.strip()
         if not line:
             continue
+        fields = line.split(",")
+        header, first = first and len(fields) > 1 and not any(_is_number(v) for v in fields), False
+        if header:
+            continue
         try:
-            values = [float(v) for v in line.split(",")]
+            values = [float(v) for v in fields]
         except ValueError:
             raise DataError(f"{path}:{line_no}: not comma-separated numbers: {line[:60]!r}") from None
         if rows and len(values) != len(rows[0]):
             raise DataError(f"{path}:{line_no}: {len(values)} values, the first row has {len(rows[0])}")
         rows.append(values)
+        line_nos.append(line_no)
     if not rows:
         raise DataError(f"{path} holds no rows")
     if len(rows[0]) < 2:
@@ -88,7 +102,7 @@ def _read_rows(path: Path) -> np.ndarray:
     if len(bad):
         r, c = bad[0]
         what = "NaN" if np.isnan(x[r, c]) else f"{x[r, c]:g}"
-        raise DataError(f"{path}:{r + 1}: column {c} holds {what}: binary CSV files hold only 0 and 1")
+        raise DataError(f"{path}:{line_nos[r]}: column {c} holds {what}: binary CSV files hold only 0 and 1")
     return x
 
 
