@@ -95,6 +95,8 @@ def test_job_settles_the_config_and_makes_the_folder_only_when_it_starts(tmp_pat
     assert not (tmp_path / "run").exists()  # nothing on disk until the inputs have loaded
     assert job.start().kind == "spn-compress" and (tmp_path / "run" / "config.yaml").exists()
     assert Job(first, tmp_path / "run", resume=True).config == first and capsys.readouterr().err == ""
+    Job(CompressConfig(source="./spn-run", ranks=(4,)), tmp_path / "run", resume=True)  # one folder named two ways
+    assert capsys.readouterr().err == ""
     assert Job(CompressConfig(source="other", ranks=(8,)), tmp_path / "run", resume=True).config == first
     said = capsys.readouterr().err  # the settings a resumed run does not take are named, not dropped quietly
     assert "started with" in said and "source: 'spn-run' (asked: 'other')" in said and "ranks: (4,) (asked: (8,))" in said

@@ -298,8 +298,8 @@ def config_differences(stored: Any, asked: Any, prefix: str = "") -> list[str]:
         a, b = getattr(stored, f.name), getattr(asked, f.name)
         if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
             out += config_differences(a, b, f"{prefix}{f.name}.")
-        elif a != b:
-            out.append(f"{prefix}{f.name}: {a!r} (asked: {b!r})")
+        elif a != b and not (isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve()):
+            out.append(f"{prefix}{f.name}: {a!r} (asked: {b!r})")  # (one folder named two ways is no difference)
     return out
 
 
