@@ -94,6 +94,8 @@ def test_job_settles_the_config_and_makes_the_folder_only_when_it_starts(tmp_pat
     job = Job(first, tmp_path / "run", resume=False)
     assert not (tmp_path / "run").exists()  # nothing on disk until the inputs have loaded
     assert job.start().kind == "spn-compress" and (tmp_path / "run" / "config.yaml").exists()
+    with pytest.raises(RunError, match="already exists"):  # said before the inputs load, not after
+        Job(first, tmp_path / "run", resume=False)
     assert Job(first, tmp_path / "run", resume=True).config == first and capsys.readouterr().err == ""
     Job(CompressConfig(source="./spn-run", ranks=(4,)), tmp_path / "run", resume=True)  # one folder named two ways
     assert capsys.readouterr().err == ""

@@ -96,17 +96,14 @@ class RunDir:
 
     # -- creation -------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, config: Any, kind: str, overwrite: bool = False) -> "RunDir":
+    def create(cls, path: Path, config: Any, kind: str) -> "RunDir":
         """Make a new run folder holding ``config`` (a dataclass) and its ``kind``.
 
-        An existing run folder is refused unless ``overwrite``: a finished run is never lost
-        by a repeated command; ``--resume`` is the way to continue one.
+        An existing run folder is refused (:meth:`check_new`): a finished run is never lost by a
+        repeated command; ``--resume`` is the way to continue one.
         """
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"--out {path} is a file: a run needs a folder; choose another --out")
-        if (path / "config.yaml").exists() and not overwrite:
-            raise RunError(f"run folder {path} already exists: pass --resume to continue it or choose another --out")
+        cls.check_new(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -117,6 +114,14 @@ class RunDir:
         atomic_write_text(path / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
         (path / "metrics.jsonl").unlink(missing_ok=True)
         return run
+
+    @staticmethod
+    def check_new(path: Path) -> None:
+        """Refuse ``path`` as a new run folder: a file, or a run folder already there."""
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--out {path} is a file: a run needs a folder; choose another --out")
+        if (path / "config.yaml").exists():
+            raise RunError(f"run folder {path} already exists: pass --resume to continue it or choose another --out")
 
     @classmethod
     def start(cls, path: Path, config: Any, kind: str, resume: bool) -> "RunDir":
@@ -351,6 +356,8 @@ class Job:
                 print(f"resuming {self.path} with the settings it was started with ({'; '.join(changed)}): "
                       "start a new run folder to change them", file=sys.stderr)
             config = stored
+        elif int(os.environ.get("RANK", "0")) == 0:
+            RunDir.check_new(self.path)  # before the inputs load, which can take minutes
         config.validate()
         self.config = config
 
