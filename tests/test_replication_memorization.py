@@ -162,3 +162,11 @@ def test_prompts_files_and_gates_bad_input_is_one_line(cli, run, tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("one\n\ntwo \n")
     assert read_prompts(plain).texts == ["one", "two"] and read_prompts(plain).labels is None
+    plain.write_bytes(b"\xef\xbb\xbfone\r\ntwo\r\n")  # a byte-order mark and CRLF, as Notepad saves
+    assert read_prompts(plain).texts == ["one", "two"]
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text('{"prompt": "a", "memorized": 1}\n\n{"prompt": "b", "memorized": false}\n')
+    assert read_prompts(labelled).labels.tolist() == [True, False]
+    labelled.write_text('{"prompt": "a", "memorized": true}\n\n{"prompt": "b", "memorized": "no"}\n')
+    with pytest.raises(ConfigError, match=r"line 3: \"memorized\" is 'no'"):  # a string would read as true
+        read_prompts(labelled)

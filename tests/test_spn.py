@@ -460,7 +460,7 @@ def test_a_csv_header_is_skipped_and_errors_name_the_file_line(tmp_path):
 
     rows = "1,0,1\n0,1,0\n\n1,1,1\n0,0,0\n1,0,0\n"
     (tmp_path / "plain.csv").write_text(rows)
-    (tmp_path / "named.csv").write_text("smoker,cough,fever\n" + rows)  # what a spreadsheet export writes first
+    (tmp_path / "named.csv").write_text("\ufeffsmoker,cough,fever\n" + rows)  # what a spreadsheet export writes first
     plain, named = binary_csv(tmp_path / "plain.csv"), binary_csv(tmp_path / "named.csv")
     assert torch.equal(plain.x_train, named.x_train) and torch.equal(plain.x_test, named.x_test)
     (tmp_path / "bad.csv").write_text("smoker,cough,fever\n" + rows + "0,1,3\n")

@@ -44,7 +44,7 @@ def read_text(path: str | Path, what: str = "file", error: type[TrustlabError] =
     except OSError as e:
         raise error(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (spreadsheet and Notepad exports) is not text
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise error(f"{path}: not UTF-8 text (byte {e.start}, line {line}): save the {what} as UTF-8") from None

@@ -54,19 +54,22 @@ def read_prompts(path: str | Path) -> Prompts:
     """A prompts file: one prompt per line, or JSON lines ``{"prompt": ..., "memorized": true|false}`` (the
     label optional, but on every line or none)."""
     text = read_text(path, "prompts file")
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise ConfigError(f"{path} holds no prompts: give one prompt per line or JSON lines {{\"prompt\": ...}}")
-    if not lines[0].lstrip().startswith("{"):
-        return Prompts([line.strip() for line in lines])
+    if not lines[0][1].lstrip().startswith("{"):
+        return Prompts([line.strip() for _, line in lines])
     texts, labels = [], []
-    for n, line in enumerate(lines, 1):
+    for n, line in lines:
         try:
             record = json.loads(line)
             texts.append(str(record["prompt"]))
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ConfigError(f"{path} line {n}: not a JSON object with a \"prompt\"") from None
-        labels.append(record.get("memorized"))
+        label = record.get("memorized")
+        if label is not None and label not in (True, False):  # 0 and 1 compare equal to them; "no" would be true
+            raise ConfigError(f"{path} line {n}: \"memorized\" is {label!r}: give true or false")
+        labels.append(label)
     known = [v is not None for v in labels]
     if any(known) and not all(known):
         raise ConfigError(f"{path}: \"memorized\" is given on {sum(known)} of {len(labels)} lines: give it on every line or none")
