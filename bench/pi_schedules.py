@@ -22,8 +22,8 @@ shortest one's finished search checkpoints, so each search is paid for once per 
 Finished run folders are reused, so a killed benchmark continues where it stopped (each run
 resumes from its last checkpoint); the minutes of each run are kept beside them. Writes
 ``bench/results/pi_schedules.json`` and ``.png`` (accuracy against ReLUs per fine-tuning length);
-``--finished-only`` writes them from the runs finished so far, the headline at the longest length whose
-runs have all finished and the missing runs listed under ``partial``.
+``--finished-only`` writes them from the runs finished so far: the headline at the longest length where
+every method and budget has a finished run (over the seeds finished), the missing runs under ``partial``.
 
 The default lengths (1 and 3 fine-tuning epochs, the longest with three seeds) come closest to a budget of
 about five hours: an epoch of a reduction takes about two minutes here, SNL's search 4 epochs to 1/2 of the
@@ -241,8 +241,12 @@ def main() -> None:
         print(rows[-1], flush=True)
     table = by_length(rows)
     missing = [job["name"] for job in jobs if not finished(runs / job["name"])]  # only with --finished-only
-    complete = [n for n in lengths if not any(job["length"] == n and job["name"] in missing for job in jobs)]
-    headline = headline_of(rows, teacher, complete[-1]) if complete else {}
+
+    def settings_at(n: int, done: bool = False) -> set:  # the (method, budget) pairs run at length n (finished ones)
+        return {(j["method"], j["fraction"]) for j in jobs if j["length"] == n and not (done and j["name"] in missing)}
+
+    measured = [n for n in lengths if settings_at(n) == settings_at(n, done=True)]  # every pair with a seed or more
+    headline = headline_of(rows, teacher, measured[-1]) if measured else {}
     if missing:
         headline["partial"] = {"runs_finished": len(jobs) - len(missing), "runs_planned": len(jobs), "missing": missing}
     stage_minutes = {m: round(sum(r["minutes"] or 0 for r in rows if r["method"] == m), 1) for m in METHODS}
