@@ -37,9 +37,12 @@ ReLUs, and 1, 3 and 9 would take about nine hours.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -100,17 +103,27 @@ def seed_search(runs: Path, job: dict, lengths: list[int]) -> None:
         shutil.copy2(source / "snl_search.json", out / "snl_search.json")
 
 
-def run_one(runs: Path, job: dict, args, teacher, data, total: int, lengths: list[int]) -> float:
-    """Run (or resume) one job through the Python API; its minutes this invocation."""
+@contextlib.contextmanager
+def timed(minutes: dict, key: str, path: Path):
+    """Add the wall-clock minutes of the block to ``minutes[key]`` and save them, also when the
+    block is interrupted (Ctrl-C, SIGTERM), so a run that spans invocations counts each of them."""
+    t = time.time()
+    try:
+        yield
+    finally:
+        minutes[key] = round(minutes.get(key, 0) + (time.time() - t) / 60, 1)
+        atomic_write_json(path, minutes)
+
+
+def run_one(runs: Path, job: dict, args, teacher, data, total: int, lengths: list[int]) -> None:
+    """Run (or resume) one job through the Python API."""
     out = runs / job["name"]
     seed_search(runs, job, lengths)
-    t0 = time.time()
     cfg = settings_of(job["method"], args, job["length"], job["seed"])
     if job["method"] == "shallow":
         pi.shallow(teacher, data, out=out, resume=out.exists(), quiet=args.quiet, **cfg)
     else:
         pi.reduce(teacher, data, total // job["fraction"], method=job["method"], out=out, resume=out.exists(), quiet=args.quiet, **cfg)
-    return (time.time() - t0) / 60
 
 
 def row_of(runs: Path, job: dict, minutes: dict) -> dict:
@@ -213,6 +226,7 @@ def main() -> None:
                     help="train nothing: write the result file from the finished runs, marked partial")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a terminated run still saves its minutes
     seeds = [int(v) for v in args.seeds.split(",") if v]
     lengths = sorted(int(v) for v in args.lengths.split(",") if v)
     runs = Path(args.runs)
@@ -220,13 +234,11 @@ def main() -> None:
     teacher_dir = runs / "teacher"
     minutes_path = runs / "minutes.json"
     minutes = json.loads(minutes_path.read_text()) if minutes_path.exists() else {}
-    t_teacher, training = time.time(), not finished(teacher_dir)
+    training = not finished(teacher_dir)
     if training and args.finished_only:
         raise SystemExit(f"no finished teacher in {runs}: run without --finished-only first")
-    teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit, seeds[0])
-    if training:  # its minutes add up over the invocations that trained it, as a run's do
-        minutes["teacher"] = round(minutes.get("teacher", 0) + (time.time() - t_teacher) / 60, 1)
-        atomic_write_json(minutes_path, minutes)
+    with timed(minutes, "teacher", minutes_path) if training else contextlib.nullcontext():
+        teacher = ensure_teacher(teacher_dir, args.teacher_epochs, args.limit, seeds[0])
     model = load_pi_model(teacher_dir)[0]
     data = load_classification("fashion-mnist")
     rows, jobs = [], plan(args, seeds, lengths)
@@ -234,9 +246,8 @@ def main() -> None:
         if not finished(runs / job["name"]):
             if args.finished_only:
                 continue
-            minutes[job["name"]] = round(minutes.get(job["name"], 0) + run_one(runs, job, args, model, data, teacher["relus"],
-                                                                               lengths), 1)
-            atomic_write_json(minutes_path, minutes)
+            with timed(minutes, job["name"], minutes_path):
+                run_one(runs, job, args, model, data, teacher["relus"], lengths)
         rows.append(row_of(runs, job, minutes))
         print(rows[-1], flush=True)
     table = by_length(rows)
