@@ -503,6 +503,8 @@ def test_debd_reader_keeps_the_fixed_splits(tmp_path):
 
     d = debd("toy", _debd_folder(tmp_path / "d"))
     assert d.x_train.tolist() == [[0, 1], [1, 1]] and d.x_valid.tolist() == [[1, 0]] and d.x_test.tolist() == [[0, 0]]
+    with pytest.raises(DataError, match=r"nltcs.train.data is missing.*\(this one has: toy\)"):  # the sets it does hold
+        debd("nltcs", tmp_path / "d")
 
 
 @pytest.mark.parametrize("files, message", [({"valid": None}, "toy.valid.data is missing"),

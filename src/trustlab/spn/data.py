@@ -165,8 +165,9 @@ def debd(name: str, folder: str | Path) -> DiscreteData:
     for split in DEBD_SPLITS:
         path = root / f"{name}.{split}.data"
         if not path.is_file():
+            present = sorted(p.name[: -len(".train.data")] for p in root.glob("*.train.data"))
             raise DataError(f"{path} is missing: a DEBD folder holds {name}.train.data, {name}.valid.data and "
-                            f"{name}.test.data")
+                            f"{name}.test.data" + (f" (this one has: {', '.join(present)})" if present else ""))
         splits[split] = _read_rows(path)
         if splits[split].shape[1] != splits["train"].shape[1]:
             raise DataError(f"{path} has {splits[split].shape[1]} columns, {name}.train.data has {splits['train'].shape[1]}")
