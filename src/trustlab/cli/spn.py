@@ -28,7 +28,7 @@ def _ranks(text: str) -> tuple[int, ...]:
 @app.command("fit")
 def fit_cmd(out: str = typer.Option("runs/spn-digits", help="Run folder to write."),
             dataset: str = typer.Option(SPNDataConfig.dataset, help="digits | mnist | fashion-mnist | emoji | csv | debd"),
-            csv: Optional[str] = typer.Option(None, help="With --dataset csv: rows of comma-separated 0/1 values."),
+            csv: Optional[str] = typer.Option(None, help="With --dataset csv: rows of comma-separated 0/1 values (a header row is skipped)."),
             name: Optional[str] = typer.Option(None, help="With --dataset debd: the set, e.g. nltcs, plants, jester, dna."),
             data_dir: Optional[str] = typer.Option(None, help="With --dataset debd: the folder holding "
                                                               "NAME.train.data, NAME.valid.data, NAME.test.data."),
