@@ -61,9 +61,19 @@ def test_every_catalog_vector_scores_as_the_cvss_package():
     ("CVSS:3.1/AV:P/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H", 7.6),
     ("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N", 9.3),
     ("CVSS:4.0/AV:P/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N", 7.0),
+    ("CVSS:3.0/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", 9.8),    # 3.0, as older advisories give it
 ])
 def test_golden_scores(vector, score):
     assert score_vector(vector).score == score
+
+
+def test_a_catalog_entry_names_its_cvss_versions():
+    from trustlab.tinyml.catalog import _check_attack
+
+    entry = yaml.safe_load((Path(__file__).parents[1] / "src/trustlab/tinyml/catalog/hardware.yaml").read_text())[0]
+    entry["cvss31"] = {**entry["cvss31"], "vector": entry["cvss31"]["vector"].replace("CVSS:3.1/", "CVSS:3.0/")}
+    with pytest.raises(ConfigError, match=r"cvss31 must be a mapping whose vector starts with CVSS:3.1/"):
+        _check_attack(entry, "catalog/hardware.yaml")
 
 
 def test_removing_a_precondition_removes_the_attack():

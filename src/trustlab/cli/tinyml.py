@@ -45,13 +45,13 @@ def classify_cmd(profile: str = typer.Argument(..., help="Profile file (YAML/JSO
 
 
 @app.command("score")
-def score_cmd(vector: str = typer.Argument(..., help="A CVSS 3.1 or 4.0 vector, e.g. CVSS:3.1/AV:P/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H")) -> None:
+def score_cmd(vector: str = typer.Argument(..., help="A CVSS 3.1, 3.0 or 4.0 vector, e.g. CVSS:3.1/AV:P/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H")) -> None:
     """Score a CVSS vector with the `cvss` package."""
     from trustlab.tinyml.scoring import AV_P_NOTE, base_metrics, score_vector
 
     s = score_vector(vector)
     print(f"{s.score} {s.severity}  ({s.ranked_by} score of {s.vector})")
-    if s.version == "3.1":
+    if s.version != "4.0":
         print(f"base {s.base}, temporal {s.temporal}, environmental {s.environmental}")
     if s.version == "3.1" and base_metrics(s.vector).get("AV") == "P":
         print(f"note: {AV_P_NOTE}")

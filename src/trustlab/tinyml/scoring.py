@@ -38,7 +38,7 @@ class Score:
     score. For CVSS 4.0 the one score already includes whatever groups the vector has.
     """
 
-    version: str  # "3.1" | "4.0"
+    version: str  # "3.0" | "3.1" | "4.0"
     vector: str
     score: float
     severity: str
@@ -50,22 +50,20 @@ class Score:
     def to_dict(self) -> dict:
         out = {"version": self.version, "vector": self.vector, "score": self.score, "severity": self.severity,
                "ranked_by": self.ranked_by}
-        if self.version == "3.1":
+        if self.version != "4.0":
             out.update(base=self.base, temporal=self.temporal, environmental=self.environmental)
         return out
 
 
 def parse_version(vector: str) -> str:
     head = vector.split("/", 1)[0]
-    if head == "CVSS:3.1":
-        return "3.1"
-    if head == "CVSS:4.0":
-        return "4.0"
-    raise ConfigError(f"invalid CVSS vector '{vector}': it must start with CVSS:3.1/ or CVSS:4.0/")
+    if head in ("CVSS:3.0", "CVSS:3.1", "CVSS:4.0"):  # 3.0: the same metrics, scored by the cvss package's 3.0 rounding
+        return head[len("CVSS:"):]
+    raise ConfigError(f"invalid CVSS vector '{vector}': it must start with CVSS:3.1/, CVSS:3.0/ or CVSS:4.0/")
 
 
 def score_vector(vector: str) -> Score:
-    """Score a CVSS 3.1 or 4.0 vector, including whatever metric groups it has.
+    """Score a CVSS 3.1, 3.0 or 4.0 vector, including whatever metric groups it has.
 
     A malformed vector raises ``ConfigError`` naming the metric, from the ``cvss`` package's
     own message.
@@ -75,7 +73,7 @@ def score_vector(vector: str) -> Score:
 
     version = parse_version(vector.strip())
     try:
-        if version == "3.1":
+        if version in ("3.0", "3.1"):
             c = CVSS3(vector.strip())
             defined = {k for k, v in base_metrics(vector.strip()).items() if v != "X"}
             i = 2 if defined & ENVIRONMENTAL31 else 1 if defined & TEMPORAL31 else 0
