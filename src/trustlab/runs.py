@@ -130,7 +130,7 @@ class RunDir:
         Under ``torchrun`` only rank 0 writes a run folder: other ranks get a handle to it and
         leave the writing (``fit`` checkpoints and logs from rank 0 only) to rank 0.
         """
-        if int(os.environ.get("RANK", "0")) != 0:
+        if not writes_run_folders():
             return cls(path)
         if resume and (Path(path) / "config.yaml").exists():
             return cls.open(path, kind=kind)
@@ -332,6 +332,11 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
                        f"{' or '.join(o.__name__ for o in options)}: was config.yaml edited?")
 
 
+def writes_run_folders() -> bool:
+    """Whether this process writes run folders: under ``torchrun`` only rank 0 does."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def finished(path: str | Path) -> bool:
     """Whether the run folder at ``path`` is complete: every job writes ``summary.json`` last."""
     return (Path(path) / "summary.json").exists()
@@ -356,7 +361,7 @@ class Job:
                 print(f"resuming {self.path} with the settings it was started with ({'; '.join(changed)}): "
                       "start a new run folder to change them", file=sys.stderr)
             config = stored
-        elif int(os.environ.get("RANK", "0")) == 0:
+        elif writes_run_folders():
             RunDir.check_new(self.path)  # before the inputs load, which can take minutes
         config.validate()
         self.config = config

@@ -82,9 +82,10 @@ def _read_rows(path: Path) -> np.ndarray:
         if not line:
             continue
         fields = line.split(",")
-        header, first = first and len(fields) > 1 and not any(_is_number(v) for v in fields), False
-        if header:
-            continue
+        if first:
+            first = False
+            if len(fields) > 1 and not any(_is_number(v) for v in fields):  # the header
+                continue
         try:
             values = [float(v) for v in fields]
         except ValueError:

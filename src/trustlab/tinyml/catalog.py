@@ -83,8 +83,7 @@ def _check_attack(e: dict, where: str) -> Attack:
     for c in e["preconditions"]:
         if c not in CONDITIONS:
             raise ConfigError(f"{where}: {e['id']} has unknown precondition '{c}'")
-    for key, base in (("cvss31", BASE_31), ("cvss40", BASE_40)):
-        prefix = {"cvss31": "CVSS:3.1/", "cvss40": "CVSS:4.0/"}[key]
+    for key, base, prefix in (("cvss31", BASE_31, "CVSS:3.1/"), ("cvss40", BASE_40, "CVSS:4.0/")):
         if not isinstance(e[key], dict) or not str(e[key].get("vector", "")).startswith(prefix):
             raise ConfigError(f"{where}: {e['id']}.{key} must be a mapping whose vector starts with {prefix}")
         metrics = base_metrics(e[key]["vector"])
