@@ -266,6 +266,23 @@ def test_an_image_claiming_huge_dimensions_is_refused_before_decoding(tmp_path):
         read_folder(tmp_path, 16)
 
 
+def test_16_bit_and_float_greys_are_scaled_not_clipped_to_white(tmp_path):
+    from PIL import Image
+
+    from trustlab.files import read_image_rgba
+
+    ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "float.tiff")
+    Image.fromarray((ramp * 255).round().astype(np.uint8)).save(tmp_path / "plain.png")
+    plain = np.asarray(read_image_rgba(tmp_path / "plain.png"), dtype=int)
+    for name in ("deep.png", "float.tiff"):
+        assert np.abs(np.asarray(read_image_rgba(tmp_path / name), dtype=int) - plain).max() <= 1, name
+    Image.fromarray((ramp * 4).astype(np.float32)).save(tmp_path / "hdr.tiff")
+    with pytest.raises(ConfigError, match=r"hdr.tiff holds float pixels outside \[0, 1\]"):
+        read_image_rgba(tmp_path / "hdr.tiff")
+
+
 def test_captions_and_csv_paths_that_are_folders_or_not_utf8(cli, tmp_path):
     from trustlab.replication.captions import read_captions
     from trustlab.spn.data import binary_csv

@@ -111,6 +111,28 @@ def on_white(rgba):
     return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
+def _eight_bit(im, path: Path, error: type[TrustlabError], where: str):
+    """``im`` with 16-bit and float greys scaled to 8 bits by their range.
+
+    PIL's own conversion clips them at 255 instead, so a 16-bit PNG turns almost white
+    and every such image would look like every other one.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise error(f"{where}{path} holds 32-bit integer pixels outside 0..65535: save it as an 8- or 16-bit image")
+        return Image.fromarray((values / 257).round().astype(np.uint8), "L")
+    if im.mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise error(f"{where}{path} holds float pixels outside [0, 1]: scale it to [0, 1] or save it as an 8-bit image")
+        return Image.fromarray((values * 255).round().astype(np.uint8), "L")
+    return im
+
+
 def read_image_rgba(path: str | Path, error: type[TrustlabError] = ConfigError, where: str = ""):
     """The image at ``path`` as a PIL RGBA image; its header's size is checked before decoding.
 
@@ -126,7 +148,7 @@ def read_image_rgba(path: str | Path, error: type[TrustlabError] = ConfigError, 
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise error(f"{where}{path} claims {im.width:,}x{im.height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
                             "trustlab decodes: resize it first")
-            return im.convert("RGBA")
+            return _eight_bit(im, path, error, where).convert("RGBA")
     except FileNotFoundError:
         raise error(f"{where}image {path} does not exist") from None
     except Image.DecompressionBombError:
