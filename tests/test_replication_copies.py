@@ -68,6 +68,24 @@ def test_registration_undoes_crops_shifts_rotations_mirrors_and_grey():
     assert bool((score[:4] > plain[:4] + 0.02).all())  # the pixel similarity alone is lower for every geometric edit
 
 
+def test_a_letterboxed_copy_is_found():
+    """A copy shown at 75-85% of the side inside a uniform border is matched to its source, and scores above its
+    pixel similarity (the registration converges fully on some, not all: recall on real sets is benchmarked)."""
+    train = _pictures(200, 32, 4)
+    src = torch.tensor([5, 50, 120, 190])
+    edited = train[src].clone()
+    for i, k in enumerate((24, 26, 27, 25)):
+        small = F.interpolate(train[src[i]][None], size=(k, k), mode="bicubic", align_corners=False)[0]
+        edited[i] = train[src[i], :, :1, :1]  # the corner colour fills the border
+        o = (32 - k) // 2
+        edited[i, :, o : o + k, o : o + k] = small
+    score, match, _ = aligned_nearest(image_rows(edited), image_rows(train), 32)
+    unit = F.normalize(edited.flatten(1) - edited.flatten(1).mean(1, keepdim=True), dim=1)
+    tu = F.normalize(train[src].flatten(1) - train[src].flatten(1).mean(1, keepdim=True), dim=1)
+    assert match.tolist() == src.tolist() and bool((score > (unit * tu).sum(1) + 0.05).all()), (match, score)
+    assert int((score > 0.99).sum()) >= 2, score
+
+
 def test_crop_views_of_the_training_images_equal_warping_each_image():
     """The crop views are computed as two small maps per view (rows, columns), not by warping every image."""
     from trustlab.replication.registration import SHORTLIST_SIDE, _candidate_warp, _vector
