@@ -115,7 +115,9 @@ def _eight_bit(im, path: Path, error: type[TrustlabError], where: str):
     """``im`` with 16-bit and float greys scaled to 8 bits by their range.
 
     PIL's own conversion clips them at 255 instead, so a 16-bit PNG turns almost white
-    and every such image would look like every other one.
+    and every such image would look like every other one. Mode ``I`` (32-bit integers, as PIL
+    opens a 16-bit PGM) carries no range of its own: it is taken as 16-bit, and refused beyond it.
+    Floats are taken as [0, 1].
     """
     import numpy as np
     from PIL import Image

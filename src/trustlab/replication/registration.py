@@ -178,7 +178,8 @@ def _views() -> tuple[list[tuple[bool, torch.Tensor]], list[torch.Tensor]]:
     shifts = [(SHIFT, 0.0), (-SHIFT, 0.0), (0.0, SHIFT), (0.0, -SHIFT)]
     crops = [torch.tensor([z, z, 0.0, ox, oy]) for ox, oy in offsets]
     zoom = -math.log(LETTERBOX)
-    own = [torch.zeros(5)] + [torch.tensor([0.0, 0.0, 0.0, ox, oy]) for ox, oy in shifts] + [torch.tensor([zoom, zoom, 0.0, 0.0, 0.0])]
+    own = [torch.zeros(5), *(torch.tensor([0.0, 0.0, 0.0, ox, oy]) for ox, oy in shifts),
+           torch.tensor([zoom, zoom, 0.0, 0.0, 0.0])]
     return [(m, p) for m in (False, True) for p in own] + [(m, p) for m in (False, True) for p in crops], crops
 
 
