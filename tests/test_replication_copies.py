@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from trustlab.errors import ConfigError
 from trustlab.replication.duplicates import find_duplicates
 from trustlab.replication.metrics import calibrate, compare, image_rows
-from trustlab.replication.registration import CROPS, VERSION, aligned_nearest, ecc, grey, retrieval_vectors, warp
+from trustlab.replication.registration import (CROPS, VERSION, VIEWS, aligned_nearest, ecc, grey, mirror_view, retrieval_vectors,
+                                               similarity, warp)
 
 
 def _pictures(n: int, size: int, seed: int) -> torch.Tensor:
@@ -84,6 +85,28 @@ def test_a_letterboxed_copy_is_found():
     tu = F.normalize(train[src].flatten(1) - train[src].flatten(1).mean(1, keepdim=True), dim=1)
     assert match.tolist() == src.tolist() and bool((score > (unit * tu).sum(1) + 0.05).all()), (match, score)
     assert int((score > 0.99).sum()) >= 2, score
+
+
+def test_a_shifted_copy_is_not_held_to_its_filled_border():
+    """Content that touches the image's edge, shifted by two pixels over a black fill: once aligned, the copy is
+    its source (the similarity counts the covered pixels up to the edge, not one continued pixel beyond it)."""
+    train = _pictures(50, 32, 5)
+    edited = torch.full((2, 3, 32, 32), -1.0)
+    edited[0, :, 2:, :] = train[7, :, :-2, :]  # down
+    edited[1, :, :, :-2] = train[30, :, :, 2:]  # left
+    truth = torch.tensor([[0.0, 0.0, 0.0, 0.0, -0.125], [0.0, 0.0, 0.0, 0.125, 0.0]])
+    assert bool((similarity(edited, train[[7, 30]], truth) > 0.9999).all())
+    score, match, _ = aligned_nearest(image_rows(edited), image_rows(train), 32)
+    assert match.tolist() == [7, 30] and bool((score > 0.999).all()), (match, score)
+
+
+def test_every_view_has_a_mirrored_twin():
+    """Each retrieved image is registered in both mirror states: the twin view differs only in the mirroring."""
+    views = torch.arange(len(VIEWS))
+    twin = mirror_view(views)
+    assert twin[twin].tolist() == views.tolist()
+    for v, t in zip(views.tolist(), twin.tolist()):
+        assert VIEWS[v][0] != VIEWS[t][0] and torch.equal(VIEWS[v][1], VIEWS[t][1])
 
 
 def test_crop_views_of_the_training_images_equal_warping_each_image():
