@@ -61,7 +61,10 @@ ROUTES = [  # the copy metrics measured on these sets before the current one (fi
     "zoomed to undo 0.8, 0.84 or 0.88 of the side (0.88 kept: at 0.8 and 0.84 Fashion-MNIST false copies 1.26% and 1.05%)",
     "aligned v6 (the default): v5 with the similarity counted up to the warped image's edge (v5 counted one pixel of "
     "continued border beyond it), each retrieved image registered as it is and mirrored, zoomed views at 0.88 and 0.8, "
-    "diagonal shift views, crop views 7% of the side off centre instead of 5%; with 16 retrieved images instead of 24 "
+    "diagonal shift views, crop views 7% of the side off centre instead of 5%, colour compared with its chroma averaged "
+    "over 3x3 pixels (5x5: emoji brightness/contrast 90%, rotation + brightness/contrast 87%; an intensity map fitted "
+    "on the query's unsaturated pixels and clipped, for brightened copies: emoji threshold 0.993, brightness/contrast "
+    "87%, crop + JPEG 80%); with 16 retrieved images instead of 24 "
     "(not kept: Fashion-MNIST crops, shifts, rotations 1-2 points lower, at 0.77x the time); 4 coarse ECC steps instead of 6 "
     "(recall within a point at 0.77x the time, Fashion-MNIST false copies 13 of 954 against 11: not kept); 12 and 12 ECC "
     "steps (no change); crop views 8% off centre (Fashion-MNIST crops 3 points lower than at 7%)",

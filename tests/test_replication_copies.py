@@ -10,7 +10,7 @@ from trustlab.errors import ConfigError
 from trustlab.replication.duplicates import find_duplicates
 from trustlab.replication.metrics import calibrate, compare, image_rows
 from trustlab.replication.registration import (CROPS, VERSION, VIEWS, aligned_nearest, ecc, grey, mirror_view, retrieval_vectors,
-                                               similarity, warp)
+                                               similarity, soft_chroma, warp)
 
 
 def _pictures(n: int, size: int, seed: int) -> torch.Tensor:
@@ -98,6 +98,31 @@ def test_a_shifted_copy_is_not_held_to_its_filled_border():
     assert bool((similarity(edited, train[[7, 30]], truth) > 0.9999).all())
     score, match, _ = aligned_nearest(image_rows(edited), image_rows(train), 32)
     assert match.tolist() == [7, 30] and bool((score > 0.999).all()), (match, score)
+
+
+def test_a_jpeg_copy_keeps_its_shape_and_softened_colours():
+    """JPEG at quality 30 keeps colour at half resolution, in blocks: with the chroma averaged over 3x3 pixels the
+    copy is closer to its source than pixel for pixel, and the luminance (and a grey image) is left as it is."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    train = _pictures(6, 32, 8)
+    copies = []
+    for x in train:
+        buf = io.BytesIO()
+        Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(buf, format="JPEG", quality=30)
+        copies.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1)
+    copies = torch.stack(copies)
+    soft = similarity(copies, train, torch.zeros(6, 5))
+    unit = F.normalize(copies.flatten(1) - copies.flatten(1).mean(1, keepdim=True), dim=1)
+    plain = (unit * F.normalize(train.flatten(1) - train.flatten(1).mean(1, keepdim=True), dim=1)).sum(1)
+    assert bool((soft > plain).all()), (soft, plain)
+    everywhere = torch.ones(6, 32, 32, dtype=torch.bool)
+    assert torch.allclose(grey(soft_chroma(train, everywhere)), grey(train), atol=1e-5)
+    lum = grey(train).expand(-1, 3, -1, -1)
+    assert torch.allclose(soft_chroma(lum, everywhere), lum, atol=1e-5)
 
 
 def test_every_view_has_a_mirrored_twin():
