@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import time
 
 import numpy as np
 import torch
 from common import RESULTS, write_result
 from PIL import Image, ImageEnhance
+from scipy.stats import binomtest
 
 from trustlab.data import load_dataset
 from trustlab.replication.config import COPY_METRICS, DUPLICATE_LEVEL
@@ -245,19 +245,19 @@ def run_set(name: str, train_pics: list[Image.Image], look_pics: list[Image.Imag
     return out
 
 
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(hits: int, n: int) -> tuple[float, float]:
     """The 95% Wilson interval of a rate of ``hits`` in ``n``: with a threshold at the 99th percentile, the
     look-alikes' false-copy rate is about 1% by design, and a few hundred of them place it only within this."""
-    p, d = hits / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return round(centre - half, 4), round(centre + half, 4)
+    ci = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return round(ci.low, 4), round(ci.high, 4)
 
 
 def _score(kinds: np.ndarray, truth: np.ndarray, flagged: np.ndarray, right: np.ndarray, threshold: float, seconds: float) -> dict:
     recall = {k: float((flagged & right)[kinds == k].mean()) for k in EDITS}
-    false = float(flagged[truth < 0].mean())
+    lookalikes = flagged[truth < 0]
+    false = float(lookalikes.mean())
     return {"threshold": threshold, "false_copy_rate": false, "recall": recall,
-            "false_copies": int(flagged[truth < 0].sum()), "false_copy_rate_interval95": wilson(int(flagged[truth < 0].sum()), int((truth < 0).sum())),
+            "false_copies": int(lookalikes.sum()), "false_copy_rate_interval95": wilson(int(lookalikes.sum()), len(lookalikes)),
             "recall_short_of_target": {k: round(max(0.0, TARGET["recall"] - v), 4) for k, v in recall.items()},
             "false_copy_rate_above_target": round(max(0.0, false - TARGET["false_copy_rate"]), 4),
             "worst_recall": min(recall.values()), "worst_edit": min(recall, key=recall.get),

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from trustlab.errors import ConfigError
 from trustlab.replication.duplicates import find_duplicates
 from trustlab.replication.metrics import calibrate, compare, image_rows
-from trustlab.replication.registration import (CROPS, VERSION, VIEWS, aligned_nearest, ecc, grey, mirror_view, retrieval_vectors,
-                                               similarity, soft_chroma, warp)
+from trustlab.replication.registration import (CROPS, VERSION, VIEWS, aligned_nearest, centred_unit, ecc, grey, mirror_view,
+                                               retrieval_vectors, similarity, soft_chroma, warp)
 
 
 def _pictures(n: int, size: int, seed: int) -> torch.Tensor:
@@ -32,7 +32,7 @@ def test_duplicate_groups_and_calibration_on_one_image_per_group():
     assert dup.groups() == [[3, 80], [7, 81], [11, 82], [20, 83]]
     assert len(dup.representatives()) == 80
     threshold, source = calibrate(rows, 16, "pixel", dup, limit=1000, seed=0)
-    unit = F.normalize(distinct.flatten(1) - distinct.flatten(1).mean(1, keepdim=True), dim=1).double()
+    unit = centred_unit(distinct).double()
     sim = unit @ unit.T
     sim.fill_diagonal_(-2)
     assert threshold == pytest.approx(float(torch.quantile(sim.max(1).values, 0.99)), abs=1e-5)  # the distinct images alone
@@ -63,9 +63,7 @@ def test_registration_undoes_crops_shifts_rotations_mirrors_and_grey():
     score, match, is_grey = aligned_nearest(image_rows(edited), image_rows(train), 32)
     assert match.tolist() == src.tolist() and is_grey.tolist() == [False, False, False, False, True]
     assert bool((score > 0.98).all()), score
-    unit = F.normalize(edited.flatten(1) - edited.flatten(1).mean(1, keepdim=True), dim=1)
-    tu = F.normalize(train.flatten(1) - train.flatten(1).mean(1, keepdim=True), dim=1)
-    plain = (unit @ tu.T)[torch.arange(5), src]
+    plain = (centred_unit(edited) @ centred_unit(train).T)[torch.arange(5), src]
     assert bool((score[:4] > plain[:4] + 0.02).all())  # the pixel similarity alone is lower for every geometric edit
 
 
@@ -81,9 +79,8 @@ def test_a_letterboxed_copy_is_found():
         o = (32 - k) // 2
         edited[i, :, o : o + k, o : o + k] = small
     score, match, _ = aligned_nearest(image_rows(edited), image_rows(train), 32)
-    unit = F.normalize(edited.flatten(1) - edited.flatten(1).mean(1, keepdim=True), dim=1)
-    tu = F.normalize(train[src].flatten(1) - train[src].flatten(1).mean(1, keepdim=True), dim=1)
-    assert match.tolist() == src.tolist() and bool((score > (unit * tu).sum(1) + 0.05).all()), (match, score)
+    plain = (centred_unit(edited) * centred_unit(train[src])).sum(1)
+    assert match.tolist() == src.tolist() and bool((score > plain + 0.05).all()), (match, score)
     assert int((score > 0.99).sum()) >= 2, score
 
 
@@ -116,8 +113,7 @@ def test_a_jpeg_copy_keeps_its_shape_and_softened_colours():
         copies.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1)
     copies = torch.stack(copies)
     soft = similarity(copies, train, torch.zeros(6, 5))
-    unit = F.normalize(copies.flatten(1) - copies.flatten(1).mean(1, keepdim=True), dim=1)
-    plain = (unit * F.normalize(train.flatten(1) - train.flatten(1).mean(1, keepdim=True), dim=1)).sum(1)
+    plain = (centred_unit(copies) * centred_unit(train)).sum(1)
     assert bool((soft > plain).all()), (soft, plain)
     everywhere = torch.ones(6, 32, 32, dtype=torch.bool)
     assert torch.allclose(grey(soft_chroma(train, everywhere)), grey(train), atol=1e-5)
